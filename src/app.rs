@@ -1,0 +1,184 @@
+//! The composition root: shared state, the router with its middleware stack, background
+//! tasks, and start-up (database, migrations, admin bootstrap).
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    extract::{DefaultBodyLimit, FromRef},
+    http::{Request, StatusCode},
+    middleware::from_fn,
+    Router,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::MySqlPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+use crate::{
+    actuator, auth,
+    auth::JwtKeys,
+    catalog::{self, Cache},
+    config::Config,
+    db,
+    http::{error_body, metrics as http_metrics, request_id},
+    idempotency, notifications, orders, telemetry,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: MySqlPool,
+    pub cache: Cache,
+    pub jwt: Arc<JwtKeys>,
+    pub config: Arc<Config>,
+    pub metrics: PrometheusHandle,
+}
+
+impl FromRef<AppState> for Arc<JwtKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.jwt.clone()
+    }
+}
+
+/// What a process serves: `all` is the API and the background workers together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Role {
+    #[default]
+    All,
+    Api,
+    Worker,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+    pub fn runs_workers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+/// Connects to everything and prepares the database. Redis is not required to start.
+pub async fn init(config: Config) -> anyhow::Result<AppState> {
+    if config.jwt.using_dev_secret {
+        tracing::warn!(
+            "JWT_SECRET is not set: using the public development secret. \
+             Anyone can forge tokens for this instance. Set JWT_SECRET in production."
+        );
+    }
+    db::create_database_if_missing(&config.database_url).await?;
+    let pool = db::connect(
+        &config.database_url,
+        &db::PoolSettings {
+            max_connections: config.database_max_connections,
+            lock_wait_timeout: config.idempotency.in_flight_wait,
+        },
+    )
+    .await?;
+    if config.run_migrations {
+        db::migrate(&pool).await?;
+    }
+    if let Some((email, password)) = &config.admin_bootstrap {
+        auth::ensure_admin(&pool, email, password).await?;
+        tracing::info!(email = %email, "admin account ensured from ADMIN_EMAIL");
+    }
+    Ok(AppState {
+        cache: Cache::new(&config.redis_url, config.redis_timeout, config.cache_ttl),
+        jwt: Arc::new(JwtKeys::new(&config.jwt)),
+        metrics: telemetry::metrics_handle(),
+        db: pool,
+        config: Arc::new(config),
+    })
+}
+
+fn api_routes() -> Router<AppState> {
+    Router::new()
+        .merge(auth::router())
+        .merge(catalog::router())
+        .merge(orders::router())
+        .merge(notifications::router())
+}
+
+fn http_span<B>(req: &Request<B>) -> tracing::Span {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "http",
+        method = %req.method(),
+        path = %req.uri().path(),
+        requestId = %request_id,
+        userId = tracing::field::Empty,
+        orderId = tracing::field::Empty,
+    )
+}
+
+pub fn router(state: AppState, role: Role) -> Router {
+    let config = state.config.clone();
+    let mut app = Router::new().merge(actuator::router());
+    if role.serves_api() {
+        app = app.nest("/api/v1", api_routes());
+    }
+    // Router::layer wraps every route, so the layers run after routing (the metrics see the
+    // route template); the last layer added is the outermost.
+    app.fallback(error_body::not_found)
+        .layer(from_fn(http_metrics::record))
+        .layer(DefaultBodyLimit::max(config.http_body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            config.http_request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(error_body::panic_response))
+        .layer(from_fn(error_body::render_errors))
+        .layer(TraceLayer::new_for_http().make_span_with(http_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(from_fn(request_id::drop_insane_request_id))
+        .with_state(state)
+}
+
+/// Starts the background work of the worker role; it stops when `shutdown` is cancelled.
+pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![tokio::spawn(idempotency::purge_loop(
+        state.db.clone(),
+        state.config.idempotency.purge_interval,
+        shutdown,
+    ))]
+}
+
+/// Serves until `signal` resolves, then drains in-flight requests and stops the workers.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    role: Role,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let shutdown = CancellationToken::new();
+    let workers = if role.runs_workers() {
+        spawn_workers(&state, shutdown.clone())
+    } else {
+        Vec::new()
+    };
+    let app = router(state, role);
+    let stop = shutdown.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = signal => {}
+                () = stop.cancelled() => {}
+            }
+        })
+        .await;
+    shutdown.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
+    result
+}

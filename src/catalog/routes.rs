@@ -1,0 +1,200 @@
+//! GET /products, GET /products/{id}, POST /admin/products,
+//! POST /admin/products/{id}/stock-adjust.
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+    Router,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{cache, repo, repo::CatalogError, Product};
+use crate::{
+    app::AppState,
+    auth::AdminUser,
+    error::{ApiError, ErrorCode, FieldError},
+    http::{
+        extract::{Json, Path},
+        paging::{Page, PageRequest},
+    },
+};
+
+pub const MAX_PRICE: i64 = 1_000_000_000_000;
+pub const MAX_STOCK_DELTA: i64 = 1_000_000_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/products", get(list))
+        .route("/products/{id}", get(get_one))
+        .route("/admin/products", post(create))
+        .route("/admin/products/{id}/stock-adjust", post(adjust_stock))
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::SkuTaken => ApiError::new(ErrorCode::SkuTaken, "sku is already taken"),
+            CatalogError::NotFound => ApiError::not_found("product"),
+            CatalogError::InsufficientStock => ApiError::new(
+                ErrorCode::InsufficientStock,
+                "stock cannot go below zero",
+            ),
+            CatalogError::Db(e) => e.into(),
+        }
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    page: PageRequest,
+) -> Result<axum::Json<Page<Product>>, ApiError> {
+    let key = cache::list_key(page.page, page.size);
+    if let Some(hit) = state.cache.get::<Page<Product>>(&key).await {
+        return Ok(axum::Json(hit));
+    }
+    let (items, total) = repo::list(&state.db, page).await?;
+    let body = Page::new(items, page, total);
+    state.cache.put(&key, &body).await;
+    Ok(axum::Json(body))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Product>, ApiError> {
+    let key = cache::product_key(id);
+    if let Some(hit) = state.cache.get::<Product>(&key).await {
+        return Ok(axum::Json(hit));
+    }
+    let product = repo::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("product"))?;
+    state.cache.put(&key, &product).await;
+    Ok(axum::Json(product))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateProductRequest {
+    pub sku: String,
+    pub name: String,
+    pub price: i64,
+    pub initial_stock: i64,
+}
+
+fn validate_create(req: &CreateProductRequest) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let sku = req.sku.trim();
+    if sku.is_empty()
+        || sku.len() > 64
+        || !sku
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        errors.push(FieldError::new(
+            "sku",
+            "must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'",
+        ));
+    }
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        errors.push(FieldError::new(
+            "name",
+            "must be 1 to 200 characters without control characters",
+        ));
+    }
+    if !(0..=MAX_PRICE).contains(&req.price) {
+        errors.push(FieldError::new(
+            "price",
+            format!("must be between 0 and {MAX_PRICE} minor units"),
+        ));
+    }
+    if !(0..=MAX_STOCK_DELTA).contains(&req.initial_stock) {
+        errors.push(FieldError::new(
+            "initialStock",
+            format!("must be between 0 and {MAX_STOCK_DELTA}"),
+        ));
+    }
+    errors
+}
+
+async fn create(
+    State(state): State<AppState>,
+    AdminUser(_): AdminUser,
+    Json(req): Json<CreateProductRequest>,
+) -> Result<(StatusCode, axum::Json<Product>), ApiError> {
+    let errors = validate_create(&req);
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let product = repo::create(
+        &state.db,
+        req.sku.trim(),
+        req.name.trim(),
+        req.price,
+        req.initial_stock,
+    )
+    .await?;
+    state.cache.invalidate_products(&[product.id]).await;
+    tracing::info!(productId = product.id, sku = %product.sku, "product created");
+    Ok((StatusCode::CREATED, axum::Json(product)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockAdjustRequest {
+    pub delta: i64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockResponse {
+    pub product_id: i64,
+    pub quantity: i64,
+}
+
+async fn adjust_stock(
+    State(state): State<AppState>,
+    AdminUser(_): AdminUser,
+    Path(id): Path<i64>,
+    Json(req): Json<StockAdjustRequest>,
+) -> Result<axum::Json<StockResponse>, ApiError> {
+    if req.delta == 0 || req.delta.abs() > MAX_STOCK_DELTA {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "delta",
+            format!("must be non-zero and between -{MAX_STOCK_DELTA} and {MAX_STOCK_DELTA}"),
+        )]));
+    }
+    let quantity = repo::adjust_stock(&state.db, id, req.delta).await?;
+    state.cache.invalidate_products(&[id]).await;
+    tracing::info!(productId = id, delta = req.delta, quantity, "stock adjusted");
+    Ok(axum::Json(StockResponse {
+        product_id: id,
+        quantity,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_validation() {
+        let ok = CreateProductRequest {
+            sku: "SKU-1".into(),
+            name: "Mug".into(),
+            price: 1299,
+            initial_stock: 10,
+        };
+        assert!(validate_create(&ok).is_empty());
+        let bad = CreateProductRequest {
+            sku: "sku with spaces; DROP".into(),
+            name: "".into(),
+            price: -1,
+            initial_stock: -5,
+        };
+        let fields: Vec<_> = validate_create(&bad).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["sku", "name", "price", "initialStock"]);
+    }
+}

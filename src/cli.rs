@@ -1,0 +1,61 @@
+//! The `orderflow` command line.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::app::Role;
+
+#[derive(Debug, Parser)]
+#[command(name = "orderflow", version, about = "Orders, inventory and notifications, exactly once")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default command).
+    Serve {
+        /// `all` serves the API and runs the background workers; `api` and `worker` split them.
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+    },
+    /// Create the database if missing and apply pending migrations, then exit.
+    Migrate,
+    /// Manage accounts.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Exit 0 when the local service answers its liveness probe (for container healthchecks).
+    Healthcheck {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        #[arg(long, default_value = "/actuator/health/liveness")]
+        path: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Give an existing account the ADMIN role.
+    Promote { email: String },
+}
+
+/// A dependency-free HTTP/1.1 GET that reports whether the status was 2xx.
+pub async fn healthcheck(addr: SocketAddr, path: &str) -> bool {
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 2"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), probe).await,
+        Ok(Ok(true))
+    )
+}

@@ -1,0 +1,203 @@
+//! Configuration, read once from environment variables. Every variable is listed in the
+//! README's configuration table; a variable that is set but unparsable stops the start
+//! with a message naming it, rather than silently falling back to a default.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use thiserror::Error;
+
+pub const DEV_JWT_SECRET: &str = "orderflow-development-secret-do-not-use-in-production";
+
+#[derive(Debug, Error)]
+#[error("environment variable {name}={value:?} is invalid: {reason}")]
+pub struct ConfigError {
+    name: &'static str,
+    value: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" => Ok(Self::Pretty),
+            _ => Err("expected `json` or `pretty`".into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub run_migrations: bool,
+    pub redis_url: String,
+    pub redis_timeout: Duration,
+    pub cache_ttl: Duration,
+    pub kafka_brokers: Option<String>,
+    pub http_addr: SocketAddr,
+    pub http_request_timeout: Duration,
+    pub http_body_limit_bytes: usize,
+    pub jwt: JwtConfig,
+    pub admin_bootstrap: Option<(String, String)>,
+    pub log_format: LogFormat,
+    pub orders: OrderLimits,
+    pub stock_retry: StockRetry,
+    pub idempotency: IdempotencyConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub secret: String,
+    pub issuer: String,
+    pub audience: String,
+    pub ttl: Duration,
+    /// True when JWT_SECRET was not set and the public development secret is in use.
+    pub using_dev_secret: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct OrderLimits {
+    pub max_items: usize,
+    pub max_quantity: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StockRetry {
+    /// Attempts per order line, the last of which is the guarded (non-failing) decrement.
+    pub attempts: u32,
+    pub backoff_base: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyConfig {
+    pub retention: Duration,
+    pub purge_interval: Duration,
+    /// How long a duplicate waits on the first request's row lock before it is answered
+    /// with 409 IDEMPOTENCY_KEY_IN_PROGRESS.
+    pub in_flight_wait: Duration,
+}
+
+/// Reads a typed variable; unset or empty means the default.
+fn var<T: FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|e: T::Err| ConfigError {
+            name,
+            value: v,
+            reason: e.to_string(),
+        }),
+        _ => Ok(default),
+    }
+}
+
+fn opt_var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn positive<T: PartialOrd + Default + ToString>(
+    name: &'static str,
+    value: T,
+) -> Result<T, ConfigError> {
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            name,
+            value: value.to_string(),
+            reason: "must be greater than zero".into(),
+        })
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let jwt_secret = opt_var("JWT_SECRET");
+        let stock_attempts = positive("STOCK_RETRY_ATTEMPTS", var("STOCK_RETRY_ATTEMPTS", 4u32)?)?;
+        Ok(Self {
+            database_url: var(
+                "DATABASE_URL",
+                "mysql://root@127.0.0.1:3306/orderflow".to_string(),
+            )?,
+            database_max_connections: positive(
+                "DATABASE_MAX_CONNECTIONS",
+                var("DATABASE_MAX_CONNECTIONS", 32u32)?,
+            )?,
+            run_migrations: var("RUN_MIGRATIONS", true)?,
+            redis_url: var("REDIS_URL", "redis://127.0.0.1:6379".to_string())?,
+            redis_timeout: Duration::from_millis(var("REDIS_TIMEOUT_MS", 100u64)?),
+            cache_ttl: Duration::from_secs(positive("CACHE_TTL_SECS", var("CACHE_TTL_SECS", 60u64)?)?),
+            kafka_brokers: opt_var("KAFKA_BROKERS"),
+            http_addr: var("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            http_request_timeout: Duration::from_secs(positive(
+                "HTTP_REQUEST_TIMEOUT_SECS",
+                var("HTTP_REQUEST_TIMEOUT_SECS", 30u64)?,
+            )?),
+            http_body_limit_bytes: positive(
+                "HTTP_BODY_LIMIT_BYTES",
+                var("HTTP_BODY_LIMIT_BYTES", 64 * 1024usize)?,
+            )?,
+            jwt: JwtConfig {
+                using_dev_secret: jwt_secret.is_none(),
+                secret: jwt_secret.unwrap_or_else(|| DEV_JWT_SECRET.to_string()),
+                issuer: var("JWT_ISSUER", "orderflow".to_string())?,
+                audience: var("JWT_AUDIENCE", "orderflow-api".to_string())?,
+                ttl: Duration::from_secs(positive("JWT_TTL_SECS", var("JWT_TTL_SECS", 3600u64)?)?),
+            },
+            admin_bootstrap: opt_var("ADMIN_EMAIL").zip(opt_var("ADMIN_PASSWORD")),
+            log_format: var("LOG_FORMAT", LogFormat::Json)?,
+            orders: OrderLimits {
+                max_items: positive("ORDER_MAX_ITEMS", var("ORDER_MAX_ITEMS", 50usize)?)?,
+                max_quantity: positive("ORDER_MAX_QUANTITY", var("ORDER_MAX_QUANTITY", 1000i64)?)?,
+            },
+            stock_retry: StockRetry {
+                attempts: stock_attempts,
+                backoff_base: Duration::from_millis(var("STOCK_RETRY_BACKOFF_MS", 2u64)?),
+            },
+            idempotency: IdempotencyConfig {
+                retention: Duration::from_secs(
+                    3600 * positive(
+                        "IDEMPOTENCY_RETENTION_HOURS",
+                        var("IDEMPOTENCY_RETENTION_HOURS", 24u64)?,
+                    )?,
+                ),
+                purge_interval: Duration::from_secs(positive(
+                    "IDEMPOTENCY_PURGE_INTERVAL_SECS",
+                    var("IDEMPOTENCY_PURGE_INTERVAL_SECS", 300u64)?,
+                )?),
+                in_flight_wait: Duration::from_secs(positive(
+                    "IDEMPOTENCY_IN_FLIGHT_WAIT_SECS",
+                    var("IDEMPOTENCY_IN_FLIGHT_WAIT_SECS", 5u64)?,
+                )?),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_format_parses_case_insensitively() {
+        assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!("pretty".parse::<LogFormat>(), Ok(LogFormat::Pretty));
+        assert!("xml".parse::<LogFormat>().is_err());
+    }
+
+    #[test]
+    fn zero_is_refused_where_a_positive_value_is_required() {
+        let err = positive("ORDER_MAX_ITEMS", 0usize).unwrap_err();
+        assert!(err.to_string().contains("ORDER_MAX_ITEMS"));
+        assert_eq!(positive("ORDER_MAX_ITEMS", 3usize).unwrap(), 3);
+    }
+}

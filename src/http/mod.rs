@@ -1,0 +1,8 @@
+//! Cross-cutting HTTP concerns: request ids, the standard error body, request metrics,
+//! and the JSON extractor whose rejections speak the standard error body.
+
+pub mod error_body;
+pub mod extract;
+pub mod metrics;
+pub mod request_id;
+pub mod paging;

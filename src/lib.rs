@@ -1,0 +1,18 @@
+//! orderflow: orders, inventory and notifications, exactly once under duplication and failure.
+//!
+//! `app` is the composition root; each other module owns one concept and its SQL.
+
+pub mod actuator;
+pub mod app;
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod idempotency;
+pub mod notifications;
+pub mod orders;
+pub mod outbox;
+pub mod telemetry;

@@ -1,0 +1,106 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use orderflow::{
+    app,
+    auth,
+    cli::{self, Cli, Command, UsersCommand},
+    config::Config,
+    db, telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve {
+        role: app::Role::All,
+    });
+    if let Command::Healthcheck { addr, path } = &command {
+        return if cli::healthcheck(*addr, path).await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("orderflow: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(config.log_format);
+    match run(command, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "orderflow failed");
+            eprintln!("orderflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { role } => {
+            let addr = config.http_addr;
+            let state = app::init(config).await?;
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(%addr, ?role, "orderflow listening");
+            app::serve(listener, state, role, shutdown_signal()).await?;
+            tracing::info!("orderflow stopped");
+        }
+        Command::Migrate => {
+            db::create_database_if_missing(&config.database_url).await?;
+            let pool = db::connect(
+                &config.database_url,
+                &db::PoolSettings {
+                    max_connections: 2,
+                    lock_wait_timeout: config.idempotency.in_flight_wait,
+                },
+            )
+            .await?;
+            db::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Users {
+            command: UsersCommand::Promote { email },
+        } => {
+            let pool = db::connect(
+                &config.database_url,
+                &db::PoolSettings {
+                    max_connections: 2,
+                    lock_wait_timeout: config.idempotency.in_flight_wait,
+                },
+            )
+            .await?;
+            auth::promote(&pool, &email).await?;
+            println!("{email} is now ADMIN");
+        }
+        Command::Healthcheck { .. } => unreachable!("handled before configuration is read"),
+    }
+    Ok(())
+}
+
+/// SIGTERM (orchestrators) or Ctrl-C (humans).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested; draining in-flight requests");
+}
