@@ -1,8 +1,10 @@
--- Accounts. Emails are stored lower-cased by the service; the case-insensitive collation
--- makes the UNIQUE key a second line of defence against "A@x" vs "a@x".
+-- Text columns use the case-insensitive utf8mb4_unicode_ci (present in MySQL 8 and MariaDB):
+-- sqlx reads *_bin columns as VARBINARY and refuses them as strings. It also makes the UNIQUE
+-- keys on email and sku case-insensitive, which is what a person means by "the same".
+-- Accounts. Emails are stored lower-cased by the service as well.
 CREATE TABLE users (
     id            BIGINT       NOT NULL AUTO_INCREMENT,
-    email         VARCHAR(254) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci NOT NULL,
+    email         VARCHAR(254) NOT NULL,
     password_hash VARCHAR(255) NOT NULL,
     name          VARCHAR(100) NOT NULL,
     role          VARCHAR(16)  NOT NULL DEFAULT 'USER',
@@ -10,4 +12,4 @@ CREATE TABLE users (
     PRIMARY KEY (id),
     UNIQUE KEY uq_users_email (email),
     CONSTRAINT ck_users_role CHECK (role IN ('USER', 'ADMIN'))
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;

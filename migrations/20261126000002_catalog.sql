@@ -9,7 +9,7 @@ CREATE TABLE products (
     PRIMARY KEY (id),
     UNIQUE KEY uq_products_sku (sku),
     CONSTRAINT ck_products_price CHECK (price >= 0)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;
 
 -- `version` is the optimistic lock; the CHECK is the database's own guarantee that no code
 -- path, however buggy, can take stock below zero.
@@ -21,4 +21,4 @@ CREATE TABLE stocks (
     PRIMARY KEY (product_id),
     CONSTRAINT fk_stocks_product FOREIGN KEY (product_id) REFERENCES products (id),
     CONSTRAINT ck_stocks_quantity CHECK (quantity >= 0)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;

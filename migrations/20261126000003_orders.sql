@@ -13,7 +13,7 @@ CREATE TABLE orders (
     CONSTRAINT fk_orders_user FOREIGN KEY (user_id) REFERENCES users (id),
     CONSTRAINT ck_orders_status CHECK (status IN ('CREATED', 'CANCELLED', 'COMPLETED')),
     CONSTRAINT ck_orders_total CHECK (total_amount >= 0)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;
 
 -- One line per product: the primary key makes "the same product twice in one order"
 -- impossible to store, so a line can never be double-counted.
@@ -28,4 +28,4 @@ CREATE TABLE order_items (
     CONSTRAINT fk_order_items_product FOREIGN KEY (product_id) REFERENCES products (id),
     CONSTRAINT ck_order_items_quantity CHECK (quantity >= 1),
     CONSTRAINT ck_order_items_price CHECK (unit_price >= 0)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;

@@ -1,7 +1,7 @@
 -- Written in the order's own transaction; published to Kafka by the publish-outbox job.
 CREATE TABLE outbox_events (
     id             BIGINT        NOT NULL AUTO_INCREMENT,
-    event_id       CHAR(36)      CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    event_id       CHAR(36)      CHARACTER SET ascii COLLATE ascii_general_ci NOT NULL,
     aggregate_type VARCHAR(32)   NOT NULL,
     aggregate_id   BIGINT        NOT NULL,
     event_type     VARCHAR(64)   NOT NULL,
@@ -20,4 +20,4 @@ CREATE TABLE outbox_events (
     KEY ix_outbox_aggregate (aggregate_type, aggregate_id),
     CONSTRAINT ck_outbox_status CHECK (status IN ('NEW', 'PUBLISHED', 'DEAD')),
     CONSTRAINT ck_outbox_payload CHECK (JSON_VALID(payload))
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;

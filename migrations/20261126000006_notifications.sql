@@ -2,7 +2,7 @@
 -- No foreign key to orders: orders move to the archive, notifications stay.
 CREATE TABLE notifications (
     id         BIGINT        NOT NULL AUTO_INCREMENT,
-    event_id   CHAR(36)      CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    event_id   CHAR(36)      CHARACTER SET ascii COLLATE ascii_general_ci NOT NULL,
     user_id    BIGINT        NOT NULL,
     order_id   BIGINT        NOT NULL,
     type       VARCHAR(64)   NOT NULL,
@@ -11,4 +11,4 @@ CREATE TABLE notifications (
     PRIMARY KEY (id),
     UNIQUE KEY uq_notifications_event (event_id),
     KEY ix_notifications_user (user_id, id)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;

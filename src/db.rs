@@ -51,7 +51,7 @@ fn is_safe_identifier(name: &str) -> bool {
 pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
     let name = database_name(url)?;
     let mut conn = server_connection(url).await?;
-    conn.execute(format!("CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin").as_str())
+    conn.execute(format!("CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci").as_str())
         .await?;
     conn.close().await?;
     Ok(())
@@ -82,8 +82,8 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> Result<MySqlPool, sq
                 // re-reading its first snapshot), and it takes no gap locks.
                 conn.execute(
                     format!(
-                        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED, \
-                         SESSION innodb_lock_wait_timeout = {lock_wait}"
+                        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+                         SET SESSION innodb_lock_wait_timeout = {lock_wait}"
                     )
                     .as_str(),
                 )

@@ -9,6 +9,7 @@ use crate::db;
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UserRow {
     pub id: i64,
+    #[sqlx(try_from = "String")]
     pub role: Role,
     pub password_hash: String,
 }
@@ -32,7 +33,7 @@ pub async fn insert(
         .bind(email)
         .bind(password_hash)
         .bind(name)
-        .bind(role)
+        .bind(role.as_str())
         .execute(pool)
         .await;
     match res {

@@ -2,6 +2,7 @@
 //! that invalidate it.
 
 pub mod cache;
+pub mod stock;
 mod repo;
 mod routes;
 

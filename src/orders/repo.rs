@@ -1,0 +1,170 @@
+//! SQL of the orders and order_items tables.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
+
+use super::model::{Order, OrderItem, OrderRow, OrderStatus};
+use crate::http::paging::PageRequest;
+
+const ORDER_COLUMNS: &str = "id, user_id, status, total_amount, created_at, updated_at";
+
+/// Prices of the given products; products that do not exist are simply absent.
+pub async fn prices(conn: &mut MySqlConnection, product_ids: &[i64]) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let mut q = QueryBuilder::new("SELECT id, price FROM products WHERE id IN (");
+    let mut sep = q.separated(", ");
+    for id in product_ids {
+        sep.push_bind(*id);
+    }
+    q.push(")");
+    q.build_query_as().fetch_all(conn).await
+}
+
+pub async fn insert(
+    conn: &mut MySqlConnection,
+    user_id: i64,
+    total: i64,
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO orders (user_id, status, total_amount, created_at, updated_at) VALUES (?, 'CREATED', ?, ?, ?)",
+    )
+    .bind(user_id)
+    .bind(total)
+    .bind(now)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.last_insert_id() as i64)
+}
+
+pub async fn insert_items(conn: &mut MySqlConnection, order_id: i64, items: &[OrderItem]) -> Result<(), sqlx::Error> {
+    let mut q = QueryBuilder::new("INSERT INTO order_items (order_id, product_id, quantity, unit_price) ");
+    q.push_values(items, |mut row, it| {
+        row.push_bind(order_id)
+            .push_bind(it.product_id)
+            .push_bind(it.quantity)
+            .push_bind(it.unit_price);
+    });
+    q.build().execute(conn).await?;
+    Ok(())
+}
+
+async fn items_of(conn: &mut MySqlConnection, order_ids: &[i64]) -> Result<Vec<(i64, OrderItem)>, sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::new(
+        "SELECT order_id, product_id, quantity, unit_price FROM order_items WHERE order_id IN (",
+    );
+    let mut sep = q.separated(", ");
+    for id in order_ids {
+        sep.push_bind(*id);
+    }
+    q.push(") ORDER BY order_id, product_id");
+    let rows: Vec<(i64, i64, i64, i64)> = q.build_query_as().fetch_all(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(order_id, product_id, quantity, unit_price)| {
+            (
+                order_id,
+                OrderItem {
+                    product_id,
+                    quantity,
+                    unit_price,
+                },
+            )
+        })
+        .collect())
+}
+
+async fn attach_items(conn: &mut MySqlConnection, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx::Error> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut by_order: HashMap<i64, Vec<OrderItem>> = HashMap::new();
+    for (order_id, item) in items_of(conn, &ids).await? {
+        by_order.entry(order_id).or_default().push(item);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let items = by_order.remove(&row.id).unwrap_or_default();
+            row.with_items(items)
+        })
+        .collect())
+}
+
+/// The order if `user_id` owns it (`None` for another user's order: never reveal existence).
+pub async fn find_owned(pool: &MySqlPool, user_id: i64, order_id: i64) -> Result<Option<Order>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let row: Option<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ? AND user_id = ?"
+    ))
+    .bind(order_id)
+    .bind(user_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => Ok(attach_items(&mut conn, vec![row]).await?.pop()),
+        None => Ok(None),
+    }
+}
+
+pub async fn list_owned(pool: &MySqlPool, user_id: i64, page: PageRequest) -> Result<(Vec<Order>, i64), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ? ORDER BY id DESC LIMIT ? OFFSET ?"
+    ))
+    .bind(user_id)
+    .bind(page.limit())
+    .bind(page.offset())
+    .fetch_all(&mut *conn)
+    .await?;
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE user_id = ?")
+        .bind(user_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((attach_items(&mut conn, rows).await?, total))
+}
+
+/// Locks the order row for a state change; returns it with its owner's id.
+/// `owner = None` for admin operations.
+pub async fn lock(
+    conn: &mut MySqlConnection,
+    order_id: i64,
+    owner: Option<i64>,
+) -> Result<Option<(i64, Order)>, sqlx::Error> {
+    let row: Option<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ? AND (? IS NULL OR user_id = ?) FOR UPDATE"
+    ))
+    .bind(order_id)
+    .bind(owner)
+    .bind(owner)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        Some(row) => {
+            let user_id = row.user_id;
+            Ok(attach_items(conn, vec![row]).await?.pop().map(|o| (user_id, o)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Moves the order from `from` to `to`; false if it was no longer in `from`.
+pub async fn transition(
+    conn: &mut MySqlConnection,
+    order_id: i64,
+    from: OrderStatus,
+    to: OrderStatus,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE orders SET status = ?, updated_at = ? WHERE id = ? AND status = ?")
+        .bind(to.as_str())
+        .bind(now)
+        .bind(order_id)
+        .bind(from.as_str())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
