@@ -72,14 +72,7 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         );
     }
     db::create_database_if_missing(&config.database_url).await?;
-    let pool = db::connect(
-        &config.database_url,
-        &db::PoolSettings {
-            max_connections: config.database_max_connections,
-            lock_wait_timeout: config.idempotency.in_flight_wait,
-        },
-    )
-    .await?;
+    let pool = db::connect(&config.database_url, &db::PoolSettings::from_config(&config)).await?;
     if config.run_migrations {
         db::migrate(&pool).await?;
     }
@@ -88,7 +81,12 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         tracing::info!(email = %email, "admin account ensured from ADMIN_EMAIL");
     }
     Ok(AppState {
-        cache: Cache::new(&config.redis_url, config.redis_timeout, config.cache_ttl),
+        cache: Cache::new(
+            &config.redis_url,
+            &config.cache_key_prefix,
+            config.redis_timeout,
+            config.cache_ttl,
+        ),
         jwt: Arc::new(JwtKeys::new(&config.jwt)),
         metrics: telemetry::metrics_handle(),
         db: pool,
@@ -121,14 +119,22 @@ fn http_span<B>(req: &Request<B>) -> tracing::Span {
 }
 
 pub fn router(state: AppState, role: Role) -> Router {
-    let config = state.config.clone();
-    let mut app = Router::new().merge(actuator::router());
+    let mut routes = Router::new().merge(actuator::router());
     if role.serves_api() {
-        app = app.nest("/api/v1", api_routes());
+        routes = routes.nest("/api/v1", api_routes());
     }
+    with_middleware(routes, state)
+}
+
+/// Wraps routes in the service's middleware stack (request ids, tracing, the standard error
+/// body, panic catching, timeout, body limit, metrics). Public so that tests can check the
+/// stack's behaviour on routes of their own, such as one that panics.
+pub fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
+    let config = state.config.clone();
     // Router::layer wraps every route, so the layers run after routing (the metrics see the
     // route template); the last layer added is the outermost.
-    app.fallback(error_body::not_found)
+    routes
+        .fallback(error_body::not_found)
         .layer(from_fn(http_metrics::record))
         .layer(DefaultBodyLimit::max(config.http_body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(

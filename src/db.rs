@@ -16,6 +16,8 @@ const ER_LOCK_DEADLOCK: u16 = 1213;
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub max_connections: u32,
+    /// How long a request waits for a free connection before it is answered with 503.
+    pub acquire_timeout: Duration,
     /// Bounds every row-lock wait of the session, so a request stuck behind another one
     /// fails fast (and is mapped to a clear answer) instead of holding a connection for 50 s.
     pub lock_wait_timeout: Duration,
@@ -74,7 +76,7 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> Result<MySqlPool, sq
     MySqlPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(settings.acquire_timeout)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 // READ COMMITTED: a retry inside the order transaction must see the stock
@@ -93,6 +95,24 @@ pub async fn connect(url: &str, settings: &PoolSettings) -> Result<MySqlPool, sq
         })
         .connect_with(opts)
         .await
+}
+
+impl PoolSettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            max_connections: config.database_max_connections,
+            acquire_timeout: config.database_acquire_timeout,
+            lock_wait_timeout: config.idempotency.in_flight_wait,
+        }
+    }
+
+    /// A small pool for one-shot commands (migrate, users promote).
+    pub fn for_command(config: &crate::config::Config) -> Self {
+        Self {
+            max_connections: 2,
+            ..Self::from_config(config)
+        }
+    }
 }
 
 pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {

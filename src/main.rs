@@ -52,28 +52,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             db::create_database_if_missing(&config.database_url).await?;
-            let pool = db::connect(
-                &config.database_url,
-                &db::PoolSettings {
-                    max_connections: 2,
-                    lock_wait_timeout: config.idempotency.in_flight_wait,
-                },
-            )
-            .await?;
+            let pool = db::connect(&config.database_url, &db::PoolSettings::for_command(&config)).await?;
             db::migrate(&pool).await?;
             tracing::info!("migrations applied");
         }
         Command::Users {
             command: UsersCommand::Promote { email },
         } => {
-            let pool = db::connect(
-                &config.database_url,
-                &db::PoolSettings {
-                    max_connections: 2,
-                    lock_wait_timeout: config.idempotency.in_flight_wait,
-                },
-            )
-            .await?;
+            let pool = db::connect(&config.database_url, &db::PoolSettings::for_command(&config)).await?;
             auth::promote(&pool, &email).await?;
             println!("{email} is now ADMIN");
         }

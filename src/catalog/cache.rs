@@ -19,7 +19,6 @@ use tokio::sync::Mutex;
 
 use crate::telemetry::names;
 
-const LIST_INDEX_KEY: &str = "product:list:index";
 const BYPASS_AFTER_ERROR: Duration = Duration::from_secs(1);
 
 /// Deletes the given product keys and every cached list page in one round trip.
@@ -31,13 +30,6 @@ for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 return #pages
 "#;
 
-pub fn product_key(id: i64) -> String {
-    format!("product:{id}")
-}
-
-pub fn list_key(page: u32, size: u32) -> String {
-    format!("product:list:{page}:{size}")
-}
 
 #[derive(Clone)]
 pub struct Cache {
@@ -46,6 +38,8 @@ pub struct Cache {
 
 struct Inner {
     client: Option<redis::Client>,
+    /// Prepended to every key, so that deployments (or test runs) can share one Redis.
+    prefix: String,
     conn: Mutex<Option<ConnectionManager>>,
     timeout: Duration,
     ttl: Duration,
@@ -57,7 +51,7 @@ struct Inner {
 
 impl Cache {
     /// Never fails: a bad URL or an unreachable Redis only means every lookup is a miss.
-    pub fn new(url: &str, timeout: Duration, ttl: Duration) -> Self {
+    pub fn new(url: &str, prefix: &str, timeout: Duration, ttl: Duration) -> Self {
         let client = match redis::Client::open(url) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -68,6 +62,7 @@ impl Cache {
         Self {
             inner: Arc::new(Inner {
                 client,
+                prefix: prefix.to_owned(),
                 conn: Mutex::new(None),
                 timeout,
                 ttl,
@@ -76,6 +71,19 @@ impl Cache {
                 script: redis::Script::new(INVALIDATE_SCRIPT),
             }),
         }
+    }
+
+    pub fn product_key(&self, id: i64) -> String {
+        format!("{}product:{id}", self.inner.prefix)
+    }
+
+    pub fn list_key(&self, page: u32, size: u32) -> String {
+        format!("{}product:list:{page}:{size}", self.inner.prefix)
+    }
+
+    /// The set of cached list-page keys, so that invalidation can find them all.
+    fn list_index_key(&self) -> String {
+        format!("{}product:list:index", self.inner.prefix)
     }
 
     fn now_ms(&self) -> u64 {
@@ -150,12 +158,13 @@ impl Cache {
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) {
         let Ok(json) = serde_json::to_string(value) else { return };
         let ttl = self.inner.ttl.as_secs().max(1);
-        let is_list = key.starts_with("product:list:");
+        let index = self.list_index_key();
+        let is_list = key.starts_with(&index[..index.len() - "index".len()]);
         self.run("set", |mut c| async move {
             let mut pipe = redis::pipe();
             pipe.set_ex(key, json, ttl).ignore();
             if is_list {
-                pipe.sadd(LIST_INDEX_KEY, key).ignore();
+                pipe.sadd(index, key).ignore();
             }
             pipe.query_async::<()>(&mut c).await
         })
@@ -165,10 +174,12 @@ impl Cache {
     /// Drops the entries of these products and every cached list page.
     pub async fn invalidate_products(&self, ids: &[i64]) {
         let script = &self.inner.script;
+        let index = self.list_index_key();
+        let keys: Vec<String> = ids.iter().map(|id| self.product_key(*id)).collect();
         self.run("invalidate", |mut c| async move {
-            let mut inv = script.key(LIST_INDEX_KEY);
-            for id in ids {
-                inv.key(product_key(*id));
+            let mut inv = script.key(index);
+            for key in keys {
+                inv.key(key);
             }
             inv.invoke_async::<i64>(&mut c).await
         })

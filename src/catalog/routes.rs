@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{cache, repo, repo::CatalogError, Product};
+use super::{repo, repo::CatalogError, Product};
 use crate::{
     app::AppState,
     auth::AdminUser,
@@ -49,7 +49,7 @@ async fn list(
     State(state): State<AppState>,
     page: PageRequest,
 ) -> Result<axum::Json<Page<Product>>, ApiError> {
-    let key = cache::list_key(page.page, page.size);
+    let key = state.cache.list_key(page.page, page.size);
     if let Some(hit) = state.cache.get::<Page<Product>>(&key).await {
         return Ok(axum::Json(hit));
     }
@@ -63,7 +63,7 @@ async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<axum::Json<Product>, ApiError> {
-    let key = cache::product_key(id);
+    let key = state.cache.product_key(id);
     if let Some(hit) = state.cache.get::<Product>(&key).await {
         return Ok(axum::Json(hit));
     }
