@@ -14,9 +14,6 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 
-# sqlx's query! macros read the committed .sqlx/ metadata instead of a live database.
-ENV SQLX_OFFLINE=true
-
 # Cache mounts keep the registry and target/ between builds; the binary is copied out
 # in the same step because the target/ mount is not part of the image layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

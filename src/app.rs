@@ -72,7 +72,11 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         );
     }
     db::create_database_if_missing(&config.database_url).await?;
-    let pool = db::connect(&config.database_url, &db::PoolSettings::from_config(&config)).await?;
+    let pool = db::connect(
+        &config.database_url,
+        &db::PoolSettings::from_config(&config),
+    )
+    .await?;
     if config.run_migrations {
         db::migrate(&pool).await?;
     }
@@ -151,7 +155,10 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
 }
 
 /// Starts the background work of the worker role; it stops when `shutdown` is cancelled.
-pub fn spawn_workers(state: &AppState, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn_workers(
+    state: &AppState,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
     vec![tokio::spawn(idempotency::purge_loop(
         state.db.clone(),
         state.config.idempotency.purge_interval,

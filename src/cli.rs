@@ -8,7 +8,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::app::Role;
 
 #[derive(Debug, Parser)]
-#[command(name = "orderflow", version, about = "Orders, inventory and notifications, exactly once")]
+#[command(
+    name = "orderflow",
+    version,
+    about = "Orders, inventory and notifications, exactly once"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

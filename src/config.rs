@@ -142,7 +142,10 @@ impl Config {
             redis_url: var("REDIS_URL", "redis://127.0.0.1:6379".to_string())?,
             redis_timeout: Duration::from_millis(var("REDIS_TIMEOUT_MS", 100u64)?),
             cache_key_prefix: var("CACHE_KEY_PREFIX", String::new())?,
-            cache_ttl: Duration::from_secs(positive("CACHE_TTL_SECS", var("CACHE_TTL_SECS", 60u64)?)?),
+            cache_ttl: Duration::from_secs(positive(
+                "CACHE_TTL_SECS",
+                var("CACHE_TTL_SECS", 60u64)?,
+            )?),
             kafka_brokers: opt_var("KAFKA_BROKERS"),
             http_addr: var("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             http_request_timeout: Duration::from_secs(positive(

@@ -30,7 +30,10 @@ fn database_name(url: &str) -> Result<String, sqlx::Error> {
     let name = opts.get_database().unwrap_or_default();
     if !is_safe_identifier(name) {
         return Err(sqlx::Error::Configuration(
-            format!("DATABASE_URL must name a database matching [A-Za-z0-9_$]{{1,64}}, got {name:?}").into(),
+            format!(
+                "DATABASE_URL must name a database matching [A-Za-z0-9_$]{{1,64}}, got {name:?}"
+            )
+            .into(),
         ));
     }
     Ok(name.to_owned())
@@ -38,7 +41,10 @@ fn database_name(url: &str) -> Result<String, sqlx::Error> {
 
 /// A connection to the server itself, for statements about databases.
 async fn server_connection(url: &str) -> Result<sqlx::MySqlConnection, sqlx::Error> {
-    MySqlConnectOptions::from_str(url)?.database("mysql").connect().await
+    MySqlConnectOptions::from_str(url)?
+        .database("mysql")
+        .connect()
+        .await
 }
 
 fn is_safe_identifier(name: &str) -> bool {
@@ -170,7 +176,8 @@ mod tests {
 
     #[test]
     fn database_name_is_split_from_the_url() {
-        let name = database_name("mysql://root@127.0.0.1:3306/orderflow_x?ssl-mode=disabled").unwrap();
+        let name =
+            database_name("mysql://root@127.0.0.1:3306/orderflow_x?ssl-mode=disabled").unwrap();
         assert_eq!(name, "orderflow_x");
         assert!(database_name("mysql://root@127.0.0.1:3306").is_err());
         assert!(database_name("mysql://root@127.0.0.1:3306/a-b").is_err());

@@ -48,7 +48,11 @@ impl ErrorCode {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            EmailTaken | SkuTaken | InsufficientStock | OutOfStock | InvalidState
+            EmailTaken
+            | SkuTaken
+            | InsufficientStock
+            | OutOfStock
+            | InvalidState
             | IdempotencyKeyInProgress => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -215,8 +219,17 @@ mod tests {
 
     #[test]
     fn foreign_statuses_map_to_codes() {
-        assert_eq!(ErrorCode::for_status(StatusCode::METHOD_NOT_ALLOWED), ErrorCode::MethodNotAllowed);
-        assert_eq!(ErrorCode::for_status(StatusCode::BAD_GATEWAY), ErrorCode::InternalError);
-        assert_eq!(ErrorCode::for_status(StatusCode::IM_A_TEAPOT), ErrorCode::ValidationError);
+        assert_eq!(
+            ErrorCode::for_status(StatusCode::METHOD_NOT_ALLOWED),
+            ErrorCode::MethodNotAllowed
+        );
+        assert_eq!(
+            ErrorCode::for_status(StatusCode::BAD_GATEWAY),
+            ErrorCode::InternalError
+        );
+        assert_eq!(
+            ErrorCode::for_status(StatusCode::IM_A_TEAPOT),
+            ErrorCode::ValidationError
+        );
     }
 }

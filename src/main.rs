@@ -2,8 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use orderflow::{
-    app,
-    auth,
+    app, auth,
     cli::{self, Cli, Command, UsersCommand},
     config::Config,
     db, telemetry,
@@ -52,14 +51,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             db::create_database_if_missing(&config.database_url).await?;
-            let pool = db::connect(&config.database_url, &db::PoolSettings::for_command(&config)).await?;
+            let pool = db::connect(
+                &config.database_url,
+                &db::PoolSettings::for_command(&config),
+            )
+            .await?;
             db::migrate(&pool).await?;
             tracing::info!("migrations applied");
         }
         Command::Users {
             command: UsersCommand::Promote { email },
         } => {
-            let pool = db::connect(&config.database_url, &db::PoolSettings::for_command(&config)).await?;
+            let pool = db::connect(
+                &config.database_url,
+                &db::PoolSettings::for_command(&config),
+            )
+            .await?;
             auth::promote(&pool, &email).await?;
             println!("{email} is now ADMIN");
         }

@@ -21,24 +21,44 @@ async fn create_get_list_and_sku_uniqueness() {
     let app = TestApp::spawn().await;
     let admin = app.admin_token().await;
     let r = app
-        .post("/api/v1/admin/products", Some(&admin), json!({"sku": "MUG-1", "name": "Mug", "price": 1299, "initialStock": 7}))
+        .post(
+            "/api/v1/admin/products",
+            Some(&admin),
+            json!({"sku": "MUG-1", "name": "Mug", "price": 1299, "initialStock": 7}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let id = r.body["id"].as_i64().unwrap();
-    assert_eq!(r.body, json!({"id": id, "sku": "MUG-1", "name": "Mug", "price": 1299, "stock": 7}));
+    assert_eq!(
+        r.body,
+        json!({"id": id, "sku": "MUG-1", "name": "Mug", "price": 1299, "stock": 7})
+    );
 
     let r = app.get(&format!("/api/v1/products/{id}"), None).await;
-    assert_eq!(r.body, json!({"id": id, "sku": "MUG-1", "name": "Mug", "price": 1299, "stock": 7}));
+    assert_eq!(
+        r.body,
+        json!({"id": id, "sku": "MUG-1", "name": "Mug", "price": 1299, "stock": 7})
+    );
 
-    app.post("/api/v1/admin/products", Some(&admin), json!({"sku": "mug-1", "name": "Other", "price": 1, "initialStock": 1}))
+    app.post(
+        "/api/v1/admin/products",
+        Some(&admin),
+        json!({"sku": "mug-1", "name": "Other", "price": 1, "initialStock": 1}),
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "SKU_TAKEN");
+
+    app.get("/api/v1/products/999999", None)
         .await
-        .assert_error(StatusCode::CONFLICT, "SKU_TAKEN");
-
-    app.get("/api/v1/products/999999", None).await.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+        .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
 
     for i in 0..4 {
-        app.post("/api/v1/admin/products", Some(&admin), json!({"sku": format!("P-{i}"), "name": "p", "price": 10, "initialStock": 1}))
-            .await;
+        app.post(
+            "/api/v1/admin/products",
+            Some(&admin),
+            json!({"sku": format!("P-{i}"), "name": "p", "price": 10, "initialStock": 1}),
+        )
+        .await;
     }
     let page = app.get("/api/v1/products?page=1&size=2", None).await.body;
     assert_eq!(page["page"], 1);
@@ -56,7 +76,10 @@ async fn paging_is_bounded() {
             .await
             .assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
-    assert_eq!(app.get("/api/v1/products?size=100", None).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/api/v1/products?size=100", None).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +87,11 @@ async fn product_validation() {
     let app = TestApp::spawn().await;
     let admin = app.admin_token().await;
     let r = app
-        .post("/api/v1/admin/products", Some(&admin), json!({"sku": "bad sku!", "name": "", "price": -1, "initialStock": -1}))
+        .post(
+            "/api/v1/admin/products",
+            Some(&admin),
+            json!({"sku": "bad sku!", "name": "", "price": -1, "initialStock": -1}),
+        )
         .await;
     r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     assert_eq!(r.body["details"].as_array().unwrap().len(), 4);
@@ -88,9 +115,13 @@ async fn stock_adjust_never_goes_below_zero() {
     app.post(&path, Some(&admin), json!({"delta": 0}))
         .await
         .assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
-    app.post("/api/v1/admin/products/999999/stock-adjust", Some(&admin), json!({"delta": 1}))
-        .await
-        .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    app.post(
+        "/api/v1/admin/products/999999/stock-adjust",
+        Some(&admin),
+        json!({"delta": 1}),
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     assert_eq!(app.stock_of(id).await, 0);
 
     // The database refuses negative stock even from code that forgets to check.
@@ -98,7 +129,10 @@ async fn stock_adjust_never_goes_below_zero() {
         .bind(id)
         .execute(app.db())
         .await;
-    assert!(direct.is_err(), "CHECK (quantity >= 0) must reject a negative stock");
+    assert!(
+        direct.is_err(),
+        "CHECK (quantity >= 0) must reject a negative stock"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,8 +143,14 @@ async fn concurrent_decrements_stop_at_zero() {
     let path = format!("/api/v1/admin/products/{id}/stock-adjust");
     let calls = (0..30).map(|_| app.post(&path, Some(&admin), json!({"delta": -1})));
     let results = futures::future::join_all(calls).await;
-    let ok = results.iter().filter(|r| r.status == StatusCode::OK).count();
-    let refused = results.iter().filter(|r| r.body["code"] == "INSUFFICIENT_STOCK").count();
+    let ok = results
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let refused = results
+        .iter()
+        .filter(|r| r.body["code"] == "INSUFFICIENT_STOCK")
+        .count();
     assert_eq!((ok, refused), (10, 20));
     assert_eq!(app.stock_of(id).await, 0);
 }
@@ -136,24 +176,42 @@ async fn reads_are_cached_in_redis_and_every_change_invalidates() {
     assert!(cached_list.is_some());
 
     // A served hit: change the database behind the cache's back and read the cached value.
-    sqlx::query("UPDATE products SET name = 'Renamed' WHERE id = ?").bind(id).execute(app.db()).await.unwrap();
-    assert_eq!(app.get(&format!("/api/v1/products/{id}"), None).await.body["name"], "Test product");
+    sqlx::query("UPDATE products SET name = 'Renamed' WHERE id = ?")
+        .bind(id)
+        .execute(app.db())
+        .await
+        .unwrap();
+    assert_eq!(
+        app.get(&format!("/api/v1/products/{id}"), None).await.body["name"],
+        "Test product"
+    );
 
     // A stock change through the API invalidates the product and every list page.
-    app.post(&format!("/api/v1/admin/products/{id}/stock-adjust"), Some(&admin), json!({"delta": 2})).await;
+    app.post(
+        &format!("/api/v1/admin/products/{id}/stock-adjust"),
+        Some(&admin),
+        json!({"delta": 2}),
+    )
+    .await;
     let gone: Option<String> = redis.get(&key).await.unwrap();
     assert!(gone.is_none(), "product entry invalidated");
     let gone: Option<String> = redis.get(list_key).await.unwrap();
     assert!(gone.is_none(), "list pages invalidated");
     let fresh = app.get(&format!("/api/v1/products/{id}"), None).await.body;
-    assert_eq!((fresh["stock"].as_i64(), fresh["name"].as_str()), (Some(7), Some("Renamed")));
+    assert_eq!(
+        (fresh["stock"].as_i64(), fresh["name"].as_str()),
+        (Some(7), Some("Renamed"))
+    );
 
     // Creating a product invalidates the list pages too.
     app.get("/api/v1/products", None).await;
     app.new_product(&admin, 1, 1).await;
     let gone: Option<String> = redis.get(list_key).await.unwrap();
     assert!(gone.is_none());
-    assert_eq!(app.get("/api/v1/products", None).await.body["totalItems"], 2);
+    assert_eq!(
+        app.get("/api/v1/products", None).await.body["totalItems"],
+        2
+    );
 }
 
 async fn catalog_and_orders_work(app: &TestApp) {
@@ -162,13 +220,31 @@ async fn catalog_and_orders_work(app: &TestApp) {
     let r = app.get(&format!("/api/v1/products/{id}"), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["stock"], 3);
-    assert_eq!(app.get("/api/v1/products", None).await.status, StatusCode::OK);
-    let r = app.post(&format!("/api/v1/admin/products/{id}/stock-adjust"), Some(&admin), json!({"delta": -1})).await;
+    assert_eq!(
+        app.get("/api/v1/products", None).await.status,
+        StatusCode::OK
+    );
+    let r = app
+        .post(
+            &format!("/api/v1/admin/products/{id}/stock-adjust"),
+            Some(&admin),
+            json!({"delta": -1}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     let (_, user) = app.new_user().await;
-    let r = app.order(&user, "redis-down-1", json!([{"productId": id, "quantity": 2}])).await;
+    let r = app
+        .order(
+            &user,
+            "redis-down-1",
+            json!([{"productId": id, "quantity": 2}]),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    assert_eq!(app.get(&format!("/api/v1/products/{id}"), None).await.body["stock"], 0);
+    assert_eq!(
+        app.get(&format!("/api/v1/products/{id}"), None).await.body["stock"],
+        0
+    );
 }
 
 fn cache_errors(metrics: &str) -> f64 {
@@ -186,10 +262,17 @@ async fn redis_down_the_api_answers_from_the_database() {
     let app = TestApp::spawn_with(|c| c.redis_url = "redis://127.0.0.1:1".into()).await;
     catalog_and_orders_work(&app).await;
     let health = app.get("/actuator/health", None).await;
-    assert_eq!(health.status, StatusCode::OK, "a cache outage does not make the service DOWN");
+    assert_eq!(
+        health.status,
+        StatusCode::OK,
+        "a cache outage does not make the service DOWN"
+    );
     assert_eq!(health.body["components"]["redis"]["status"], "DOWN");
     let after = cache_errors(&orderflow::telemetry::metrics_handle().render());
-    assert!(after > before, "cache errors are counted ({before} -> {after})");
+    assert!(
+        after > before,
+        "cache errors are counted ({before} -> {after})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,15 +286,28 @@ async fn redis_hanging_the_api_answers_from_the_database() {
 async fn redis_lost_while_running_the_api_keeps_answering() {
     let upstream: std::net::SocketAddr = {
         let url = common::redis_url();
-        let host = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+        let host = url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
         tokio::net::lookup_host(host).await.unwrap().next().unwrap()
     };
     let fault = proxy::FaultProxy::start(upstream).await;
     let app = TestApp::spawn_with(|c| c.redis_url = format!("redis://{}", fault.addr)).await;
     let admin = app.admin_token().await;
     let id = app.new_product(&admin, 1, 1).await;
-    assert_eq!(app.get(&format!("/api/v1/products/{id}"), None).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get(&format!("/api/v1/products/{id}"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
     fault.down();
     catalog_and_orders_work(&app).await;
-    assert_eq!(app.get(&format!("/api/v1/products/{id}"), None).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get(&format!("/api/v1/products/{id}"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
 }

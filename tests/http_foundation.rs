@@ -19,7 +19,9 @@ async fn unknown_route_wrong_method_and_bad_json_get_the_standard_body() {
     r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     assert_eq!(r.body["path"], "/api/v1/no-such-thing");
 
-    let r = app.call(Method::DELETE, "/api/v1/products", None, &[], None).await;
+    let r = app
+        .call(Method::DELETE, "/api/v1/products", None, &[], None)
+        .await;
     r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED");
 
     let raw = app
@@ -34,7 +36,11 @@ async fn unknown_route_wrong_method_and_bad_json_get_the_standard_body() {
     r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
     let r = app
-        .post("/api/v1/auth/register", None, json!({"email": 5, "password": "x", "name": "n"}))
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": 5, "password": "x", "name": "n"}),
+        )
         .await;
     r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     assert_eq!(r.body["details"][0]["field"], "email");
@@ -60,7 +66,11 @@ async fn oversized_body_is_413_in_the_standard_body() {
     let app = TestApp::spawn_with(|c| c.http_body_limit_bytes = 1024).await;
     let big = "x".repeat(4096);
     let r = app
-        .post("/api/v1/auth/register", None, json!({"email": "a@b.co", "password": big, "name": "n"}))
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": "a@b.co", "password": big, "name": "n"}),
+        )
         .await;
     r.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
 }
@@ -79,17 +89,37 @@ async fn a_panicking_handler_becomes_a_500_in_the_standard_body() {
     let app = TestApp::serve(base.state.clone(), base.db_guard.clone(), Some(routes)).await;
     let r = app.get("/boom", None).await;
     r.assert_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR");
-    assert!(!r.text.contains("exploded"), "panic message must not leak: {}", r.text);
+    assert!(
+        !r.text.contains("exploded"),
+        "panic message must not leak: {}",
+        r.text
+    );
     assert!(r.header("x-request-id").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_is_echoed_when_sane_and_generated_otherwise() {
     let app = TestApp::spawn().await;
-    let r = app.call(Method::GET, "/actuator/health", None, &[("x-request-id", "client-id-42")], None).await;
+    let r = app
+        .call(
+            Method::GET,
+            "/actuator/health",
+            None,
+            &[("x-request-id", "client-id-42")],
+            None,
+        )
+        .await;
     assert_eq!(r.header("x-request-id"), Some("client-id-42"));
 
-    let r = app.call(Method::GET, "/actuator/health", None, &[("x-request-id", "bad id <script>")], None).await;
+    let r = app
+        .call(
+            Method::GET,
+            "/actuator/health",
+            None,
+            &[("x-request-id", "bad id <script>")],
+            None,
+        )
+        .await;
     let generated = r.header("x-request-id").expect("generated id");
     assert_ne!(generated, "bad id <script>");
     assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
@@ -106,8 +136,14 @@ async fn health_liveness_and_readiness() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "UP");
     assert_eq!(r.body["components"]["db"]["status"], "UP");
-    assert_eq!(app.get("/actuator/health/liveness", None).await.body["status"], "UP");
-    assert_eq!(app.get("/actuator/health/readiness", None).await.body["status"], "UP");
+    assert_eq!(
+        app.get("/actuator/health/liveness", None).await.body["status"],
+        "UP"
+    );
+    assert_eq!(
+        app.get("/actuator/health/readiness", None).await.body["status"],
+        "UP"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,16 +154,24 @@ async fn readiness_fails_while_the_database_is_unreachable_and_recovers() {
     let guard = std::sync::Arc::new(common::DatabaseGuard { url: url.clone() });
     let mut config = common::test_config(&proxied);
     config.database_acquire_timeout = Duration::from_secs(1);
-    let state = orderflow::app::init(config).await.expect("starts through the proxy");
+    let state = orderflow::app::init(config)
+        .await
+        .expect("starts through the proxy");
     let app = TestApp::serve(state, guard, None).await;
 
-    assert_eq!(app.get("/actuator/health/readiness", None).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/actuator/health/readiness", None).await.status,
+        StatusCode::OK
+    );
     proxy.down();
     let r = app.get("/actuator/health/readiness", None).await;
     r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE");
     assert_eq!(r.body["details"][0]["field"], "db");
     // Liveness does not depend on the database: the pod must not be restarted for it.
-    assert_eq!(app.get("/actuator/health/liveness", None).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/actuator/health/liveness", None).await.status,
+        StatusCode::OK
+    );
     // An API call that needs the database is a clean 503, not a hang or a bare 500.
     app.get("/api/v1/products", None)
         .await
@@ -150,7 +194,12 @@ async fn prometheus_exposes_request_metrics_by_route_template() {
     let app = TestApp::spawn().await;
     let (_, token) = app.new_user().await;
     app.get("/api/v1/orders/12345", Some(&token)).await;
-    let r = app.client.get(app.url("/actuator/prometheus")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/actuator/prometheus"))
+        .send()
+        .await
+        .unwrap();
     assert!(r
         .headers()
         .get("content-type")
@@ -169,7 +218,12 @@ async fn prometheus_exposes_request_metrics_by_route_template() {
     assert!(text.contains("db_pool_connections"));
 
     let names = app.get("/actuator/metrics", None).await.body;
-    let names: Vec<&str> = names["names"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let names: Vec<&str> = names["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
     assert!(names.contains(&"http_requests_total"), "{names:?}");
 }
 

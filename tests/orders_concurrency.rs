@@ -40,12 +40,28 @@ async fn fifty_concurrent_requests_with_one_key_make_one_order() {
     let calls = (0..50).map(|_| app.order(&user, "one-key-many-calls", items.clone()));
     let results = futures::future::join_all(calls).await;
 
-    let created: Vec<_> = results.iter().filter(|r| r.status == StatusCode::CREATED).collect();
-    let in_progress = results.iter().filter(|r| r.body["code"] == "IDEMPOTENCY_KEY_IN_PROGRESS").count();
-    assert_eq!(created.len() + in_progress, 50, "only 201s and in-flight 409s");
+    let created: Vec<_> = results
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .collect();
+    let in_progress = results
+        .iter()
+        .filter(|r| r.body["code"] == "IDEMPOTENCY_KEY_IN_PROGRESS")
+        .count();
+    assert_eq!(
+        created.len() + in_progress,
+        50,
+        "only 201s and in-flight 409s"
+    );
     assert!(!created.is_empty());
-    let fresh = created.iter().filter(|r| r.header("idempotent-replayed").is_none()).count();
-    assert_eq!(fresh, 1, "exactly one response created the order; the rest are replays");
+    let fresh = created
+        .iter()
+        .filter(|r| r.header("idempotent-replayed").is_none())
+        .count();
+    assert_eq!(
+        fresh, 1,
+        "exactly one response created the order; the rest are replays"
+    );
     for r in &created {
         assert_eq!(r.text, created[0].text, "every 201 carries the same order");
     }
@@ -68,7 +84,14 @@ async fn hot_sku_200_buyers_50_units_sells_exactly_50() {
     let calls = (0..200).map(|i| {
         let token = buyers[i % buyers.len()].clone();
         let app = &app;
-        async move { app.order(&token, &format!("hot-{i}"), json!([{"productId": p, "quantity": 1}])).await }
+        async move {
+            app.order(
+                &token,
+                &format!("hot-{i}"),
+                json!([{"productId": p, "quantity": 1}]),
+            )
+            .await
+        }
     });
     let results = futures::future::join_all(calls).await;
 
@@ -82,12 +105,19 @@ async fn hot_sku_200_buyers_50_units_sells_exactly_50() {
     }
     assert_eq!(
         by_outcome,
-        HashMap::from([("CREATED".to_string(), 50), ("OUT_OF_STOCK".to_string(), 150)]),
+        HashMap::from([
+            ("CREATED".to_string(), 50),
+            ("OUT_OF_STOCK".to_string(), 150)
+        ]),
         "nothing but sales and OUT_OF_STOCK"
     );
     assert_eq!(app.stock_of(p).await, 0);
     assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 50);
-    assert_eq!(app.count("SELECT CAST(COALESCE(SUM(quantity), 0) AS SIGNED) FROM order_items").await, 50);
+    assert_eq!(
+        app.count("SELECT CAST(COALESCE(SUM(quantity), 0) AS SIGNED) FROM order_items")
+            .await,
+        50
+    );
     assert_outbox_matches_orders(&app).await;
 }
 
@@ -107,7 +137,14 @@ async fn contention_alone_never_refuses_a_buyer() {
     let p = app.new_product(&admin, 100, 150).await;
     let calls = (0..150).map(|i| {
         let (app, user) = (&app, &user);
-        async move { app.order(user, &format!("enough-{i}"), json!([{"productId": p, "quantity": 1}])).await }
+        async move {
+            app.order(
+                user,
+                &format!("enough-{i}"),
+                json!([{"productId": p, "quantity": 1}]),
+            )
+            .await
+        }
     });
     let results = futures::future::join_all(calls).await;
     let refused: Vec<&str> = results
@@ -115,21 +152,34 @@ async fn contention_alone_never_refuses_a_buyer() {
         .filter(|r| r.status != StatusCode::CREATED)
         .map(|r| r.text.as_str())
         .collect();
-    assert!(refused.is_empty(), "{} buyers refused, e.g. {:?}", refused.len(), refused.first());
+    assert!(
+        refused.is_empty(),
+        "{} buyers refused, e.g. {:?}",
+        refused.len(),
+        refused.first()
+    );
     assert_eq!(app.stock_of(p).await, 0);
     let conflicts = orderflow::telemetry::metrics_handle().render();
     assert!(
-        conflicts.lines().any(|l| l.starts_with("stock_lock_conflicts_total")),
+        conflicts
+            .lines()
+            .any(|l| l.starts_with("stock_lock_conflicts_total")),
         "the optimistic lock did see contention, so the guard was exercised"
     );
 }
 
 #[derive(Debug, Clone)]
 enum Op {
-    Order { product: usize, quantity: i64 },
+    Order {
+        product: usize,
+        quantity: i64,
+    },
     /// Cancel the n-th order placed so far (if any).
     Cancel(usize),
-    Adjust { product: usize, delta: i64 },
+    Adjust {
+        product: usize,
+        delta: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -144,7 +194,10 @@ fn op() -> impl Strategy<Value = Op> {
 /// stock + units held by live (CREATED/COMPLETED) orders = initial + accepted adjustments.
 async fn conservation(app: &TestApp, admin: &str, user: &str, waves: Vec<Vec<Op>>) {
     let initial = 8;
-    let products = [app.new_product(admin, 10, initial).await, app.new_product(admin, 20, initial).await];
+    let products = [
+        app.new_product(admin, 10, initial).await,
+        app.new_product(admin, 20, initial).await,
+    ];
     let mut adjusted = [0i64; 2];
     let mut orders: Vec<i64> = Vec::new();
     let mut key = 0;
@@ -156,7 +209,13 @@ async fn conservation(app: &TestApp, admin: &str, user: &str, waves: Vec<Vec<Op>
             async move {
                 match op {
                     Op::Order { product, quantity } => {
-                        let r = app.order(user, &k, json!([{"productId": products[product], "quantity": quantity}])).await;
+                        let r = app
+                            .order(
+                                user,
+                                &k,
+                                json!([{"productId": products[product], "quantity": quantity}]),
+                            )
+                            .await;
                         assert!(
                             r.status == StatusCode::CREATED || r.body["code"] == "OUT_OF_STOCK",
                             "order refused for another reason: {}",
@@ -166,17 +225,37 @@ async fn conservation(app: &TestApp, admin: &str, user: &str, waves: Vec<Vec<Op>
                     }
                     Op::Cancel(n) => {
                         if let Some(id) = known.get(n % known.len().max(1)) {
-                            let r = app.post(&format!("/api/v1/orders/{id}/cancel"), Some(user), json!({})).await;
+                            let r = app
+                                .post(
+                                    &format!("/api/v1/orders/{id}/cancel"),
+                                    Some(user),
+                                    json!({}),
+                                )
+                                .await;
                             assert_eq!(r.status, StatusCode::OK, "{}", r.text);
                         }
                         (None, None)
                     }
                     Op::Adjust { product, delta } => {
                         let r = app
-                            .post(&format!("/api/v1/admin/products/{}/stock-adjust", products[product]), Some(admin), json!({"delta": delta}))
+                            .post(
+                                &format!(
+                                    "/api/v1/admin/products/{}/stock-adjust",
+                                    products[product]
+                                ),
+                                Some(admin),
+                                json!({"delta": delta}),
+                            )
                             .await;
-                        assert!(r.status == StatusCode::OK || r.body["code"] == "INSUFFICIENT_STOCK", "{}", r.text);
-                        (None, (r.status == StatusCode::OK).then_some((product, delta)))
+                        assert!(
+                            r.status == StatusCode::OK || r.body["code"] == "INSUFFICIENT_STOCK",
+                            "{}",
+                            r.text
+                        );
+                        (
+                            None,
+                            (r.status == StatusCode::OK).then_some((product, delta)),
+                        )
                     }
                 }
             }
@@ -199,7 +278,11 @@ async fn conservation(app: &TestApp, admin: &str, user: &str, waves: Vec<Vec<Op>
         .await
         .unwrap();
         assert!(stock >= 0);
-        assert_eq!(stock + held, initial + adjusted[i], "product {product}: stock {stock} + held {held}");
+        assert_eq!(
+            stock + held,
+            initial + adjusted[i],
+            "product {product}: stock {stock} + held {held}"
+        );
     }
     assert_outbox_matches_orders(app).await;
 }

@@ -129,7 +129,12 @@ mod tests {
             iat: now - 600,
             exp: now - 300,
         };
-        let token = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         assert!(keys.verify(&token).is_none());
     }
 }

@@ -9,7 +9,7 @@ mod routes;
 
 pub use extractor::{AdminUser, AuthUser};
 pub use jwt::{Claims, JwtKeys};
-pub use repo::{promote, ensure_admin, PromoteError};
+pub use repo::{ensure_admin, promote, PromoteError};
 pub use routes::router;
 
 use serde::{Deserialize, Serialize};

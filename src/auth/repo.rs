@@ -29,13 +29,14 @@ pub async fn insert(
     password_hash: &str,
     role: Role,
 ) -> Result<i64, CreateUserError> {
-    let res = sqlx::query("INSERT INTO users (email, password_hash, name, role) VALUES (?, ?, ?, ?)")
-        .bind(email)
-        .bind(password_hash)
-        .bind(name)
-        .bind(role.as_str())
-        .execute(pool)
-        .await;
+    let res =
+        sqlx::query("INSERT INTO users (email, password_hash, name, role) VALUES (?, ?, ?, ?)")
+            .bind(email)
+            .bind(password_hash)
+            .bind(name)
+            .bind(role.as_str())
+            .execute(pool)
+            .await;
     match res {
         Ok(done) => Ok(done.last_insert_id() as i64),
         Err(e) if db::is_unique_violation(&e) => Err(CreateUserError::EmailTaken),
@@ -73,7 +74,11 @@ pub async fn promote(pool: &MySqlPool, email: &str) -> Result<(), PromoteError> 
 
 /// The ADMIN_EMAIL/ADMIN_PASSWORD bootstrap: creates the account as ADMIN, or promotes it if
 /// it exists (its password is left alone: the environment must not silently reset it).
-pub async fn ensure_admin(pool: &MySqlPool, email: &str, password: &str) -> Result<(), PromoteError> {
+pub async fn ensure_admin(
+    pool: &MySqlPool,
+    email: &str,
+    password: &str,
+) -> Result<(), PromoteError> {
     let email = email.trim().to_lowercase();
     if find_by_email(pool, &email).await?.is_none() {
         let hash = password::hash(password.to_owned()).await;

@@ -30,7 +30,6 @@ for i = 2, #KEYS do redis.call('DEL', KEYS[i]) end
 return #pages
 "#;
 
-
 #[derive(Clone)]
 pub struct Cache {
     inner: Arc<Inner>,
@@ -156,7 +155,9 @@ impl Cache {
     }
 
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) {
-        let Ok(json) = serde_json::to_string(value) else { return };
+        let Ok(json) = serde_json::to_string(value) else {
+            return;
+        };
         let ttl = self.inner.ttl.as_secs().max(1);
         let index = self.list_index_key();
         let is_list = key.starts_with(&index[..index.len() - "index".len()]);

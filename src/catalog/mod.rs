@@ -2,12 +2,12 @@
 //! that invalidate it.
 
 pub mod cache;
-pub mod stock;
 mod repo;
 mod routes;
+pub mod stock;
 
-pub use routes::router;
 pub use cache::Cache;
+pub use routes::router;
 
 use serde::{Deserialize, Serialize};
 

@@ -76,7 +76,11 @@ pub async fn create(
 
 /// Adds `delta` (negative to remove) in one guarded statement: the WHERE clause refuses to
 /// go below zero, so no read-modify-write race can either. Returns the new quantity.
-pub async fn adjust_stock(pool: &MySqlPool, product_id: i64, delta: i64) -> Result<i64, CatalogError> {
+pub async fn adjust_stock(
+    pool: &MySqlPool,
+    product_id: i64,
+    delta: i64,
+) -> Result<i64, CatalogError> {
     let mut tx: Transaction<'_, MySql> = pool.begin().await?;
     let done = sqlx::query(
         "UPDATE stocks SET quantity = quantity + ?, version = version + 1, \
@@ -87,10 +91,11 @@ pub async fn adjust_stock(pool: &MySqlPool, product_id: i64, delta: i64) -> Resu
     .bind(delta)
     .execute(&mut *tx)
     .await?;
-    let quantity: Option<i64> = sqlx::query_scalar("SELECT quantity FROM stocks WHERE product_id = ?")
-        .bind(product_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let quantity: Option<i64> =
+        sqlx::query_scalar("SELECT quantity FROM stocks WHERE product_id = ?")
+            .bind(product_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     match (done.rows_affected(), quantity) {
         (_, None) => Err(CatalogError::NotFound),
         (0, Some(_)) => Err(CatalogError::InsufficientStock),

@@ -36,10 +36,9 @@ impl From<CatalogError> for ApiError {
         match e {
             CatalogError::SkuTaken => ApiError::new(ErrorCode::SkuTaken, "sku is already taken"),
             CatalogError::NotFound => ApiError::not_found("product"),
-            CatalogError::InsufficientStock => ApiError::new(
-                ErrorCode::InsufficientStock,
-                "stock cannot go below zero",
-            ),
+            CatalogError::InsufficientStock => {
+                ApiError::new(ErrorCode::InsufficientStock, "stock cannot go below zero")
+            }
             CatalogError::Db(e) => e.into(),
         }
     }
@@ -168,7 +167,12 @@ async fn adjust_stock(
     }
     let quantity = repo::adjust_stock(&state.db, id, req.delta).await?;
     state.cache.invalidate_products(&[id]).await;
-    tracing::info!(productId = id, delta = req.delta, quantity, "stock adjusted");
+    tracing::info!(
+        productId = id,
+        delta = req.delta,
+        quantity,
+        "stock adjusted"
+    );
     Ok(axum::Json(StockResponse {
         product_id: id,
         quantity,

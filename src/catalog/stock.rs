@@ -106,7 +106,11 @@ pub async fn take(
 
 /// Gives back what a cancelled order took. An increment cannot conflict with anything the
 /// stock invariant cares about, so it is a single atomic statement.
-pub async fn restore(conn: &mut MySqlConnection, product_id: i64, quantity: i64) -> Result<(), sqlx::Error> {
+pub async fn restore(
+    conn: &mut MySqlConnection,
+    product_id: i64,
+    quantity: i64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE stocks SET quantity = quantity + ?, version = version + 1, \
          updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ?",

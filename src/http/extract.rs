@@ -48,11 +48,10 @@ fn map_rejection(rejection: JsonRejection) -> ApiError {
             };
             ApiError::validation(vec![FieldError::new(field, message)])
         }
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(
-            ErrorCode::ValidationError,
-            "request body is not valid JSON",
-        )
-        .with_detail("body", e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::new(ErrorCode::ValidationError, "request body is not valid JSON")
+                .with_detail("body", e.body_text())
+        }
         other => ApiError::new(ErrorCode::ValidationError, other.body_text()),
     }
 }
@@ -70,8 +69,6 @@ where
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(v)| Path(v))
-            .map_err(|e| {
-                ApiError::validation(vec![FieldError::new("path", e.body_text())])
-            })
+            .map_err(|e| ApiError::validation(vec![FieldError::new("path", e.body_text())]))
     }
 }

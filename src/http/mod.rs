@@ -4,5 +4,5 @@
 pub mod error_body;
 pub mod extract;
 pub mod metrics;
-pub mod request_id;
 pub mod paging;
+pub mod request_id;

@@ -32,7 +32,13 @@ struct RawPaging {
     size: Option<String>,
 }
 
-fn parse(field: &str, raw: Option<&str>, default: u32, min: u32, max: u32) -> Result<u32, FieldError> {
+fn parse(
+    field: &str,
+    raw: Option<&str>,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, FieldError> {
     let Some(raw) = raw else { return Ok(default) };
     match raw.trim().parse::<u32>() {
         Ok(v) if (min..=max).contains(&v) => Ok(v),

@@ -37,7 +37,9 @@ mod tests {
 
     #[test]
     fn sane_ids_are_kept_and_odd_ones_are_not() {
-        assert!(is_sane(&HeaderValue::from_static("3f1c2a9e-7b1d-4a55-9c0e-1d2b3c4d5e6f")));
+        assert!(is_sane(&HeaderValue::from_static(
+            "3f1c2a9e-7b1d-4a55-9c0e-1d2b3c4d5e6f"
+        )));
         assert!(is_sane(&HeaderValue::from_static("req:42.a_b")));
         assert!(!is_sane(&HeaderValue::from_static("")));
         assert!(!is_sane(&HeaderValue::from_static("a b")));

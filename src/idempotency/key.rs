@@ -72,7 +72,10 @@ mod tests {
     #[test]
     fn bare_and_quoted_keys() {
         assert_eq!(parse("abc-123").unwrap(), "abc-123");
-        assert_eq!(parse("\"8e03978e-40d5-43e8-bc93-6894a57f9324\"").unwrap(), "8e03978e-40d5-43e8-bc93-6894a57f9324");
+        assert_eq!(
+            parse("\"8e03978e-40d5-43e8-bc93-6894a57f9324\"").unwrap(),
+            "8e03978e-40d5-43e8-bc93-6894a57f9324"
+        );
         assert_eq!(parse(r#""a\"b\\c""#).unwrap(), r#"a"b\c"#);
         assert_eq!(parse(&"k".repeat(255)).unwrap().len(), 255);
     }

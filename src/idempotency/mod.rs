@@ -34,7 +34,8 @@ mod tests {
         let a: serde_json::Value =
             serde_json::from_str(r#"{"items":[{"productId":1,"quantity":2}]}"#).unwrap();
         let b: serde_json::Value =
-            serde_json::from_str("{ \"items\" : [ { \"quantity\":2, \"productId\":1 } ] }").unwrap();
+            serde_json::from_str("{ \"items\" : [ { \"quantity\":2, \"productId\":1 } ] }")
+                .unwrap();
         let c: serde_json::Value =
             serde_json::from_str(r#"{"items":[{"productId":1,"quantity":3}]}"#).unwrap();
         assert_eq!(fingerprint(&a), fingerprint(&b));

@@ -18,7 +18,11 @@ pub struct StoredResponse {
 
 /// The committed record for this key, if any. A plain (non-locking) read: under READ
 /// COMMITTED it sees exactly what other requests have committed.
-pub async fn find(pool: &MySqlPool, user_id: i64, key: &str) -> Result<Option<StoredResponse>, sqlx::Error> {
+pub async fn find(
+    pool: &MySqlPool,
+    user_id: i64,
+    key: &str,
+) -> Result<Option<StoredResponse>, sqlx::Error> {
     sqlx::query_as(
         "SELECT request_fingerprint, response_status, response_body, \
          (expires_at <= CURRENT_TIMESTAMP(6)) AS expired \
@@ -73,7 +77,11 @@ pub async fn insert(
         Ok(done) => Ok(Claim::Claimed(done.last_insert_id() as i64)),
         // Duplicate: the first committed. Lock wait timeout or deadlock: the first is still
         // in flight (or lost a deadlock); either way the caller reads what was committed.
-        Err(e) if db::is_unique_violation(&e) || db::is_lock_wait_timeout(&e) || db::is_deadlock(&e) => {
+        Err(e)
+            if db::is_unique_violation(&e)
+                || db::is_lock_wait_timeout(&e)
+                || db::is_deadlock(&e) =>
+        {
             Ok(Claim::Taken)
         }
         Err(e) => Err(e),

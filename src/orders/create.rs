@@ -93,7 +93,11 @@ fn replay(stored: StoredResponse, fingerprint: &str) -> Result<Reply, CreateErro
     }
 }
 
-pub async fn create(pool: &MySqlPool, order: NewOrder<'_>, settings: &Settings) -> Result<Reply, CreateError> {
+pub async fn create(
+    pool: &MySqlPool,
+    order: NewOrder<'_>,
+    settings: &Settings,
+) -> Result<Reply, CreateError> {
     // Fast path for retries of a settled key: no transaction, no locks.
     if let Some(stored) = idempotency::find(pool, order.user_id, order.key).await? {
         if !stored.expired {
@@ -151,7 +155,12 @@ async fn try_create(
 
     let product_ids: Vec<i64> = order.lines.iter().map(|l| l.product_id).collect();
     let prices = repo::prices(&mut tx, &product_ids).await?;
-    let price_of = |id: i64| prices.iter().find(|(p, _)| *p == id).map(|(_, price)| *price);
+    let price_of = |id: i64| {
+        prices
+            .iter()
+            .find(|(p, _)| *p == id)
+            .map(|(_, price)| *price)
+    };
     let missing: Vec<FieldError> = order
         .lines
         .iter()
@@ -185,7 +194,14 @@ async fn try_create(
     // already taken while the idempotency record stays, to store the refusal.
     let mut taking = tx.begin().await?;
     for line in order.lines {
-        match stock::take(&mut taking, line.product_id, line.quantity, settings.stock_retry).await? {
+        match stock::take(
+            &mut taking,
+            line.product_id,
+            line.quantity,
+            settings.stock_retry,
+        )
+        .await?
+        {
             Take::Taken => {}
             Take::OutOfStock | Take::NoSuchProduct => {
                 taking.rollback().await?;

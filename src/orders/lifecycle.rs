@@ -6,7 +6,11 @@ use chrono::{SubsecRound, Utc};
 use sqlx::MySqlPool;
 use thiserror::Error;
 
-use super::{create::event_payload, model::{Order, OrderStatus}, repo};
+use super::{
+    create::event_payload,
+    model::{Order, OrderStatus},
+    repo,
+};
 use crate::{
     catalog::stock,
     error::{ApiError, ErrorCode},
@@ -29,7 +33,11 @@ impl From<TransitionError> for ApiError {
             TransitionError::NotFound => ApiError::not_found("order"),
             TransitionError::InvalidState { from, to } => ApiError::new(
                 ErrorCode::InvalidState,
-                format!("an order in status {} cannot become {}", from.as_str(), to.as_str()),
+                format!(
+                    "an order in status {} cannot become {}",
+                    from.as_str(),
+                    to.as_str()
+                ),
             ),
             TransitionError::Db(e) => e.into(),
         }
@@ -68,7 +76,14 @@ pub async fn cancel(
         OrderStatus::Created => {}
     }
     let now = Utc::now().trunc_subsecs(6);
-    repo::transition(&mut tx, order_id, OrderStatus::Created, OrderStatus::Cancelled, now).await?;
+    repo::transition(
+        &mut tx,
+        order_id,
+        OrderStatus::Created,
+        OrderStatus::Cancelled,
+        now,
+    )
+    .await?;
     let mut items = order.items.clone();
     items.sort_by_key(|it| it.product_id);
     for it in &items {
@@ -107,7 +122,14 @@ pub async fn complete(pool: &MySqlPool, order_id: i64) -> Result<Order, Transiti
         OrderStatus::Created => {}
     }
     let now = Utc::now().trunc_subsecs(6);
-    repo::transition(&mut tx, order_id, OrderStatus::Created, OrderStatus::Completed, now).await?;
+    repo::transition(
+        &mut tx,
+        order_id,
+        OrderStatus::Created,
+        OrderStatus::Completed,
+        now,
+    )
+    .await?;
     tx.commit().await?;
     order.status = OrderStatus::Completed;
     order.updated_at = now;

@@ -105,7 +105,10 @@ pub struct Line {
 
 /// Validates the request and returns its lines ordered by product id: every transaction
 /// locks stock rows in that one order, so two multi-item orders cannot deadlock each other.
-pub fn validate(req: &CreateOrderRequest, limits: OrderLimits) -> Result<Vec<Line>, Vec<FieldError>> {
+pub fn validate(
+    req: &CreateOrderRequest,
+    limits: OrderLimits,
+) -> Result<Vec<Line>, Vec<FieldError>> {
     let mut errors = Vec::new();
     if req.items.is_empty() {
         errors.push(FieldError::new("items", "must contain at least one item"));
@@ -120,7 +123,10 @@ pub fn validate(req: &CreateOrderRequest, limits: OrderLimits) -> Result<Vec<Lin
     let mut seen: HashMap<i64, usize> = HashMap::new();
     for (i, item) in req.items.iter().enumerate() {
         if item.product_id < 1 {
-            errors.push(FieldError::new(format!("items[{i}].productId"), "must be >= 1"));
+            errors.push(FieldError::new(
+                format!("items[{i}].productId"),
+                "must be >= 1",
+            ));
         } else if let Some(first) = seen.insert(item.product_id, i) {
             errors.push(FieldError::new(
                 format!("items[{i}].productId"),
@@ -175,16 +181,32 @@ mod tests {
     #[test]
     fn lines_come_back_sorted_by_product() {
         let lines = validate(&req(&[(9, 1), (2, 3)]), LIMITS).unwrap();
-        assert_eq!(lines.iter().map(|l| l.product_id).collect::<Vec<_>>(), [2, 9]);
+        assert_eq!(
+            lines.iter().map(|l| l.product_id).collect::<Vec<_>>(),
+            [2, 9]
+        );
         assert_eq!(lines[0].index, 1);
     }
 
     #[test]
     fn duplicates_bounds_and_emptiness_are_refused() {
-        let fields = |r| validate(&r, LIMITS).unwrap_err().into_iter().map(|e| e.field).collect::<Vec<_>>();
+        let fields = |r| {
+            validate(&r, LIMITS)
+                .unwrap_err()
+                .into_iter()
+                .map(|e| e.field)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(fields(req(&[])), ["items"]);
         assert_eq!(fields(req(&[(1, 1), (1, 2)])), ["items[1].productId"]);
-        assert_eq!(fields(req(&[(1, 0), (0, 11)])), ["items[0].quantity", "items[1].productId", "items[1].quantity"]);
+        assert_eq!(
+            fields(req(&[(1, 0), (0, 11)])),
+            [
+                "items[0].quantity",
+                "items[1].productId",
+                "items[1].quantity"
+            ]
+        );
         assert_eq!(fields(req(&[(1, 1), (2, 1), (3, 1), (4, 1)])), ["items"]);
     }
 }

@@ -11,7 +11,10 @@ use crate::http::paging::PageRequest;
 const ORDER_COLUMNS: &str = "id, user_id, status, total_amount, created_at, updated_at";
 
 /// Prices of the given products; products that do not exist are simply absent.
-pub async fn prices(conn: &mut MySqlConnection, product_ids: &[i64]) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+pub async fn prices(
+    conn: &mut MySqlConnection,
+    product_ids: &[i64],
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
     let mut q = QueryBuilder::new("SELECT id, price FROM products WHERE id IN (");
     let mut sep = q.separated(", ");
     for id in product_ids {
@@ -39,8 +42,13 @@ pub async fn insert(
     Ok(done.last_insert_id() as i64)
 }
 
-pub async fn insert_items(conn: &mut MySqlConnection, order_id: i64, items: &[OrderItem]) -> Result<(), sqlx::Error> {
-    let mut q = QueryBuilder::new("INSERT INTO order_items (order_id, product_id, quantity, unit_price) ");
+pub async fn insert_items(
+    conn: &mut MySqlConnection,
+    order_id: i64,
+    items: &[OrderItem],
+) -> Result<(), sqlx::Error> {
+    let mut q =
+        QueryBuilder::new("INSERT INTO order_items (order_id, product_id, quantity, unit_price) ");
     q.push_values(items, |mut row, it| {
         row.push_bind(order_id)
             .push_bind(it.product_id)
@@ -51,7 +59,10 @@ pub async fn insert_items(conn: &mut MySqlConnection, order_id: i64, items: &[Or
     Ok(())
 }
 
-async fn items_of(conn: &mut MySqlConnection, order_ids: &[i64]) -> Result<Vec<(i64, OrderItem)>, sqlx::Error> {
+async fn items_of(
+    conn: &mut MySqlConnection,
+    order_ids: &[i64],
+) -> Result<Vec<(i64, OrderItem)>, sqlx::Error> {
     if order_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -79,7 +90,10 @@ async fn items_of(conn: &mut MySqlConnection, order_ids: &[i64]) -> Result<Vec<(
         .collect())
 }
 
-async fn attach_items(conn: &mut MySqlConnection, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx::Error> {
+async fn attach_items(
+    conn: &mut MySqlConnection,
+    rows: Vec<OrderRow>,
+) -> Result<Vec<Order>, sqlx::Error> {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let mut by_order: HashMap<i64, Vec<OrderItem>> = HashMap::new();
     for (order_id, item) in items_of(conn, &ids).await? {
@@ -95,7 +109,11 @@ async fn attach_items(conn: &mut MySqlConnection, rows: Vec<OrderRow>) -> Result
 }
 
 /// The order if `user_id` owns it (`None` for another user's order: never reveal existence).
-pub async fn find_owned(pool: &MySqlPool, user_id: i64, order_id: i64) -> Result<Option<Order>, sqlx::Error> {
+pub async fn find_owned(
+    pool: &MySqlPool,
+    user_id: i64,
+    order_id: i64,
+) -> Result<Option<Order>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let row: Option<OrderRow> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ? AND user_id = ?"
@@ -110,7 +128,11 @@ pub async fn find_owned(pool: &MySqlPool, user_id: i64, order_id: i64) -> Result
     }
 }
 
-pub async fn list_owned(pool: &MySqlPool, user_id: i64, page: PageRequest) -> Result<(Vec<Order>, i64), sqlx::Error> {
+pub async fn list_owned(
+    pool: &MySqlPool,
+    user_id: i64,
+    page: PageRequest,
+) -> Result<(Vec<Order>, i64), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = ? ORDER BY id DESC LIMIT ? OFFSET ?"
@@ -145,7 +167,10 @@ pub async fn lock(
     match row {
         Some(row) => {
             let user_id = row.user_id;
-            Ok(attach_items(conn, vec![row]).await?.pop().map(|o| (user_id, o)))
+            Ok(attach_items(conn, vec![row])
+                .await?
+                .pop()
+                .map(|o| (user_id, o)))
         }
         None => Ok(None),
     }
@@ -159,12 +184,13 @@ pub async fn transition(
     to: OrderStatus,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE orders SET status = ?, updated_at = ? WHERE id = ? AND status = ?")
-        .bind(to.as_str())
-        .bind(now)
-        .bind(order_id)
-        .bind(from.as_str())
-        .execute(conn)
-        .await?;
+    let done =
+        sqlx::query("UPDATE orders SET status = ?, updated_at = ? WHERE id = ? AND status = ?")
+            .bind(to.as_str())
+            .bind(now)
+            .bind(order_id)
+            .bind(from.as_str())
+            .execute(conn)
+            .await?;
     Ok(done.rows_affected() == 1)
 }

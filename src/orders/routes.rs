@@ -40,7 +40,11 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 fn parse_body(body: &serde_json::Value) -> Result<CreateOrderRequest, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
         ApiError::validation(vec![FieldError::new(field, e.into_inner().to_string())])
     })
 }
@@ -87,7 +91,10 @@ async fn create_order(
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         reply.body,
     )
         .into_response();

@@ -24,8 +24,15 @@ fn started() -> Option<&'static Started> {
             if std::env::var("ORDERFLOW_TESTCONTAINERS").ok().as_deref() != Some("1") {
                 return None;
             }
-            let mysql = Mysql::default().start().expect("start MySQL container");
-            let redis = Redis::default().start().expect("start Redis container");
+            // The blocking runner owns a runtime; keep it off the test's async runtime.
+            let (mysql, redis) = std::thread::spawn(|| {
+                (
+                    Mysql::default().start().expect("start MySQL container"),
+                    Redis::default().start().expect("start Redis container"),
+                )
+            })
+            .join()
+            .expect("containers start");
             let mysql_url = format!(
                 "mysql://root@{}:{}",
                 mysql.get_host().expect("host"),

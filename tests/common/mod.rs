@@ -7,9 +7,9 @@
 //! started in containers instead (needs a Docker engine).
 #![allow(dead_code)]
 
-pub mod proxy;
 #[cfg(feature = "testcontainers")]
 pub mod containers;
+pub mod proxy;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -65,7 +65,11 @@ pub async fn server_addr() -> SocketAddr {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
     let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
     let host = host.split('/').next().unwrap_or(host).to_owned();
-    tokio::net::lookup_host(host).await.expect("resolve database host").next().expect("an address")
+    tokio::net::lookup_host(host)
+        .await
+        .expect("resolve database host")
+        .next()
+        .expect("an address")
 }
 
 /// Configuration as the service reads it, pointed at the test endpoints.
@@ -229,7 +233,11 @@ impl TestApp {
 
     pub async fn login(&self, email: &str, password: &str) -> String {
         let r = self
-            .post("/api/v1/auth/login", None, json!({"email": email, "password": password}))
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"email": email, "password": password}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::OK, "login failed: {}", r.body);
         r.body["accessToken"].as_str().expect("token").to_owned()
@@ -264,7 +272,12 @@ impl TestApp {
                 json!({"sku": sku, "name": "Test product", "price": price, "initialStock": stock}),
             )
             .await;
-        assert_eq!(r.status, StatusCode::CREATED, "create product failed: {}", r.body);
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "create product failed: {}",
+            r.body
+        );
         r.body["id"].as_i64().expect("id")
     }
 
@@ -288,7 +301,10 @@ impl TestApp {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(self.db()).await.expect("count query")
+        sqlx::query_scalar(sql)
+            .fetch_one(self.db())
+            .await
+            .expect("count query")
     }
 }
 
@@ -327,7 +343,11 @@ impl Resp {
     /// Asserts the standard error body with this status and code.
     #[track_caller]
     pub fn assert_error(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
         assert_standard_error(&self.body, code);
     }
 }
@@ -335,10 +355,16 @@ impl Resp {
 /// The error body has exactly the standard fields, with the given code.
 #[track_caller]
 pub fn assert_standard_error(body: &Value, code: &str) {
-    let obj = body.as_object().unwrap_or_else(|| panic!("error body is not an object: {body}"));
+    let obj = body
+        .as_object()
+        .unwrap_or_else(|| panic!("error body is not an object: {body}"));
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["code", "details", "message", "path", "timestamp"], "body: {body}");
+    assert_eq!(
+        keys,
+        ["code", "details", "message", "path", "timestamp"],
+        "body: {body}"
+    );
     assert_eq!(body["code"], code, "body: {body}");
     assert!(body["details"].is_array());
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));

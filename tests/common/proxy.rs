@@ -31,7 +31,9 @@ impl FaultProxy {
         let up_flag = up.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
                 if !up_flag.load(Ordering::SeqCst) {
                     drop(client); // refused while down
                     continue;
@@ -39,7 +41,9 @@ impl FaultProxy {
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.mark_unchanged();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = cut_rx.changed() => {}
@@ -68,7 +72,9 @@ impl FaultProxy {
 
 /// A server that accepts connections and never answers: a "slow" dependency.
 pub async fn blackhole() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind blackhole");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind blackhole");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let mut held = Vec::new();

@@ -1,0 +1,234 @@
+//! The `orderflow` binary as an operator runs it: migrate, users promote, serve (with JSON
+//! logs that carry requestId and userId, and a clean exit on SIGTERM), bad configuration.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::DatabaseGuard;
+use serde_json::{json, Value};
+
+fn orderflow(database_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("REDIS_URL", common::redis_url())
+        .env("JWT_SECRET", common::JWT_SECRET)
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_database_and_every_table() {
+    let url = common::fresh_database_url();
+    let _guard = DatabaseGuard { url: url.clone() };
+    let out = orderflow(&url).arg("migrate").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(table_name AS CHAR) FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for t in [
+        "idempotency_keys",
+        "jobs",
+        "notifications",
+        "order_items",
+        "order_items_archive",
+        "orders",
+        "orders_archive",
+        "outbox_events",
+        "products",
+        "stocks",
+        "users",
+        "workers",
+    ] {
+        assert!(
+            tables.iter().any(|x| x == t),
+            "missing table {t} in {tables:?}"
+        );
+    }
+    // Running it again is a no-op.
+    assert!(orderflow(&url)
+        .arg("migrate")
+        .output()
+        .unwrap()
+        .status
+        .success());
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_promote_makes_an_existing_account_admin() {
+    let app = common::TestApp::spawn().await;
+    let (id, _) = app.new_user().await;
+    let email: String = sqlx::query_scalar("SELECT email FROM users WHERE id = ?")
+        .bind(id)
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+    let url = app.db_guard.url.clone();
+    let out = orderflow(&url)
+        .args(["users", "promote", &email])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = ?")
+        .bind(id)
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+    assert_eq!(role, "ADMIN");
+
+    let out = orderflow(&url)
+        .args(["users", "promote", "nobody@example.org"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nobody@example.org"));
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_the_variable_named() {
+    let out = orderflow("mysql://root@127.0.0.1:3306/unused")
+        .env("ORDER_MAX_ITEMS", "lots")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ORDER_MAX_ITEMS"));
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(url: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut cmd = orderflow(url);
+        cmd.env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("LOG_FORMAT", "json")
+            .env("ADMIN_EMAIL", common::ADMIN_EMAIL)
+            .env("ADMIN_PASSWORD", common::ADMIN_PASSWORD)
+            .args(["serve", "--role", "all"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().unwrap(),
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Ok(r) = client
+                .get(format!("{}/actuator/health/readiness", self.base))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return started.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("service did not become ready");
+    }
+
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<Value>) {
+        send_signal(self.child.id(), "TERM");
+        let stdout = self.child.stdout.take().unwrap();
+        let lines: Vec<Value> = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect();
+        (self.child.wait().unwrap(), lines)
+    }
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_json_with_request_and_user_ids_and_stops_cleanly_on_sigterm() {
+    let url = common::fresh_database_url();
+    let _guard = DatabaseGuard { url: url.clone() };
+    let server = Server::start(&url, &[]);
+    let client = reqwest::Client::new();
+    server.wait_ready(&client).await;
+
+    let login = client
+        .post(format!("{}/api/v1/auth/login", server.base))
+        .json(&json!({"email": common::ADMIN_EMAIL, "password": common::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let token = login["accessToken"].as_str().unwrap();
+    let r = client
+        .post(format!("{}/api/v1/admin/products", server.base))
+        .bearer_auth(token)
+        .header("x-request-id", "cli-test-request-1")
+        .json(&json!({"sku": "LOG-1", "name": "Logged", "price": 1, "initialStock": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let (status, lines) = server.terminate();
+    assert!(status.success(), "graceful exit on SIGTERM: {status:?}");
+    assert!(!lines.is_empty(), "logs are JSON lines");
+    let ours: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l.to_string().contains("cli-test-request-1"))
+        .collect();
+    assert!(!ours.is_empty(), "a log line carries the request id");
+    let line = ours
+        .iter()
+        .find(|l| l["message"] == "product created")
+        .expect("product created log line");
+    let span = &line["spans"][0];
+    assert_eq!(span["requestId"], "cli-test-request-1");
+    assert!(
+        span["userId"].is_number(),
+        "userId recorded on the request span: {line}"
+    );
+    assert!(line["timestamp"].is_string() && line["level"] == "INFO");
+    assert!(lines.iter().any(|l| l["message"] == "orderflow stopped"));
+}
