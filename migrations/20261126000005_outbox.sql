@@ -10,6 +10,9 @@ CREATE TABLE outbox_events (
     traceparent    VARCHAR(128)  NULL,
     tracestate     VARCHAR(512)  NULL,
     status         VARCHAR(16)   NOT NULL DEFAULT 'NEW',
+    -- the publish-outbox job meant to carry this row (its id is chosen before the job is
+    -- pushed, so the sweeper can tell a lost job from one still queued)
+    job_id         VARCHAR(36)   NULL,
     attempts       INT           NOT NULL DEFAULT 0,
     last_error     VARCHAR(1000) NULL,
     created_at     DATETIME(6)   NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
@@ -18,6 +21,7 @@ CREATE TABLE outbox_events (
     UNIQUE KEY uq_outbox_event_id (event_id),
     KEY ix_outbox_status_created (status, created_at),
     KEY ix_outbox_aggregate (aggregate_type, aggregate_id),
+    KEY ix_outbox_job (job_id),
     CONSTRAINT ck_outbox_status CHECK (status IN ('NEW', 'PUBLISHED', 'DEAD')),
     CONSTRAINT ck_outbox_payload CHECK (JSON_VALID(payload))
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_unicode_ci;

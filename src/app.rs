@@ -26,8 +26,9 @@ use crate::{
     catalog::{self, Cache},
     config::Config,
     db,
+    events::{self, Events},
     http::{error_body, metrics as http_metrics, request_id},
-    idempotency, notifications, orders, telemetry,
+    idempotency, jobs, notifications, orders, telemetry,
 };
 
 #[derive(Clone)]
@@ -37,6 +38,7 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub config: Arc<Config>,
     pub metrics: PrometheusHandle,
+    pub events: Arc<Events>,
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {
@@ -84,7 +86,9 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         auth::ensure_admin(&pool, email, password).await?;
         tracing::info!(email = %email, "admin account ensured from ADMIN_EMAIL");
     }
+    let events = events::connect(&config.events).await?;
     Ok(AppState {
+        events: Arc::new(events),
         cache: Cache::new(
             &config.redis_url,
             &config.cache_key_prefix,
@@ -104,6 +108,7 @@ fn api_routes() -> Router<AppState> {
         .merge(catalog::router())
         .merge(orders::router())
         .merge(notifications::router())
+        .merge(jobs::router())
 }
 
 fn http_span<B>(req: &Request<B>) -> tracing::Span {
@@ -154,16 +159,36 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The event pipeline of this process, as configured.
+pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
+    let cfg = &state.config.events;
+    orderflow_workflows::Pipeline {
+        pool: state.db.clone(),
+        producer: state.events.producer.clone(),
+        bootstrap: state.events.bootstrap.clone(),
+        topic_prefix: cfg.topic_prefix.clone(),
+        consumer_group: cfg.consumer_group.clone(),
+        settings: cfg.queue,
+        concurrency: cfg.worker_concurrency,
+        sweep_interval: cfg.sweep_interval,
+        sweep_grace: cfg.sweep_grace,
+        shutdown_timeout: cfg.shutdown_timeout,
+    }
+}
+
 /// Starts the background work of the worker role; it stops when `shutdown` is cancelled.
 pub fn spawn_workers(
     state: &AppState,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![tokio::spawn(idempotency::purge_loop(
-        state.db.clone(),
-        state.config.idempotency.purge_interval,
-        shutdown,
-    ))]
+    vec![
+        tokio::spawn(idempotency::purge_loop(
+            state.db.clone(),
+            state.config.idempotency.purge_interval,
+            shutdown.clone(),
+        )),
+        tokio::spawn(orderflow_workflows::run(pipeline(state), shutdown)),
+    ]
 }
 
 /// Serves until `signal` resolves, then drains in-flight requests and stops the workers.

@@ -33,6 +33,11 @@ pub enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Operate the job table: list dead jobs, retry them.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Exit 0 when the local service answers its liveness probe (for container healthchecks).
     Healthcheck {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -46,6 +51,28 @@ pub enum Command {
 pub enum UsersCommand {
     /// Give an existing account the ADMIN role.
     Promote { email: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List dead jobs (attempts exhausted or refused for good).
+    Dead {
+        /// Only this queue (publish-outbox, consume-notification).
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Put a dead job back in its queue; `--all-dead` retries every dead job.
+    Retry {
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<String>,
+        #[arg(long)]
+        all_dead: bool,
+        /// With --all-dead: only this queue.
+        #[arg(long, requires = "all_dead")]
+        queue: Option<String>,
+    },
 }
 
 /// A dependency-free HTTP/1.1 GET that reports whether the status was 2xx.

@@ -4,6 +4,7 @@
 
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
+use orderflow_jobs::queue::QueueSettings;
 use thiserror::Error;
 
 pub const DEV_JWT_SECRET: &str = "orderflow-development-secret-do-not-use-in-production";
@@ -43,7 +44,7 @@ pub struct Config {
     pub redis_timeout: Duration,
     pub cache_key_prefix: String,
     pub cache_ttl: Duration,
-    pub kafka_brokers: Option<String>,
+    pub events: EventsConfig,
     pub http_addr: SocketAddr,
     pub http_request_timeout: Duration,
     pub http_body_limit_bytes: usize,
@@ -53,6 +54,22 @@ pub struct Config {
     pub orders: OrderLimits,
     pub stock_retry: StockRetry,
     pub idempotency: IdempotencyConfig,
+}
+
+/// Kafka and the job engine.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// Unset: an in-process broker (librdkafka's mock cluster).
+    pub kafka_brokers: Option<String>,
+    /// Prepended to the topic names (ORDER_CREATED, ORDER_CANCELLED).
+    pub topic_prefix: String,
+    pub consumer_group: String,
+    pub delivery_timeout: Duration,
+    pub queue: QueueSettings,
+    pub worker_concurrency: usize,
+    pub sweep_interval: Duration,
+    pub sweep_grace: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -146,7 +163,45 @@ impl Config {
                 "CACHE_TTL_SECS",
                 var("CACHE_TTL_SECS", 60u64)?,
             )?),
-            kafka_brokers: opt_var("KAFKA_BROKERS"),
+            events: EventsConfig {
+                kafka_brokers: opt_var("KAFKA_BROKERS"),
+                topic_prefix: var("KAFKA_TOPIC_PREFIX", String::new())?,
+                consumer_group: var(
+                    "KAFKA_CONSUMER_GROUP",
+                    "orderflow-notifications".to_string(),
+                )?,
+                delivery_timeout: Duration::from_millis(positive(
+                    "KAFKA_DELIVERY_TIMEOUT_MS",
+                    var("KAFKA_DELIVERY_TIMEOUT_MS", 10_000u64)?,
+                )?),
+                queue: QueueSettings {
+                    poll_interval: Duration::from_millis(positive(
+                        "JOB_POLL_INTERVAL_MS",
+                        var("JOB_POLL_INTERVAL_MS", 100u64)?,
+                    )?),
+                    keep_alive: Duration::from_secs(positive(
+                        "JOB_KEEP_ALIVE_SECS",
+                        var("JOB_KEEP_ALIVE_SECS", 10u64)?,
+                    )?),
+                    lease: Duration::from_secs(positive(
+                        "JOB_LEASE_SECS",
+                        var("JOB_LEASE_SECS", 60u64)?,
+                    )?),
+                    max_attempts: positive("JOB_MAX_ATTEMPTS", var("JOB_MAX_ATTEMPTS", 5u32)?)?,
+                    backoff_base: Duration::from_millis(var("JOB_BACKOFF_BASE_MS", 1000u64)?),
+                    backoff_max: Duration::from_secs(var("JOB_BACKOFF_MAX_SECS", 60u64)?),
+                },
+                worker_concurrency: positive(
+                    "WORKER_CONCURRENCY",
+                    var("WORKER_CONCURRENCY", 4usize)?,
+                )?,
+                sweep_interval: Duration::from_secs(positive(
+                    "OUTBOX_SWEEP_INTERVAL_SECS",
+                    var("OUTBOX_SWEEP_INTERVAL_SECS", 5u64)?,
+                )?),
+                sweep_grace: Duration::from_secs(var("OUTBOX_SWEEP_GRACE_SECS", 10u64)?),
+                shutdown_timeout: Duration::from_secs(var("SHUTDOWN_TIMEOUT_SECS", 20u64)?),
+            },
             http_addr: var("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             http_request_timeout: Duration::from_secs(positive(
                 "HTTP_REQUEST_TIMEOUT_SECS",

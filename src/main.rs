@@ -3,10 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use orderflow::{
     app, auth,
-    cli::{self, Cli, Command, UsersCommand},
+    cli::{self, Cli, Command, JobsCommand, UsersCommand},
     config::Config,
     db, telemetry,
 };
+use orderflow_jobs::ops;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -69,6 +70,41 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             .await?;
             auth::promote(&pool, &email).await?;
             println!("{email} is now ADMIN");
+        }
+        Command::Jobs { command } => {
+            let pool = db::connect(
+                &config.database_url,
+                &db::PoolSettings::for_command(&config),
+            )
+            .await?;
+            match command {
+                JobsCommand::Dead { queue, limit } => {
+                    let (jobs, total) =
+                        ops::list(&pool, ops::StatusFilter::Dead, queue.as_deref(), limit, 0)
+                            .await?;
+                    println!("{total} dead job(s)");
+                    for j in jobs {
+                        println!(
+                            "{}\t{}\tattempts {}/{}\t{}",
+                            j.id,
+                            j.queue,
+                            j.attempts,
+                            j.max_attempts,
+                            j.last_result.unwrap_or_default()
+                        );
+                    }
+                }
+                JobsCommand::Retry { id: Some(id), .. } => {
+                    ops::retry(&pool, &id).await?;
+                    println!("job {id} re-queued");
+                }
+                JobsCommand::Retry {
+                    id: None, queue, ..
+                } => {
+                    let n = ops::retry_all_dead(&pool, queue.as_deref()).await?;
+                    println!("{n} dead job(s) re-queued");
+                }
+            }
         }
         Command::Healthcheck { .. } => unreachable!("handled before configuration is read"),
     }

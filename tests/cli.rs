@@ -230,5 +230,79 @@ async fn serve_logs_json_with_request_and_user_ids_and_stops_cleanly_on_sigterm(
         "userId recorded on the request span: {line}"
     );
     assert!(line["timestamp"].is_string() && line["level"] == "INFO");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "event pipeline stopped"),
+        "workers drained"
+    );
     assert!(lines.iter().any(|l| l["message"] == "orderflow stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_dead_and_jobs_retry_operate_the_job_table() {
+    let app = common::TestApp::spawn_api_only(|_| {}).await;
+    let url = app.db_guard.url.clone();
+    // A publish job that died with its outbox row, as after an outage.
+    sqlx::query(
+        "INSERT INTO jobs (id, job_type, status, attempts, max_attempts, job, last_result) \
+         VALUES ('01JDEADJOB0000000000000000', 'publish-outbox', 'Killed', 5, 5, '{\"outbox_ids\":[1]}', '{\"Err\":\"broker down\"}')",
+    )
+    .execute(app.db())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox_events (event_id, aggregate_type, aggregate_id, event_type, payload, status, job_id) \
+         VALUES (UUID(), 'ORDER', 1, 'ORDER_CREATED', '{}', 'DEAD', '01JDEADJOB0000000000000000')",
+    )
+    .execute(app.db())
+    .await
+    .unwrap();
+
+    let out = orderflow(&url)
+        .args(["jobs", "dead", "--queue", "publish-outbox"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains("01JDEADJOB0000000000000000")
+            && text.contains("broker down"),
+        "{text}"
+    );
+
+    let out = orderflow(&url)
+        .args(["jobs", "retry", "01JDEADJOB0000000000000000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM jobs WHERE id = '01JDEADJOB0000000000000000'")
+            .fetch_one(app.db())
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("Pending", 0));
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM outbox_events WHERE status = 'NEW'")
+            .await,
+        1,
+        "its row is NEW again"
+    );
+
+    // Retrying a job that is not dead is refused.
+    let out = orderflow(&url)
+        .args(["jobs", "retry", "01JDEADJOB0000000000000000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not dead"));
+    let out = orderflow(&url)
+        .args(["jobs", "retry", "--all-dead"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 dead job(s) re-queued"));
 }

@@ -1,1 +1,23 @@
+//! Job payloads and handlers of orderflow, and the SQL they own:
+//!
+//! * `outbox` — the transactional outbox table (appended by the order transaction, drained by
+//!   publish-outbox);
+//! * `publish` — the publish-outbox job: NEW rows → Kafka → PUBLISHED (or DEAD);
+//! * `notifications` and `notify` — the consume-notification job and the table it fills;
+//! * `queue` — apalis storages and pushing jobs; `ops` — operators' dead-job actions;
+//!   `reaper` — the job lease apalis-mysql rc.8 lacks;
+//! * `kafka` — producer, consumer and the embedded broker.
 
+pub mod kafka;
+pub mod notifications;
+pub mod notify;
+pub mod ops;
+pub mod outbox;
+pub mod publish;
+pub mod queue;
+pub mod reaper;
+
+/// Whether a database error is a UNIQUE/PRIMARY KEY violation.
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}

@@ -3,6 +3,7 @@
 //! of it commits or none of it does.
 
 use chrono::{SubsecRound, Utc};
+use orderflow_jobs::queue::{self, QueueSettings};
 use serde_json::json;
 use sqlx::{Connection, MySqlPool};
 use thiserror::Error;
@@ -17,7 +18,7 @@ use crate::{
     db,
     error::{ApiError, ErrorCode, FieldError},
     idempotency::{self, Claim, StoredResponse},
-    outbox::{self, EventType, TraceContext},
+    outbox::{self, Appended, EventType, TraceContext},
     telemetry::names,
 };
 
@@ -31,6 +32,8 @@ pub struct Reply {
     pub body: String,
     pub replayed: bool,
     pub order_id: Option<i64>,
+    /// The outbox row this request committed, to hand to publish-outbox.
+    pub event: Option<Appended>,
 }
 
 #[derive(Debug, Error)]
@@ -73,6 +76,7 @@ pub struct NewOrder<'a> {
 pub struct Settings {
     pub idempotency: IdempotencyConfig,
     pub stock_retry: StockRetry,
+    pub queue: QueueSettings,
 }
 
 fn replay(stored: StoredResponse, fingerprint: &str) -> Result<Reply, CreateError> {
@@ -87,6 +91,7 @@ fn replay(stored: StoredResponse, fingerprint: &str) -> Result<Reply, CreateErro
                 body,
                 replayed: true,
                 order_id: None,
+                event: None,
             })
         }
         _ => Err(CreateError::KeyInProgress),
@@ -108,7 +113,12 @@ pub async fn create(
     let mut attempt = 1;
     loop {
         match try_create(pool, &order, settings).await {
-            Ok(Some(reply)) => return Ok(reply),
+            Ok(Some(reply)) => {
+                if let Some(event) = &reply.event {
+                    enqueue_publish(pool, &settings.queue, event, order.trace).await;
+                }
+                return Ok(reply);
+            }
             // Another request holds or committed the key: show what it committed.
             Ok(None) => {
                 return match idempotency::find(pool, order.user_id, order.key).await? {
@@ -221,6 +231,7 @@ async fn try_create(
                     body,
                     replayed: false,
                     order_id: None,
+                    event: None,
                 }));
             }
         }
@@ -238,12 +249,13 @@ async fn try_create(
         created_at: now,
         updated_at: now,
     };
-    outbox::append(
+    let event = outbox::append(
         &mut tx,
         EventType::OrderCreated,
         order_id,
         &event_payload(EventType::OrderCreated, order.user_id, &created),
         order.trace,
+        &queue::new_job_id(),
     )
     .await?;
     let body = serde_json::to_string(&created).expect("order serializes");
@@ -255,7 +267,29 @@ async fn try_create(
         body,
         replayed: false,
         order_id: Some(order_id),
+        event: Some(event),
     }))
+}
+
+/// Pushes the publish-outbox job for an event just committed, for low latency. A failure
+/// here loses nothing: the row stays NEW and the sweeper enqueues it after its grace period.
+pub async fn enqueue_publish(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    event: &Appended,
+    trace: &TraceContext,
+) {
+    if let Err(e) = queue::push_publish(
+        pool,
+        settings,
+        &event.job_id,
+        vec![event.id],
+        trace.traceparent.as_deref(),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, outbox_id = event.id, "could not enqueue publish-outbox; the sweeper will");
+    }
 }
 
 /// What a consumer needs to act on the event without calling back.

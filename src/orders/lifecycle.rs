@@ -3,11 +3,12 @@
 //! nothing. Repeating a transition that already happened answers with the order as it is.
 
 use chrono::{SubsecRound, Utc};
+use orderflow_jobs::queue::{self, QueueSettings};
 use sqlx::MySqlPool;
 use thiserror::Error;
 
 use super::{
-    create::event_payload,
+    create::{enqueue_publish, event_payload},
     model::{Order, OrderStatus},
     repo,
 };
@@ -52,6 +53,7 @@ pub struct Transitioned {
 
 pub async fn cancel(
     pool: &MySqlPool,
+    queue_settings: &QueueSettings,
     owner: i64,
     order_id: i64,
     trace: &TraceContext,
@@ -91,15 +93,17 @@ pub async fn cancel(
     }
     order.status = OrderStatus::Cancelled;
     order.updated_at = now;
-    outbox::append(
+    let event = outbox::append(
         &mut tx,
         EventType::OrderCancelled,
         order_id,
         &event_payload(EventType::OrderCancelled, user_id, &order),
         trace,
+        &queue::new_job_id(),
     )
     .await?;
     tx.commit().await?;
+    enqueue_publish(pool, queue_settings, &event, trace).await;
     Ok(Transitioned {
         restocked: items.iter().map(|it| it.product_id).collect(),
         order,

@@ -23,8 +23,7 @@ use crate::{
         extract::{Json, Path},
         paging::{Page, PageRequest},
     },
-    idempotency,
-    outbox::TraceContext,
+    idempotency, outbox,
 };
 
 pub fn router() -> Router<AppState> {
@@ -60,11 +59,12 @@ async fn create_order(
     let request = parse_body(&body)?;
     let lines = model::validate(&request, state.config.orders).map_err(ApiError::validation)?;
     let fingerprint = idempotency::fingerprint(&body);
-    let trace = TraceContext::from_headers(&headers);
+    let trace = outbox::trace_context(&headers);
 
     let settings = Settings {
         idempotency: state.config.idempotency,
         stock_retry: state.config.stock_retry,
+        queue: state.config.events.queue,
     };
     let reply = create::create(
         &state.db,
@@ -133,8 +133,9 @@ async fn cancel(
     Path(id): Path<i64>,
 ) -> Result<axum::Json<Order>, ApiError> {
     tracing::Span::current().record("orderId", id);
-    let trace = TraceContext::from_headers(&headers);
-    let done = lifecycle::cancel(&state.db, user.id, id, &trace).await?;
+    let trace = outbox::trace_context(&headers);
+    let done =
+        lifecycle::cancel(&state.db, &state.config.events.queue, user.id, id, &trace).await?;
     if !done.restocked.is_empty() {
         state.cache.invalidate_products(&done.restocked).await;
         tracing::info!(orderId = id, "order cancelled; stock restored");

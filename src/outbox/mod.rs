@@ -1,84 +1,28 @@
-//! The transactional outbox: an event row written in the same transaction as the change it
-//! describes, so an event exists if and only if the change committed. The publish-outbox
-//! job takes it from there to Kafka.
+//! The transactional outbox, as the HTTP side sees it: the table and its SQL live in
+//! `orderflow_jobs::outbox` (shared with the publish-outbox job); this module adds what
+//! belongs to the request: reading the W3C trace context from its headers.
 
-use serde::Serialize;
-use sqlx::MySqlConnection;
-use uuid::Uuid;
+pub use orderflow_jobs::outbox::{append, Appended, EventType, TraceContext};
 
-pub const AGGREGATE_ORDER: &str = "ORDER";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum EventType {
-    OrderCreated,
-    OrderCancelled,
-}
-
-impl EventType {
-    /// Also the Kafka topic name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::OrderCreated => "ORDER_CREATED",
-            EventType::OrderCancelled => "ORDER_CANCELLED",
-        }
-    }
-}
-
-/// W3C trace context to carry with the event.
-#[derive(Debug, Clone, Default)]
-pub struct TraceContext {
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
-}
-
-/// Appends a NEW event; returns its event id.
-pub async fn append(
-    conn: &mut MySqlConnection,
-    event_type: EventType,
-    aggregate_id: i64,
-    payload: &serde_json::Value,
-    trace: &TraceContext,
-) -> Result<Uuid, sqlx::Error> {
-    let event_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO outbox_events \
-         (event_id, aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(event_id.to_string())
-    .bind(AGGREGATE_ORDER)
-    .bind(aggregate_id)
-    .bind(event_type.as_str())
-    .bind(payload.to_string())
-    .bind(&trace.traceparent)
-    .bind(&trace.tracestate)
-    .execute(conn)
-    .await?;
-    Ok(event_id)
-}
-
-impl TraceContext {
-    /// The incoming W3C `traceparent` (and `tracestate`) if well-formed; anything else is
-    /// dropped rather than propagated into Kafka headers.
-    pub fn from_headers(headers: &axum::http::HeaderMap) -> Self {
-        let traceparent = headers
-            .get("traceparent")
+/// The incoming W3C `traceparent` (and `tracestate`) if well-formed; anything else is
+/// dropped rather than propagated into Kafka headers.
+pub fn trace_context(headers: &axum::http::HeaderMap) -> TraceContext {
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| is_valid_traceparent(v))
+        .map(str::to_owned);
+    let tracestate = traceparent.as_ref().and_then(|_| {
+        headers
+            .get("tracestate")
             .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| is_valid_traceparent(v))
-            .map(str::to_owned);
-        let tracestate = traceparent.as_ref().and_then(|_| {
-            headers
-                .get("tracestate")
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| v.len() <= 512 && v.bytes().all(|b| (0x20..=0x7e).contains(&b)))
-                .map(str::to_owned)
-        });
-        Self {
-            traceparent,
-            tracestate,
-        }
+            .filter(|v| v.len() <= 512 && v.bytes().all(|b| (0x20..=0x7e).contains(&b)))
+            .map(str::to_owned)
+    });
+    TraceContext {
+        traceparent,
+        tracestate,
     }
 }
 

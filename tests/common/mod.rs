@@ -9,6 +9,7 @@
 
 #[cfg(feature = "testcontainers")]
 pub mod containers;
+pub mod kafka;
 pub mod proxy;
 
 use std::{net::SocketAddr, time::Duration};
@@ -74,12 +75,31 @@ pub async fn server_addr() -> SocketAddr {
 
 /// Configuration as the service reads it, pointed at the test endpoints.
 pub fn test_config(database_url: &str) -> Config {
+    // TEST_LOG=1 shows the service's logs (filtered by RUST_LOG) when a test needs explaining.
+    if std::env::var("TEST_LOG").is_ok() {
+        orderflow::telemetry::init_logging(orderflow::config::LogFormat::Json);
+    }
     let mut config = Config::from_env().expect("test environment configuration is valid");
     config.database_url = database_url.to_owned();
     config.redis_url = redis_url();
     // Tests run in parallel against one Redis: each app gets its own key space.
     config.cache_key_prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
-    config.kafka_brokers = None;
+    // TEST_KAFKA_BROKERS (e.g. tansu on 127.0.0.1:9092) or, unset, an embedded broker per app.
+    // Each app gets its own topics and consumer group, so parallel tests cannot see each
+    // other's events on a shared broker.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    config.events.kafka_brokers = std::env::var("TEST_KAFKA_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty());
+    config.events.topic_prefix = format!("t{}.", &run[..12]);
+    config.events.consumer_group = format!("orderflow-test-{}", &run[..12]);
+    config.events.delivery_timeout = Duration::from_secs(3);
+    config.events.queue.poll_interval = Duration::from_millis(50);
+    config.events.queue.backoff_base = Duration::from_millis(500);
+    config.events.queue.backoff_max = Duration::from_secs(2);
+    config.events.sweep_interval = Duration::from_secs(1);
+    config.events.sweep_grace = Duration::from_secs(3);
+    config.events.shutdown_timeout = Duration::from_secs(5);
     config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     config.jwt.secret = JWT_SECRET.into();
     config.jwt.using_dev_secret = false;
@@ -133,15 +153,73 @@ impl TestApp {
         Self::start(config, guard).await
     }
 
-    /// Starts another instance on the same database (a second replica).
-    pub async fn replica(&self) -> Self {
-        let config = (*self.state.config).clone();
-        Self::start(config, self.db_guard.clone()).await
-    }
-
     async fn start(config: Config, db_guard: std::sync::Arc<DatabaseGuard>) -> Self {
         let state = app::init(config).await.expect("service starts");
         Self::serve(state, db_guard, None).await
+    }
+
+    /// Starts the API only: no workers, so outbox rows and jobs stay where the API left them.
+    pub async fn spawn_api_only(adjust: impl FnOnce(&mut Config)) -> Self {
+        let url = fresh_database_url();
+        let guard = std::sync::Arc::new(DatabaseGuard { url: url.clone() });
+        let mut config = test_config(&url);
+        adjust(&mut config);
+        let state = app::init(config).await.expect("service starts");
+        Self::serve_role(state, guard, Role::Api).await
+    }
+
+    /// A second instance on the same database and the same Kafka (a replica).
+    pub async fn replica_of(&self) -> Self {
+        let mut config = (*self.state.config).clone();
+        config.events.kafka_brokers = Some(self.state.events.bootstrap.clone());
+        Self::start(config, self.db_guard.clone()).await
+    }
+
+    async fn serve_role(
+        state: AppState,
+        db_guard: std::sync::Arc<DatabaseGuard>,
+        role: Role,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let server = tokio::spawn(app::serve(listener, state.clone(), role, async move {
+            stop.cancelled().await
+        }));
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            state,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+            shutdown,
+            server: Some(server),
+            db_guard,
+        }
+    }
+
+    /// The Kafka topic of an event type for this app.
+    pub fn topic(&self, event_type: &str) -> String {
+        format!("{}{event_type}", self.state.config.events.topic_prefix)
+    }
+
+    /// Polls `f` until it returns true or `timeout` passes; returns whether it did.
+    pub async fn eventually<F, Fut>(&self, timeout: Duration, mut f: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if f().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        f().await
     }
 
     /// Serves `state` (optionally with extra routes inside the middleware stack).

@@ -1,0 +1,164 @@
+//! Kafka clients: the idempotent producer used by publish-outbox, the consumer group of the
+//! notification pipeline, and the embedded broker (librdkafka's mock cluster) used when no
+//! `KAFKA_BROKERS` is configured.
+
+use std::{sync::mpsc, thread, time::Duration};
+
+use crate::outbox::EventType;
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::StreamConsumer,
+    error::{KafkaError, KafkaResult},
+    mocking::MockCluster,
+    producer::FutureProducer,
+    types::RDKafkaErrorCode,
+    ClientConfig,
+};
+
+pub const PARTITIONS: i32 = 3;
+
+/// The event topics, named after the event types, behind an optional deployment prefix.
+pub fn topics(prefix: &str) -> Vec<String> {
+    [EventType::OrderCreated, EventType::OrderCancelled]
+        .iter()
+        .map(|t| format!("{prefix}{}", t.as_str()))
+        .collect()
+}
+
+/// Header names carried by every event message.
+pub mod headers {
+    pub const EVENT_ID: &str = "eventId";
+    pub const EVENT_TYPE: &str = "eventType";
+    pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
+}
+
+enum MockCommand {
+    BrokerDown,
+    BrokerUp,
+}
+
+/// An in-process Kafka (librdkafka's mock cluster, one broker) for `cargo run` and fast tests.
+///
+/// The mock cluster is not `Send`, so it lives on a thread of its own for as long as this
+/// handle does; fault injection reaches it through a channel.
+pub struct EmbeddedKafka {
+    bootstrap: String,
+    commands: mpsc::Sender<MockCommand>,
+}
+
+impl EmbeddedKafka {
+    /// Starts the embedded broker with these topics.
+    pub fn start(topics: Vec<String>) -> KafkaResult<Self> {
+        let (ready_tx, ready_rx) = mpsc::channel::<KafkaResult<String>>();
+        let (cmd_tx, cmd_rx) = mpsc::channel::<MockCommand>();
+        thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(1) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for topic in &topics {
+                    if let Err(e) = cluster.create_topic(topic, PARTITIONS, 1) {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                // Runs until the handle is dropped (the sender disconnects).
+                while let Ok(cmd) = cmd_rx.recv() {
+                    let result = match cmd {
+                        MockCommand::BrokerDown => cluster.broker_down(1),
+                        MockCommand::BrokerUp => cluster.broker_up(1),
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "embedded kafka command failed");
+                    }
+                }
+            })
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| KafkaError::ClientCreation("embedded kafka thread died".into()))??;
+        Ok(Self {
+            bootstrap,
+            commands: cmd_tx,
+        })
+    }
+
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Makes the broker unreachable (fault injection for tests).
+    pub fn broker_down(&self) {
+        let _ = self.commands.send(MockCommand::BrokerDown);
+    }
+
+    pub fn broker_up(&self) {
+        let _ = self.commands.send(MockCommand::BrokerUp);
+    }
+}
+
+/// Creates the topics on a real broker if they do not exist yet (partitions: `PARTITIONS`,
+/// replication 1 — production clusters are expected to have them provisioned already).
+pub async fn ensure_topics(bootstrap: &str, topics: &[String]) -> KafkaResult<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(%topic, ?code, "could not create topic");
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The producer of publish-outbox: idempotent (no duplicates from librdkafka's own retries),
+/// acks from all in-sync replicas, and a bounded delivery time so a dead broker turns into
+/// an error the job can retry instead of a hang.
+pub fn producer(bootstrap: &str, delivery_timeout: Duration) -> KafkaResult<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set(
+            "message.timeout.ms",
+            delivery_timeout.as_millis().to_string(),
+        )
+        .create()
+}
+
+/// A consumer in `group` that commits offsets only when told to.
+pub fn consumer(bootstrap: &str, group: &str) -> KafkaResult<StreamConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .create()
+}

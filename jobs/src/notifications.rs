@@ -1,0 +1,67 @@
+//! SQL of the notifications table: one row per event (`event_id` UNIQUE).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::MySqlPool;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    pub id: i64,
+    pub event_id: String,
+    pub order_id: i64,
+    #[sqlx(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+}
+
+pub struct NewNotification<'a> {
+    pub event_id: &'a str,
+    pub user_id: i64,
+    pub order_id: i64,
+    pub kind: &'a str,
+    pub message: &'a str,
+}
+
+/// Inserts the notification; false if this event already has one.
+pub async fn insert(pool: &MySqlPool, n: &NewNotification<'_>) -> Result<bool, sqlx::Error> {
+    let res = sqlx::query(
+        "INSERT INTO notifications (event_id, user_id, order_id, type, message) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(n.event_id)
+    .bind(n.user_id)
+    .bind(n.order_id)
+    .bind(n.kind)
+    .bind(n.message)
+    .execute(pool)
+    .await;
+    match res {
+        Ok(_) => Ok(true),
+        Err(e) if crate::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn list_for_user(
+    pool: &MySqlPool,
+    user_id: i64,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Notification>, i64), sqlx::Error> {
+    let items = sqlx::query_as(
+        "SELECT id, event_id, order_id, type, message, created_at FROM notifications \
+         WHERE user_id = ? ORDER BY id DESC LIMIT ? OFFSET ?",
+    )
+    .bind(user_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    let total = sqlx::query_scalar("SELECT COUNT(*) FROM notifications WHERE user_id = ?")
+        .bind(user_id)
+        .fetch_one(pool)
+        .await?;
+    Ok((items, total))
+}

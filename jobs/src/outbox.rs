@@ -1,0 +1,226 @@
+//! The transactional outbox: an event row written in the same transaction as the change it
+//! describes, so an event exists if and only if the change committed. publish-outbox takes
+//! NEW rows to Kafka; the sweeper re-enqueues rows whose job was lost.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
+use uuid::Uuid;
+
+pub const AGGREGATE_ORDER: &str = "ORDER";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventType {
+    OrderCreated,
+    OrderCancelled,
+}
+
+impl EventType {
+    /// Also the Kafka topic name (before any deployment prefix).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::OrderCreated => "ORDER_CREATED",
+            EventType::OrderCancelled => "ORDER_CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ORDER_CREATED" => Some(EventType::OrderCreated),
+            "ORDER_CANCELLED" => Some(EventType::OrderCancelled),
+            _ => None,
+        }
+    }
+}
+
+/// W3C trace context carried with an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// A row as appended: its id, the event id, and the publish job meant to carry it.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub job_id: String,
+}
+
+/// Appends a NEW event. `job_id` names the publish-outbox job that will be pushed for it
+/// after the transaction commits.
+pub async fn append(
+    conn: &mut MySqlConnection,
+    event_type: EventType,
+    aggregate_id: i64,
+    payload: &serde_json::Value,
+    trace: &TraceContext,
+    job_id: &str,
+) -> Result<Appended, sqlx::Error> {
+    let event_id = Uuid::now_v7();
+    let done = sqlx::query(
+        "INSERT INTO outbox_events \
+         (event_id, aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate, job_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(event_id.to_string())
+    .bind(AGGREGATE_ORDER)
+    .bind(aggregate_id)
+    .bind(event_type.as_str())
+    .bind(payload.to_string())
+    .bind(&trace.traceparent)
+    .bind(&trace.tracestate)
+    .bind(job_id)
+    .execute(conn)
+    .await?;
+    Ok(Appended {
+        id: done.last_insert_id() as i64,
+        event_id,
+        job_id: job_id.to_owned(),
+    })
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: String,
+    pub aggregate_id: i64,
+    pub event_type: String,
+    pub payload: String,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+fn push_ids(q: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {
+    q.push(" (");
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_bind(*id);
+    }
+    q.push(")");
+}
+
+/// Locks the rows among `ids` that are still NEW. Rows another worker holds are skipped, not
+/// waited for: that worker is publishing them, so two workers never publish one row at once.
+pub async fn claim(conn: &mut MySqlConnection, ids: &[i64]) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::new(
+        "SELECT id, event_id, aggregate_id, event_type, payload, traceparent, tracestate, created_at \
+         FROM outbox_events WHERE status = 'NEW' AND id IN",
+    );
+    push_ids(&mut q, ids);
+    q.push(" ORDER BY id FOR UPDATE SKIP LOCKED");
+    q.build_query_as().fetch_all(conn).await
+}
+
+pub async fn mark_published(conn: &mut MySqlConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut q = QueryBuilder::new(
+        "UPDATE outbox_events SET status = 'PUBLISHED', published_at = CURRENT_TIMESTAMP(6), \
+         attempts = attempts + 1, last_error = NULL WHERE status = 'NEW' AND id IN",
+    );
+    push_ids(&mut q, ids);
+    q.build().execute(conn).await?;
+    Ok(())
+}
+
+/// Records a failed attempt on the rows still NEW; `dead` ends their road (status DEAD).
+pub async fn record_failure(
+    pool: &MySqlPool,
+    ids: &[i64],
+    error: &str,
+    dead: bool,
+) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let status = if dead { "DEAD" } else { "NEW" };
+    let mut q = QueryBuilder::new("UPDATE outbox_events SET attempts = attempts + 1, status = ");
+    q.push_bind(status)
+        .push(", last_error = ")
+        .push_bind(truncate(error, 1000))
+        .push(" WHERE status = 'NEW' AND id IN");
+    push_ids(&mut q, ids);
+    Ok(q.build().execute(pool).await?.rows_affected())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// DEAD rows of a dead publish job go back to NEW when an operator retries the job.
+pub async fn revive_for_job(conn: &mut MySqlConnection, job_id: &str) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE outbox_events SET status = 'NEW', last_error = NULL WHERE job_id = ? AND status = 'DEAD'")
+        .bind(job_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// NEW rows older than `grace` whose publish job is gone (never pushed, lost, or finished
+/// without publishing them): the sweeper gives them a new job.
+pub async fn orphaned(
+    pool: &MySqlPool,
+    grace: Duration,
+    limit: u32,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT e.id FROM outbox_events e LEFT JOIN jobs j ON j.id = e.job_id \
+         WHERE e.status = 'NEW' AND e.created_at < CURRENT_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
+         AND (j.id IS NULL OR j.status = 'Done') ORDER BY e.id LIMIT ?",
+    )
+    .bind(grace.as_micros() as i64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Hands rows to a new job (before that job is pushed).
+pub async fn assign_job(pool: &MySqlPool, ids: &[i64], job_id: &str) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut q = QueryBuilder::new("UPDATE outbox_events SET job_id = ");
+    q.push_bind(job_id).push(" WHERE status = 'NEW' AND id IN");
+    push_ids(&mut q, ids);
+    q.build().execute(pool).await?;
+    Ok(())
+}
+
+/// NEW rows: the backlog the publisher has not drained yet.
+pub async fn backlog(pool: &MySqlPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events WHERE status = 'NEW'")
+        .fetch_one(pool)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_round_trip_their_topic_names() {
+        for t in [EventType::OrderCreated, EventType::OrderCancelled] {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::parse("ORDER_SHIPPED"), None);
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "hé");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

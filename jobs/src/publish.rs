@@ -1,0 +1,155 @@
+//! publish-outbox: NEW outbox rows → Kafka (topic = prefix + event type, key = order id,
+//! headers = event id, event type, traceparent) → PUBLISHED.
+//!
+//! The rows are locked with `FOR UPDATE SKIP LOCKED` for the duration of the publish, so two
+//! workers (or replicas) never publish one row at once, and a row is marked PUBLISHED only
+//! after Kafka acknowledged it (acks=all). A crash between the acknowledgement and the commit
+//! can publish a row twice; consumers deduplicate on the event id.
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::{Attempt, BoxDynError, Data, TaskId};
+use apalis_mysql::MySqlContext;
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+use serde::Serialize;
+use sqlx::MySqlPool;
+use ulid::Ulid;
+
+use crate::{
+    kafka::headers,
+    outbox::{self, OutboxRow},
+    queue::{self, PublishOutbox, QueueSettings},
+};
+
+pub struct PublishContext {
+    pub pool: MySqlPool,
+    pub producer: FutureProducer,
+    pub topic_prefix: String,
+    pub settings: QueueSettings,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct PublishReport {
+    pub published: usize,
+    /// Rows already published, dead, or being published by another worker.
+    pub skipped: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("kafka delivery failed for {failed} of {total} events: {cause}")]
+    Kafka {
+        failed: usize,
+        total: usize,
+        cause: String,
+    },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+fn record_headers(row: &OutboxRow) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new()
+        .insert(Header {
+            key: headers::EVENT_ID,
+            value: Some(row.event_id.as_bytes()),
+        })
+        .insert(Header {
+            key: headers::EVENT_TYPE,
+            value: Some(row.event_type.as_bytes()),
+        });
+    if let Some(tp) = &row.traceparent {
+        h = h.insert(Header {
+            key: headers::TRACEPARENT,
+            value: Some(tp.as_bytes()),
+        });
+    }
+    if let Some(ts) = &row.tracestate {
+        h = h.insert(Header {
+            key: headers::TRACESTATE,
+            value: Some(ts.as_bytes()),
+        });
+    }
+    h
+}
+
+/// Publishes the rows of `ids` that are still NEW; commits the ones Kafka acknowledged.
+pub async fn publish_rows(
+    ctx: &PublishContext,
+    ids: &[i64],
+) -> Result<PublishReport, PublishError> {
+    let mut tx = ctx.pool.begin().await?;
+    let rows = outbox::claim(&mut tx, ids).await?;
+    let keys: Vec<String> = rows.iter().map(|r| r.aggregate_id.to_string()).collect();
+    let topics: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{}{}", ctx.topic_prefix, r.event_type))
+        .collect();
+    let sends = rows.iter().enumerate().map(|(i, row)| {
+        let record = FutureRecord::to(&topics[i])
+            .key(&keys[i])
+            .payload(&row.payload)
+            .headers(record_headers(row));
+        ctx.producer
+            .send(record, Timeout::After(Duration::from_secs(5)))
+    });
+    let results = futures_util::future::join_all(sends).await;
+
+    let mut delivered = Vec::new();
+    let mut failures = Vec::new();
+    for (row, result) in rows.iter().zip(results) {
+        match result {
+            Ok(_) => {
+                let lag = (chrono::Utc::now() - row.created_at)
+                    .num_microseconds()
+                    .unwrap_or(0);
+                metrics::histogram!("outbox_publish_lag_seconds").record(lag as f64 / 1e6);
+                delivered.push(row.id);
+            }
+            Err((e, _)) => failures.push(e.to_string()),
+        }
+    }
+    outbox::mark_published(&mut tx, &delivered).await?;
+    tx.commit().await?;
+    metrics::counter!("outbox_published_total").increment(delivered.len() as u64);
+    if let Some(cause) = failures.first() {
+        return Err(PublishError::Kafka {
+            failed: failures.len(),
+            total: rows.len(),
+            cause: cause.clone(),
+        });
+    }
+    Ok(PublishReport {
+        published: delivered.len(),
+        skipped: ids.len() - rows.len(),
+    })
+}
+
+/// The apalis handler. On failure it records the attempt on the rows and pushes the job's
+/// next run out by the backoff; after the last attempt the rows become DEAD and the job
+/// (returning an error with attempts exhausted) is `Killed` — dead in the job table.
+pub async fn handle(
+    job: PublishOutbox,
+    ctx: Data<Arc<PublishContext>>,
+    id: TaskId<Ulid>,
+    attempt: Attempt,
+    task: MySqlContext,
+) -> Result<PublishReport, BoxDynError> {
+    let attempt = attempt.current();
+    let last = attempt >= task.max_attempts().max(1) as usize;
+    match publish_rows(&ctx, &job.outbox_ids).await {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            let message = e.to_string();
+            tracing::warn!(job_id = %id, attempt, last, error = %message, "publish-outbox attempt failed");
+            outbox::record_failure(&ctx.pool, &job.outbox_ids, &message, last).await?;
+            if !last {
+                queue::defer(&ctx.pool, &id.to_string(), ctx.settings.backoff(attempt)).await?;
+            }
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The job queues on apalis' MySQL backend: payloads, storages and pushing.
+//!
+//! Facts about apalis-mysql 1.0.0-rc.8 that shape this module (docs/adr/0004-job-engine.md):
+//! a push opens its own transaction (so it cannot join the order's — hence the outbox); it
+//! returns no id (we choose the ULID first); a storage's poll schedule is single-use (build
+//! one per worker start); and a failed job is fetched again at once, so the backoff between
+//! attempts is ours: the handler moves `run_at` forward before it reports the failure.
+
+use std::time::Duration;
+
+use apalis::prelude::{
+    BoxDynError, IntervalStrategy, StrategyBuilder, TaskBuilder, TaskId, TaskSink,
+};
+use apalis_codec::json::JsonCodec;
+use apalis_mysql::{fetcher::MySqlFetcher, Config, MySqlStorage, TaskBuilderExt};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sqlx::MySqlPool;
+use ulid::Ulid;
+
+pub const PUBLISH_OUTBOX: &str = "publish-outbox";
+pub const CONSUME_NOTIFICATION: &str = "consume-notification";
+pub const QUEUES: [&str; 2] = [PUBLISH_OUTBOX, CONSUME_NOTIFICATION];
+
+pub type Storage<T> = MySqlStorage<T, JsonCodec<Vec<u8>>, MySqlFetcher>;
+
+/// Publish these outbox rows (one row for an order just committed, a batch from the sweeper).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishOutbox {
+    pub outbox_ids: Vec<i64>,
+}
+
+/// One Kafka message for the notification pipeline, as received (validated by the handler,
+/// so that a poison message becomes a dead job instead of blocking its partition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumeNotification {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub payload: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    pub poll_interval: Duration,
+    /// Worker heartbeat period; a worker silent for `lease` has lost its jobs to the reaper.
+    pub keep_alive: Duration,
+    pub lease: Duration,
+    /// Attempts before a job is dead (`Killed`) and, for publish-outbox, its rows DEAD.
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl QueueSettings {
+    /// Full-jitter exponential backoff after the `attempt`-th failure.
+    pub fn backoff(&self, attempt: usize) -> Duration {
+        let exp = self
+            .backoff_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.backoff_max);
+        if exp.is_zero() {
+            return exp;
+        }
+        // Never less than half: a retry storm right after an outage helps nobody.
+        rand::thread_rng().gen_range(exp / 2..=exp)
+    }
+}
+
+pub fn config(queue: &str, settings: &QueueSettings) -> Config {
+    Config::new(queue)
+        .set_buffer_size(16)
+        .set_keep_alive(settings.keep_alive)
+        .with_poll_interval(
+            StrategyBuilder::new()
+                .apply(IntervalStrategy::new(settings.poll_interval))
+                .build(),
+        )
+}
+
+pub fn storage<T>(pool: &MySqlPool, queue: &str, settings: &QueueSettings) -> Storage<T> {
+    MySqlStorage::new_with_config(pool, &config(queue, settings))
+}
+
+/// A new job id, chosen before the push so that it can be recorded (e.g. on outbox rows).
+pub fn new_job_id() -> String {
+    Ulid::new().to_string()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// A job with this idempotency key is already in the queue.
+    Duplicate,
+}
+
+fn is_duplicate(err: &BoxDynError) -> bool {
+    let text = err.to_string();
+    text.contains("1062") || text.contains("Duplicate entry")
+}
+
+pub async fn push_publish(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    job_id: &str,
+    outbox_ids: Vec<i64>,
+    traceparent: Option<&str>,
+) -> Result<(), BoxDynError> {
+    let id: Ulid = job_id.parse()?;
+    let mut task = TaskBuilder::new(PublishOutbox { outbox_ids })
+        .with_task_id(TaskId::new(id))
+        .max_attempts(settings.max_attempts)
+        .build();
+    if let Some(tp) = traceparent {
+        let mut meta = serde_json::Map::new();
+        meta.insert("traceparent".into(), tp.into());
+        task.parts.ctx = task.parts.ctx.with_meta(meta);
+    }
+    storage::<PublishOutbox>(pool, PUBLISH_OUTBOX, settings)
+        .push_task(task)
+        .await
+        .map_err(|e| Box::new(e) as BoxDynError)
+}
+
+/// Pushes a received message; a well-formed event id is the job's idempotency key, so a
+/// redelivered message does not even make a second job.
+pub async fn push_notification(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    job: ConsumeNotification,
+) -> Result<Pushed, BoxDynError> {
+    let key = job
+        .event_id
+        .as_deref()
+        .filter(|id| uuid::Uuid::parse_str(id).is_ok())
+        .map(str::to_owned);
+    let mut builder = TaskBuilder::new(job).max_attempts(settings.max_attempts);
+    if let Some(key) = key {
+        builder = builder.with_idempotency_key(key);
+    }
+    match storage::<ConsumeNotification>(pool, CONSUME_NOTIFICATION, settings)
+        .push_task(builder.build())
+        .await
+    {
+        Ok(()) => Ok(Pushed::Queued),
+        Err(e) => {
+            let e: BoxDynError = Box::new(e);
+            if is_duplicate(&e) {
+                Ok(Pushed::Duplicate)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Delays the next attempt of a failing job. The row is `Running` (ours) while the handler
+/// runs, and apalis' acknowledgement leaves `run_at` alone, so the next fetch honours it.
+pub async fn defer(pool: &MySqlPool, job_id: &str, delay: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET run_at = CURRENT_TIMESTAMP + INTERVAL ? SECOND WHERE id = ?")
+        .bind(delay.as_secs().max(1) as i64)
+        .bind(job_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> QueueSettings {
+        QueueSettings {
+            poll_interval: Duration::from_millis(100),
+            keep_alive: Duration::from_secs(10),
+            lease: Duration::from_secs(60),
+            max_attempts: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let s = settings();
+        for attempt in 1..=10 {
+            let cap = (Duration::from_secs(1) * (1 << (attempt - 1))).min(Duration::from_secs(30));
+            let d = s.backoff(attempt);
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {attempt}: {d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
+        }
+    }
+
+    #[test]
+    fn job_ids_are_ulids() {
+        assert!(new_job_id().parse::<Ulid>().is_ok());
+    }
+}

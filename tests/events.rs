@@ -1,0 +1,462 @@
+//! The event half: outbox → publish-outbox → Kafka → consumer group → consume-notification,
+//! against the broker in TEST_KAFKA_BROKERS (CI: tansu, a separate process) or, unset, an
+//! embedded one. Fault tests that need to stop the broker use the embedded one.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::{kafka, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(45);
+
+async fn notifications(app: &TestApp, token: &str) -> Vec<Value> {
+    app.get("/api/v1/notifications?size=100", Some(token))
+        .await
+        .body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn all_published(app: &TestApp) -> bool {
+    app.count("SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'")
+        .await
+        == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_and_its_cancellation_each_reach_kafka_and_notify_once() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let (user_id, user) = app.new_user().await;
+    let p = app.new_product(&admin, 1500, 5).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let order = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/orders",
+            Some(&user),
+            &[("Idempotency-Key", "e2e-1"), ("traceparent", traceparent)],
+            Some(json!({"items": [{"productId": p, "quantity": 2}]})),
+        )
+        .await;
+    assert_eq!(order.status, StatusCode::CREATED);
+    let order_id = order.body["id"].as_i64().unwrap();
+
+    assert!(
+        app.eventually(WAIT, || async {
+            notifications(&app, &user).await.len() == 1
+        })
+        .await,
+        "notified"
+    );
+    let n = &notifications(&app, &user).await[0];
+    assert_eq!(n["orderId"], order_id);
+    assert_eq!(n["type"], "ORDER_CREATED");
+    assert!(n["message"].as_str().unwrap().contains("3000"));
+
+    let (event_id, status): (String, String) =
+        sqlx::query_as("SELECT event_id, status FROM outbox_events WHERE aggregate_id = ?")
+            .bind(order_id)
+            .fetch_one(app.db())
+            .await
+            .unwrap();
+    assert_eq!(status, "PUBLISHED");
+    assert_eq!(n["eventId"], event_id.as_str());
+
+    // The message on the topic: key = order id, headers = event id, type, traceparent.
+    let topic = app.topic("ORDER_CREATED");
+    let events = kafka::read_all(
+        &app.state.events.bootstrap,
+        &topic,
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.event_id.as_deref(), Some(event_id.as_str()));
+    assert_eq!(e.event_type.as_deref(), Some("ORDER_CREATED"));
+    assert_eq!(e.traceparent.as_deref(), Some(traceparent));
+    assert_eq!(e.key.as_deref(), Some(order_id.to_string().as_str()));
+    let payload: Value = serde_json::from_str(&e.payload).unwrap();
+    assert_eq!(
+        (payload["orderId"].as_i64(), payload["userId"].as_i64()),
+        (Some(order_id), Some(user_id))
+    );
+
+    app.post(
+        &format!("/api/v1/orders/{order_id}/cancel"),
+        Some(&user),
+        json!({}),
+    )
+    .await;
+    assert!(
+        app.eventually(WAIT, || async {
+            notifications(&app, &user).await.len() == 2
+        })
+        .await
+    );
+    assert_eq!(
+        notifications(&app, &user).await[0]["type"],
+        "ORDER_CANCELLED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_delivered_twice_notifies_once() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 5).await;
+    let order_id = app
+        .order(&user, "dup-1", json!([{"productId": p, "quantity": 1}]))
+        .await
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        app.eventually(WAIT, || async {
+            notifications(&app, &user).await.len() == 1
+        })
+        .await
+    );
+
+    let (event_id, payload): (String, String) =
+        sqlx::query_as("SELECT event_id, payload FROM outbox_events WHERE aggregate_id = ?")
+            .bind(order_id)
+            .fetch_one(app.db())
+            .await
+            .unwrap();
+    let topic = app.topic("ORDER_CREATED");
+    for _ in 0..3 {
+        kafka::produce(
+            &app.state.events.bootstrap,
+            &topic,
+            &order_id.to_string(),
+            &payload,
+            &[("eventId", &event_id), ("eventType", "ORDER_CREATED")],
+        )
+        .await;
+    }
+    // The three redeliveries are consumed (the consumer commits past them) ...
+    let consumed = app
+        .eventually(WAIT, || async {
+            kafka::read_all(
+                &app.state.events.bootstrap,
+                &topic,
+                4,
+                Duration::from_millis(500),
+            )
+            .await
+            .len()
+                == 4
+        })
+        .await;
+    assert!(consumed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // ... and change nothing: one notification, one job for the event.
+    assert_eq!(notifications(&app, &user).await.len(), 1);
+    assert_eq!(app.count("SELECT COUNT(*) FROM notifications").await, 1);
+    let jobs = app
+        .count(&format!("SELECT COUNT(*) FROM jobs WHERE job_type = 'consume-notification' AND idempotency_key = '{event_id}'"))
+        .await;
+    assert_eq!(jobs, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_parked_dead_and_the_partition_moves_on() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 5).await;
+    let topic = app.topic("ORDER_CREATED");
+    // Key "1" lands where order 1's event will: the poison sits in front of it.
+    kafka::produce(&app.state.events.bootstrap, &topic, "1", "{not json", &[]).await;
+    app.order(
+        &user,
+        "after-poison",
+        json!([{"productId": p, "quantity": 1}]),
+    )
+    .await;
+    assert!(
+        app.eventually(WAIT, || async {
+            notifications(&app, &user).await.len() == 1
+        })
+        .await,
+        "the real event still arrives"
+    );
+
+    let dead = app
+        .eventually(WAIT, || async {
+            app.get(
+                "/api/v1/admin/jobs?status=dead&queue=consume-notification",
+                Some(&admin),
+            )
+            .await
+            .body["totalItems"]
+                == 1
+        })
+        .await;
+    assert!(dead, "the poison message is a dead job");
+    let jobs = app
+        .get(
+            "/api/v1/admin/jobs?status=dead&queue=consume-notification",
+            Some(&admin),
+        )
+        .await
+        .body;
+    let job = &jobs["items"][0];
+    assert_eq!(job["queue"], "consume-notification");
+    assert!(
+        job["lastResult"].as_str().unwrap().contains("eventId"),
+        "{job}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_retries_then_dead_then_an_operator_retry_publishes_once() {
+    let app = TestApp::spawn_with(|c| {
+        c.events.kafka_brokers = None; // embedded: this test stops the broker
+        c.events.delivery_timeout = Duration::from_millis(1500);
+        c.events.queue.max_attempts = 3;
+        c.events.queue.backoff_base = Duration::from_millis(500);
+        c.events.queue.backoff_max = Duration::from_secs(1);
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 5).await;
+    let embedded = app.state.events.embedded.as_ref().expect("embedded broker");
+
+    embedded.broker_down();
+    let order = app
+        .order(
+            &user,
+            "while-down",
+            json!([{"productId": p, "quantity": 1}]),
+        )
+        .await;
+    assert_eq!(
+        order.status,
+        StatusCode::CREATED,
+        "orders are accepted while Kafka is down"
+    );
+    let order_id = order.body["id"].as_i64().unwrap();
+
+    let dead = app
+        .eventually(Duration::from_secs(60), || async {
+            app.count("SELECT COUNT(*) FROM outbox_events WHERE status = 'DEAD'")
+                .await
+                == 1
+        })
+        .await;
+    assert!(dead, "after the last attempt the row is DEAD");
+    let (job_id, attempts): (String, i32) = sqlx::query_as(
+        "SELECT j.id, j.attempts FROM jobs j JOIN outbox_events e ON e.job_id = j.id WHERE e.aggregate_id = ? AND j.status = 'Killed'",
+    )
+    .bind(order_id)
+    .fetch_one(app.db())
+    .await
+    .expect("the publish job is dead in the job table");
+    assert_eq!(attempts, 3);
+    let listed = app
+        .get(
+            "/api/v1/admin/jobs?status=dead&queue=publish-outbox",
+            Some(&admin),
+        )
+        .await
+        .body;
+    assert_eq!(listed["items"][0]["id"], job_id.as_str());
+    assert_eq!(listed["totalItems"], 1);
+
+    // Only dead jobs can be retried; unknown ids are 404; users are not operators.
+    app.post("/api/v1/admin/jobs/nope/retry", Some(&admin), json!({}))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    app.post(
+        &format!("/api/v1/admin/jobs/{job_id}/retry"),
+        Some(&user),
+        json!({}),
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    embedded.broker_up();
+    let r = app
+        .post(
+            &format!("/api/v1/admin/jobs/{job_id}/retry"),
+            Some(&admin),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    app.post(
+        &format!("/api/v1/admin/jobs/{job_id}/retry"),
+        Some(&admin),
+        json!({}),
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "INVALID_STATE");
+
+    assert!(
+        app.eventually(WAIT, || all_published(&app)).await,
+        "published after the operator's retry"
+    );
+    assert!(
+        app.eventually(WAIT, || async {
+            notifications(&app, &user).await.len() == 1
+        })
+        .await
+    );
+    let events = kafka::read_all(
+        &app.state.events.bootstrap,
+        &app.topic("ORDER_CREATED"),
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(events.len(), 1, "published once: {events:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(notifications(&app, &user).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_publish_every_event_exactly_once() {
+    let a = TestApp::spawn().await;
+    let b = a.replica_of().await;
+    let admin = a.admin_token().await;
+    let p = a.new_product(&admin, 10, 1000).await;
+    let mut users = Vec::new();
+    for _ in 0..4 {
+        users.push(a.new_user().await.1);
+    }
+    let calls = (0..40).map(|i| {
+        let (app, token) = (if i % 2 == 0 { &a } else { &b }, users[i % 4].clone());
+        async move {
+            app.order(
+                &token,
+                &format!("two-{i}"),
+                json!([{"productId": p, "quantity": 1}]),
+            )
+            .await
+            .status
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED));
+
+    assert!(
+        a.eventually(WAIT, || all_published(&a)).await,
+        "every row published"
+    );
+    let events = kafka::read_all(
+        &a.state.events.bootstrap,
+        &a.topic("ORDER_CREATED"),
+        40,
+        Duration::from_secs(3),
+    )
+    .await;
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        *per_event.entry(e.event_id.clone().unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_event.len(), 40, "every event on the topic");
+    assert!(
+        per_event.values().all(|n| *n == 1),
+        "no event published twice: {per_event:?}"
+    );
+    assert!(
+        a.eventually(WAIT, || async {
+            a.count("SELECT COUNT(*) FROM notifications").await == 40
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.count("SELECT COUNT(*) FROM notifications").await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publish_jobs_for_the_same_rows_publish_each_once() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 10, 100).await;
+    for i in 0..10 {
+        app.order(
+            &user,
+            &format!("race-{i}"),
+            json!([{"productId": p, "quantity": 1}]),
+        )
+        .await;
+    }
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox_events ORDER BY id")
+        .fetch_all(app.db())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 10);
+    let ctx = orderflow_jobs::publish::PublishContext {
+        pool: app.db().clone(),
+        producer: app.state.events.producer.clone(),
+        topic_prefix: app.state.config.events.topic_prefix.clone(),
+        settings: app.state.config.events.queue,
+    };
+    // Four workers race for the same ten rows, as apalis may let happen during a backoff.
+    let reports = futures::future::join_all(
+        (0..4).map(|_| orderflow_jobs::publish::publish_rows(&ctx, &ids)),
+    )
+    .await;
+    let published: usize = reports
+        .iter()
+        .map(|r| r.as_ref().expect("publish succeeds").published)
+        .sum();
+    assert_eq!(published, 10);
+    assert!(all_published(&app).await);
+    let events = kafka::read_all(
+        &app.state.events.bootstrap,
+        &app.topic("ORDER_CREATED"),
+        10,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(events.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_publish_job_is_swept_up() {
+    let app = TestApp::spawn_with(|c| c.events.sweep_grace = Duration::from_secs(1)).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 10, 100).await;
+    // An outbox row whose job never made it to the queue (as after a crash right after commit).
+    let mut tx = app.db().begin().await.unwrap();
+    let appended = orderflow_jobs::outbox::append(
+        &mut tx,
+        orderflow_jobs::outbox::EventType::OrderCreated,
+        424242,
+        &json!({"orderId": 424242, "userId": 1, "totalAmount": 1}),
+        &Default::default(),
+        &orderflow_jobs::queue::new_job_id(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let _ = (&user, p);
+    assert!(
+        app.eventually(WAIT, || all_published(&app)).await,
+        "the sweeper re-enqueued it"
+    );
+    let job: Option<String> = sqlx::query_scalar("SELECT job_id FROM outbox_events WHERE id = ?")
+        .bind(appended.id)
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+    assert_ne!(
+        job.as_deref(),
+        Some(appended.job_id.as_str()),
+        "a new job carried it"
+    );
+}

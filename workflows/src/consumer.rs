@@ -1,0 +1,93 @@
+//! The notification consumer group: each Kafka message is handed to a consume-notification
+//! job, and its offset is committed only after the job is durably in the job table. A
+//! redelivered message maps to the same job idempotency key (its event id) and is dropped
+//! by the queue itself; a poison message still becomes a job, which parks it as dead.
+
+use std::time::Duration;
+
+use orderflow_jobs::{
+    kafka::{self, headers},
+    queue::{self, ConsumeNotification},
+};
+use rdkafka::{
+    consumer::{CommitMode, Consumer},
+    message::{BorrowedMessage, Headers, Message},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::Pipeline;
+
+fn header(msg: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn to_job(msg: &BorrowedMessage<'_>, prefix: &str) -> ConsumeNotification {
+    ConsumeNotification {
+        topic: msg.topic().to_owned(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        event_id: header(msg, headers::EVENT_ID),
+        event_type: header(msg, headers::EVENT_TYPE)
+            .or_else(|| msg.topic().strip_prefix(prefix).map(str::to_owned)),
+        payload: msg
+            .payload()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        traceparent: header(msg, headers::TRACEPARENT),
+    }
+}
+
+pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
+    let consumer = match kafka::consumer(&p.bootstrap, &p.consumer_group) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the kafka consumer; notifications stop");
+            return;
+        }
+    };
+    let topics = kafka::topics(&p.topic_prefix);
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(e) = consumer.subscribe(&topic_refs) {
+        tracing::error!(error = %e, "cannot subscribe to the event topics");
+        return;
+    }
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => break,
+            msg = consumer.recv() => msg,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka receive failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let job = to_job(&msg, &p.topic_prefix);
+        // Hold the partition until the job is stored: committing first could lose the event.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match queue::push_notification(&p.pool, &p.settings, job.clone()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "could not enqueue a received event; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(p.settings.backoff(attempt)) => {}
+                    }
+                }
+            }
+        }
+        if let Err(e) = consumer.commit_message(&msg, CommitMode::Async) {
+            tracing::warn!(error = %e, "offset commit failed; the event may be redelivered (harmless)");
+        }
+    }
+    tracing::info!("kafka consumer stopped");
+}
