@@ -187,18 +187,7 @@ impl TestApp {
         let server = tokio::spawn(app::serve(listener, state.clone(), role, async move {
             stop.cancelled().await
         }));
-        Self {
-            base: format!("http://{addr}"),
-            addr,
-            state,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("client"),
-            shutdown,
-            server: Some(server),
-            db_guard,
-        }
+        Self::assemble(addr, state, shutdown, server, db_guard)
     }
 
     /// The Kafka topic of an event type for this app.
@@ -228,26 +217,29 @@ impl TestApp {
         db_guard: std::sync::Arc<DatabaseGuard>,
         extra: Option<axum::Router<AppState>>,
     ) -> Self {
+        let Some(routes) = extra else {
+            return Self::serve_role(state, db_guard, Role::All).await;
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let router = app::with_middleware(routes, state.clone());
         let shutdown = CancellationToken::new();
-        let server = match extra {
-            None => {
-                let stop = shutdown.clone();
-                tokio::spawn(app::serve(listener, state.clone(), Role::All, async move {
-                    stop.cancelled().await
-                }))
-            }
-            Some(routes) => {
-                let router = app::with_middleware(routes, state.clone());
-                let stop = shutdown.clone();
-                tokio::spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(async move { stop.cancelled().await })
-                        .await
-                })
-            }
-        };
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        Self::assemble(addr, state, shutdown, server, db_guard)
+    }
+
+    fn assemble(
+        addr: SocketAddr,
+        state: AppState,
+        shutdown: CancellationToken,
+        server: JoinHandle<std::io::Result<()>>,
+        db_guard: std::sync::Arc<DatabaseGuard>,
+    ) -> Self {
         Self {
             base: format!("http://{addr}"),
             addr,
