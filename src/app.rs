@@ -168,11 +168,13 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         bootstrap: state.events.bootstrap.clone(),
         topic_prefix: cfg.topic_prefix.clone(),
         consumer_group: cfg.consumer_group.clone(),
+        consumer_instance_id: cfg.consumer_instance_id.clone(),
         settings: cfg.queue,
         concurrency: cfg.worker_concurrency,
         sweep_interval: cfg.sweep_interval,
         sweep_grace: cfg.sweep_grace,
         shutdown_timeout: cfg.shutdown_timeout,
+        archive: state.config.archive.clone(),
     }
 }
 

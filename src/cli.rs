@@ -38,6 +38,11 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Archive finished orders now.
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
     /// Exit 0 when the local service answers its liveness probe (for container healthchecks).
     Healthcheck {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -51,6 +56,16 @@ pub enum Command {
 pub enum UsersCommand {
     /// Give an existing account the ADMIN role.
     Promote { email: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// Move COMPLETED/CANCELLED orders older than N days to the archive, then print the summary.
+    Run {
+        /// Defaults to ARCHIVE_OLDER_THAN_DAYS.
+        #[arg(long)]
+        older_than_days: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use orderflow_jobs::queue::QueueSettings;
+use orderflow_workflows::{parse_schedule, ArchiveSchedule};
 use thiserror::Error;
 
 pub const DEV_JWT_SECRET: &str = "orderflow-development-secret-do-not-use-in-production";
@@ -45,6 +46,7 @@ pub struct Config {
     pub cache_key_prefix: String,
     pub cache_ttl: Duration,
     pub events: EventsConfig,
+    pub archive: ArchiveSchedule,
     pub http_addr: SocketAddr,
     pub http_request_timeout: Duration,
     pub http_body_limit_bytes: usize,
@@ -64,6 +66,7 @@ pub struct EventsConfig {
     /// Prepended to the topic names (ORDER_CREATED, ORDER_CANCELLED).
     pub topic_prefix: String,
     pub consumer_group: String,
+    pub consumer_instance_id: Option<String>,
     pub delivery_timeout: Duration,
     pub queue: QueueSettings,
     pub worker_concurrency: usize,
@@ -166,6 +169,7 @@ impl Config {
             events: EventsConfig {
                 kafka_brokers: opt_var("KAFKA_BROKERS"),
                 topic_prefix: var("KAFKA_TOPIC_PREFIX", String::new())?,
+                consumer_instance_id: opt_var("KAFKA_GROUP_INSTANCE_ID"),
                 consumer_group: var(
                     "KAFKA_CONSUMER_GROUP",
                     "orderflow-notifications".to_string(),
@@ -211,6 +215,22 @@ impl Config {
                 "HTTP_BODY_LIMIT_BYTES",
                 var("HTTP_BODY_LIMIT_BYTES", 64 * 1024usize)?,
             )?,
+            archive: {
+                let cron = var("ARCHIVE_CRON", "0 0 3 * * *".to_string())?;
+                parse_schedule(&cron).map_err(|reason| ConfigError {
+                    name: "ARCHIVE_CRON",
+                    value: cron.clone(),
+                    reason,
+                })?;
+                ArchiveSchedule {
+                    cron,
+                    older_than_days: var("ARCHIVE_OLDER_THAN_DAYS", 30u32)?,
+                    chunk_size: positive("ARCHIVE_CHUNK_SIZE", var("ARCHIVE_CHUNK_SIZE", 500u32)?)?,
+                    retention: Duration::from_secs(
+                        86_400 * positive("RETENTION_DAYS", var("RETENTION_DAYS", 7u64)?)?,
+                    ),
+                }
+            },
             jwt: JwtConfig {
                 using_dev_secret: jwt_secret.is_none(),
                 secret: jwt_secret.unwrap_or_else(|| DEV_JWT_SECRET.to_string()),

@@ -3,11 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use orderflow::{
     app, auth,
-    cli::{self, Cli, Command, JobsCommand, UsersCommand},
+    cli::{self, ArchiveCommand, Cli, Command, JobsCommand, UsersCommand},
     config::Config,
     db, telemetry,
 };
-use orderflow_jobs::ops;
+use orderflow_jobs::{archive, ops};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -105,6 +105,22 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                     println!("{n} dead job(s) re-queued");
                 }
             }
+        }
+        Command::Archive {
+            command: ArchiveCommand::Run { older_than_days },
+        } => {
+            let pool = db::connect(
+                &config.database_url,
+                &db::PoolSettings::for_command(&config),
+            )
+            .await?;
+            let run = archive::ArchiveRun {
+                run_key: format!("manual-{}", orderflow_jobs::queue::new_job_id()),
+                older_than_days: older_than_days.unwrap_or(config.archive.older_than_days),
+                chunk_size: config.archive.chunk_size,
+            };
+            let summary = archive::run(&pool, &run).await?;
+            println!("{}", serde_json::to_string(&summary)?);
         }
         Command::Healthcheck { .. } => unreachable!("handled before configuration is read"),
     }

@@ -33,6 +33,10 @@ fn start(db: &str, bootstrap: &str, prefix: &str) -> Service {
         .env("KAFKA_BROKERS", bootstrap)
         .env("KAFKA_TOPIC_PREFIX", prefix)
         .env("KAFKA_CONSUMER_GROUP", format!("{prefix}group"))
+        // The restarted process is the same member of the group (as a restarted pod of a
+        // StatefulSet would be): it takes its partitions back without waiting for the broker
+        // to expire the killed one.
+        .env("KAFKA_GROUP_INSTANCE_ID", format!("{prefix}instance"))
         .env("JWT_SECRET", common::JWT_SECRET)
         .env("ADMIN_EMAIL", common::ADMIN_EMAIL)
         .env("ADMIN_PASSWORD", common::ADMIN_PASSWORD)
@@ -42,14 +46,28 @@ fn start(db: &str, bootstrap: &str, prefix: &str) -> Service {
         .env("OUTBOX_SWEEP_INTERVAL_SECS", "1")
         .env("OUTBOX_SWEEP_GRACE_SECS", "2")
         .env("JOB_POLL_INTERVAL_MS", "50")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", "info,rdkafka=warn,librdkafka=warn")
+        .env("LOG_FORMAT", "json")
+        .stdout(log_file(prefix))
         .stderr(Stdio::null())
         .spawn()
         .expect("start orderflow");
     Service {
         child,
         base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// The service's log, kept in the temp dir when `TEST_LOG` is set (for post-mortems).
+fn log_file(prefix: &str) -> Stdio {
+    match std::env::var("TEST_LOG") {
+        Ok(_) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join(format!("{prefix}log")))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null()),
+        Err(_) => Stdio::null(),
     }
 }
 
@@ -201,19 +219,32 @@ async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
     );
 
     let mut settled = false;
-    for _ in 0..120 {
+    let mut last = (0, 0);
+    for _ in 0..180 {
         let unpublished =
             count("SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'").await;
         let notified = count("SELECT COUNT(*) FROM notifications").await;
+        last = (unpublished, notified);
         if unpublished == 0 && notified == orders {
             settled = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    if !settled {
+        let jobs: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT job_type, status, COUNT(*) FROM jobs GROUP BY job_type, status ORDER BY 1, 2",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        eprintln!("jobs by queue and status: {jobs:?}");
+    }
     assert!(
         settled,
-        "after the restart every committed order is published and notified"
+        "after the restart every committed order is published and notified: \
+         {orders} orders, {} unpublished, {} notified",
+        last.0, last.1
     );
     assert_eq!(
         count("SELECT COUNT(*) FROM jobs WHERE status IN ('Running', 'Queued')").await,

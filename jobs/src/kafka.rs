@@ -151,14 +151,29 @@ pub fn producer(bootstrap: &str, delivery_timeout: Duration) -> KafkaResult<Futu
         .create()
 }
 
-/// A consumer in `group` that commits offsets only when told to.
-pub fn consumer(bootstrap: &str, group: &str) -> KafkaResult<StreamConsumer> {
-    ClientConfig::new()
+/// A consumer in `group` that commits offsets only when told to. With `instance_id` it is a
+/// static member (KIP-345): a process restarted under the same id takes its partitions back
+/// at once instead of waiting for the broker to expire the dead member.
+pub fn consumer(
+    bootstrap: &str,
+    group: &str,
+    instance_id: Option<&str>,
+) -> KafkaResult<StreamConsumer> {
+    let mut config = ClientConfig::new();
+    if let Some(id) = instance_id {
+        config.set("group.instance.id", id);
+    }
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
+        // Also the rebalance timeout a joining member waits for the others. Kafka evicts a
+        // dead member after the session timeout; some brokers (tansu) only after this, so a
+        // replacement for a crashed process would otherwise wait the default 5 minutes. Our
+        // loop polls continuously (a message only costs one INSERT before the next poll).
+        .set("max.poll.interval.ms", "20000")
         .set("topic.metadata.refresh.interval.ms", "5000")
         .create()
 }

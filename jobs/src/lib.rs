@@ -6,8 +6,10 @@
 //! * `notifications` and `notify` — the consume-notification job and the table it fills;
 //! * `queue` — apalis storages and pushing jobs; `ops` — operators' dead-job actions;
 //!   `reaper` — the job lease apalis-mysql rc.8 lacks;
-//! * `kafka` — producer, consumer and the embedded broker.
+//! * `kafka` — producer, consumer and the embedded broker;
+//! * `archive` — the archive-run job: finished orders to the archive tables, chunk by chunk.
 
+pub mod archive;
 pub mod kafka;
 pub mod notifications;
 pub mod notify;

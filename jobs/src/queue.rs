@@ -20,7 +20,8 @@ use ulid::Ulid;
 
 pub const PUBLISH_OUTBOX: &str = "publish-outbox";
 pub const CONSUME_NOTIFICATION: &str = "consume-notification";
-pub const QUEUES: [&str; 2] = [PUBLISH_OUTBOX, CONSUME_NOTIFICATION];
+pub const ARCHIVE_RUN: &str = "archive-run";
+pub const QUEUES: [&str; 3] = [PUBLISH_OUTBOX, CONSUME_NOTIFICATION, ARCHIVE_RUN];
 
 pub type Storage<T> = MySqlStorage<T, JsonCodec<Vec<u8>>, MySqlFetcher>;
 
@@ -143,6 +144,34 @@ pub async fn push_notification(
     }
     match storage::<ConsumeNotification>(pool, CONSUME_NOTIFICATION, settings)
         .push_task(builder.build())
+        .await
+    {
+        Ok(()) => Ok(Pushed::Queued),
+        Err(e) => {
+            let e: BoxDynError = Box::new(e);
+            if is_duplicate(&e) {
+                Ok(Pushed::Duplicate)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Queues an archive run; the run key is the job's idempotency key, so the schedule's ticks
+/// on several replicas queue it once.
+pub async fn push_archive(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    run: crate::archive::ArchiveRun,
+) -> Result<Pushed, BoxDynError> {
+    let key = run.run_key.clone();
+    let task = TaskBuilder::new(run)
+        .max_attempts(settings.max_attempts)
+        .with_idempotency_key(key)
+        .build();
+    match storage::<crate::archive::ArchiveRun>(pool, ARCHIVE_RUN, settings)
+        .push_task(task)
         .await
     {
         Ok(()) => Ok(Pushed::Queued),

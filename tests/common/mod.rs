@@ -206,7 +206,7 @@ impl TestApp {
             if f().await {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         f().await
     }

@@ -41,7 +41,11 @@ fn to_job(msg: &BorrowedMessage<'_>, prefix: &str) -> ConsumeNotification {
 }
 
 pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
-    let consumer = match kafka::consumer(&p.bootstrap, &p.consumer_group) {
+    let consumer = match kafka::consumer(
+        &p.bootstrap,
+        &p.consumer_group,
+        p.consumer_instance_id.as_deref(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot create the kafka consumer; notifications stop");

@@ -9,16 +9,18 @@
 //! plus the job reaper (the lease apalis-mysql rc.8 lacks) and the gauges operators watch.
 
 mod consumer;
+mod schedule;
 mod sweeper;
 
 use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use orderflow_jobs::{
+    archive::{self, ArchiveContext, ArchiveRun},
     notify::{self, NotifyContext},
     publish::{self, PublishContext},
     queue::{
-        self, ConsumeNotification, PublishOutbox, QueueSettings, CONSUME_NOTIFICATION,
+        self, ConsumeNotification, PublishOutbox, QueueSettings, ARCHIVE_RUN, CONSUME_NOTIFICATION,
         PUBLISH_OUTBOX,
     },
     reaper,
@@ -29,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 pub use consumer::consume_events;
+pub use schedule::{daily_run_key, parse_schedule, ArchiveSchedule};
 pub use sweeper::sweep_once;
 
 #[derive(Clone)]
@@ -38,18 +41,25 @@ pub struct Pipeline {
     pub bootstrap: String,
     pub topic_prefix: String,
     pub consumer_group: String,
+    /// Static group membership (e.g. the pod name of a StatefulSet), if configured.
+    pub consumer_instance_id: Option<String>,
     pub settings: QueueSettings,
     pub concurrency: usize,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
     pub shutdown_timeout: Duration,
+    pub archive: ArchiveSchedule,
 }
 
 const RESTART_DELAY: Duration = Duration::from_secs(2);
 
 /// Runs one queue's worker until `stop`, starting it again (after a pause, so a database
 /// outage does not become a busy loop) whenever it ends on its own, e.g. on a fetch error.
-async fn supervise(queue: &'static str, stop: CancellationToken, make: impl Fn() -> Monitor) {
+pub(crate) async fn supervise(
+    queue: &'static str,
+    stop: CancellationToken,
+    make: impl Fn() -> Monitor,
+) {
     loop {
         let signal = {
             let stop = stop.clone();
@@ -142,7 +152,27 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
             })
             .shutdown_timeout(shutdown_timeout)
     });
-    tokio::join!(publish_worker, notify_worker);
+    let archive_ctx = Arc::new(ArchiveContext {
+        pool: p.pool.clone(),
+        retention: p.archive.retention,
+    });
+    let archive_worker = supervise(ARCHIVE_RUN, stop.clone(), {
+        let pool = p.pool.clone();
+        move || {
+            let (pool, ctx) = (pool.clone(), archive_ctx.clone());
+            Monitor::new()
+                .register(move |_| {
+                    WorkerBuilder::new(format!("archive-{}", Ulid::new()))
+                        .backend(queue::storage::<ArchiveRun>(&pool, ARCHIVE_RUN, &settings))
+                        .concurrency(1)
+                        .data(ctx.clone())
+                        .build(archive::handle)
+                })
+                .shutdown_timeout(shutdown_timeout)
+        }
+    });
+    let schedule = schedule::run_schedule(p.clone(), stop.clone());
+    tokio::join!(publish_worker, notify_worker, archive_worker, schedule);
     for task in background {
         let _ = task.await;
     }
