@@ -247,14 +247,21 @@ async fn broker_down_retries_then_dead_then_an_operator_retry_publishes_once() {
     );
     let order_id = order.body["id"].as_i64().unwrap();
 
+    // The handler marks the row DEAD, then apalis records the job as Killed: wait for both.
     let dead = app
         .eventually(Duration::from_secs(60), || async {
-            app.count("SELECT COUNT(*) FROM outbox_events WHERE status = 'DEAD'")
-                .await
+            app.count(
+                "SELECT COUNT(*) FROM outbox_events e JOIN jobs j ON j.id = e.job_id \
+                 WHERE e.status = 'DEAD' AND j.status = 'Killed'",
+            )
+            .await
                 == 1
         })
         .await;
-    assert!(dead, "after the last attempt the row is DEAD");
+    assert!(
+        dead,
+        "after the last attempt the row is DEAD and its job dead"
+    );
     let (job_id, attempts): (String, i32) = sqlx::query_as(
         "SELECT j.id, j.attempts FROM jobs j JOIN outbox_events e ON e.job_id = j.id WHERE e.aggregate_id = ? AND j.status = 'Killed'",
     )
@@ -306,8 +313,9 @@ async fn broker_down_retries_then_dead_then_an_operator_retry_publishes_once() {
         app.eventually(WAIT, || all_published(&app)).await,
         "published after the operator's retry"
     );
+    // The consumer reconnects on librdkafka's own backoff (up to 10 s between tries).
     assert!(
-        app.eventually(WAIT, || async {
+        app.eventually(2 * WAIT, || async {
             notifications(&app, &user).await.len() == 1
         })
         .await
@@ -326,6 +334,8 @@ async fn broker_down_retries_then_dead_then_an_operator_retry_publishes_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_publish_every_event_exactly_once() {
+    // Two consumers join one group at once: a rebalance may take up to the rebalance
+    // timeout (max.poll.interval.ms, 20 s) on tansu before both are assigned.
     let a = TestApp::spawn().await;
     let b = a.replica_of().await;
     let admin = a.admin_token().await;
@@ -343,14 +353,15 @@ async fn two_instances_publish_every_event_exactly_once() {
                 json!([{"productId": p, "quantity": 1}]),
             )
             .await
-            .status
         }
     });
-    let statuses = futures::future::join_all(calls).await;
-    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED));
+    let responses = futures::future::join_all(calls).await;
+    for r in &responses {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
 
     assert!(
-        a.eventually(WAIT, || all_published(&a)).await,
+        a.eventually(2 * WAIT, || all_published(&a)).await,
         "every row published"
     );
     let events = kafka::read_all(
@@ -370,7 +381,7 @@ async fn two_instances_publish_every_event_exactly_once() {
         "no event published twice: {per_event:?}"
     );
     assert!(
-        a.eventually(WAIT, || async {
+        a.eventually(2 * WAIT, || async {
             a.count("SELECT COUNT(*) FROM notifications").await == 40
         })
         .await

@@ -54,15 +54,6 @@ struct RunRow {
     items_archived: i64,
 }
 
-fn push_ids(q: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {
-    q.push(" (");
-    let mut sep = q.separated(", ");
-    for id in ids {
-        sep.push_bind(*id);
-    }
-    q.push(")");
-}
-
 async fn start_or_resume(
     conn: &mut MySqlConnection,
     run: &ArchiveRun,
@@ -111,21 +102,21 @@ async fn move_chunk(
         "INSERT INTO orders_archive (id, user_id, status, total_amount, created_at, updated_at) \
          SELECT id, user_id, status, total_amount, created_at, updated_at FROM orders WHERE id IN",
     );
-    push_ids(&mut q, &ids);
+    crate::push_id_list(&mut q, &ids);
     q.push(" ON DUPLICATE KEY UPDATE id = orders_archive.id");
     let orders = q.build().execute(&mut *tx).await?.rows_affected();
     let mut q = QueryBuilder::new(
         "INSERT INTO order_items_archive (order_id, product_id, quantity, unit_price) \
          SELECT order_id, product_id, quantity, unit_price FROM order_items WHERE order_id IN",
     );
-    push_ids(&mut q, &ids);
+    crate::push_id_list(&mut q, &ids);
     q.push(" ON DUPLICATE KEY UPDATE order_id = order_items_archive.order_id");
     let items = q.build().execute(&mut *tx).await?.rows_affected();
     let mut q = QueryBuilder::new("DELETE FROM order_items WHERE order_id IN");
-    push_ids(&mut q, &ids);
+    crate::push_id_list(&mut q, &ids);
     q.build().execute(&mut *tx).await?;
     let mut q = QueryBuilder::new("DELETE FROM orders WHERE id IN");
-    push_ids(&mut q, &ids);
+    crate::push_id_list(&mut q, &ids);
     q.build().execute(&mut *tx).await?;
     sqlx::query(
         "UPDATE archive_runs SET last_order_id = ?, chunks = chunks + 1, \

@@ -19,6 +19,16 @@ pub mod publish;
 pub mod queue;
 pub mod reaper;
 
+/// Appends ` (?, ?, …)` binding `ids`, for `IN` lists.
+pub(crate) fn push_id_list(q: &mut sqlx::QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {
+    q.push(" (");
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_bind(*id);
+    }
+    q.push(")");
+}
+
 /// Whether a database error is a UNIQUE/PRIMARY KEY violation.
 pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())

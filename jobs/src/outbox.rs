@@ -96,15 +96,6 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
 }
 
-fn push_ids(q: &mut QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {
-    q.push(" (");
-    let mut sep = q.separated(", ");
-    for id in ids {
-        sep.push_bind(*id);
-    }
-    q.push(")");
-}
-
 /// Locks the rows among `ids` that are still NEW. Rows another worker holds are skipped, not
 /// waited for: that worker is publishing them, so two workers never publish one row at once.
 pub async fn claim(conn: &mut MySqlConnection, ids: &[i64]) -> Result<Vec<OutboxRow>, sqlx::Error> {
@@ -115,7 +106,7 @@ pub async fn claim(conn: &mut MySqlConnection, ids: &[i64]) -> Result<Vec<Outbox
         "SELECT id, event_id, aggregate_id, event_type, payload, traceparent, tracestate, created_at \
          FROM outbox_events WHERE status = 'NEW' AND id IN",
     );
-    push_ids(&mut q, ids);
+    crate::push_id_list(&mut q, ids);
     q.push(" ORDER BY id FOR UPDATE SKIP LOCKED");
     q.build_query_as().fetch_all(conn).await
 }
@@ -128,7 +119,7 @@ pub async fn mark_published(conn: &mut MySqlConnection, ids: &[i64]) -> Result<(
         "UPDATE outbox_events SET status = 'PUBLISHED', published_at = CURRENT_TIMESTAMP(6), \
          attempts = attempts + 1, last_error = NULL WHERE status = 'NEW' AND id IN",
     );
-    push_ids(&mut q, ids);
+    crate::push_id_list(&mut q, ids);
     q.build().execute(conn).await?;
     Ok(())
 }
@@ -149,7 +140,7 @@ pub async fn record_failure(
         .push(", last_error = ")
         .push_bind(truncate(error, 1000))
         .push(" WHERE status = 'NEW' AND id IN");
-    push_ids(&mut q, ids);
+    crate::push_id_list(&mut q, ids);
     Ok(q.build().execute(pool).await?.rows_affected())
 }
 
@@ -194,7 +185,7 @@ pub async fn assign_job(pool: &MySqlPool, ids: &[i64], job_id: &str) -> Result<(
     }
     let mut q = QueryBuilder::new("UPDATE outbox_events SET job_id = ");
     q.push_bind(job_id).push(" WHERE status = 'NEW' AND id IN");
-    push_ids(&mut q, ids);
+    crate::push_id_list(&mut q, ids);
     q.build().execute(pool).await?;
     Ok(())
 }

@@ -142,10 +142,22 @@ pub async fn push_notification(
     if let Some(key) = key {
         builder = builder.with_idempotency_key(key);
     }
-    match storage::<ConsumeNotification>(pool, CONSUME_NOTIFICATION, settings)
-        .push_task(builder.build())
-        .await
-    {
+    push_once(
+        storage(pool, CONSUME_NOTIFICATION, settings),
+        builder.build(),
+    )
+    .await
+}
+
+/// Pushes a task; a duplicate idempotency key means it is already queued, not a failure.
+async fn push_once<T>(
+    mut storage: Storage<T>,
+    task: apalis::prelude::Task<T, apalis_mysql::MySqlContext, Ulid>,
+) -> Result<Pushed, BoxDynError>
+where
+    T: Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
+{
+    match storage.push_task(task).await {
         Ok(()) => Ok(Pushed::Queued),
         Err(e) => {
             let e: BoxDynError = Box::new(e);
@@ -170,20 +182,7 @@ pub async fn push_archive(
         .max_attempts(settings.max_attempts)
         .with_idempotency_key(key)
         .build();
-    match storage::<crate::archive::ArchiveRun>(pool, ARCHIVE_RUN, settings)
-        .push_task(task)
-        .await
-    {
-        Ok(()) => Ok(Pushed::Queued),
-        Err(e) => {
-            let e: BoxDynError = Box::new(e);
-            if is_duplicate(&e) {
-                Ok(Pushed::Duplicate)
-            } else {
-                Err(e)
-            }
-        }
-    }
+    push_once(storage(pool, ARCHIVE_RUN, settings), task).await
 }
 
 /// Delays the next attempt of a failing job. The row is `Running` (ours) while the handler
