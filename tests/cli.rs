@@ -127,6 +127,14 @@ struct Server {
     base: String,
 }
 
+/// A failing assertion must not leave a service process running after the test.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Server {
     fn start(url: &str, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
@@ -164,7 +172,7 @@ impl Server {
         panic!("service did not become ready");
     }
 
-    fn terminate(mut self) -> (std::process::ExitStatus, Vec<Value>) {
+    fn terminate(&mut self) -> (std::process::ExitStatus, Vec<Value>) {
         send_signal(self.child.id(), "TERM");
         let stdout = self.child.stdout.take().unwrap();
         let lines: Vec<Value> = BufReader::new(stdout)
@@ -187,7 +195,7 @@ fn send_signal(pid: u32, signal: &str) {
 async fn serve_logs_json_with_request_and_user_ids_and_stops_cleanly_on_sigterm() {
     let url = common::fresh_database_url();
     let _guard = DatabaseGuard { url: url.clone() };
-    let server = Server::start(&url, &[]);
+    let mut server = Server::start(&url, &[]);
     let client = reqwest::Client::new();
     server.wait_ready(&client).await;
 

@@ -19,6 +19,14 @@ struct Service {
     base: String,
 }
 
+/// A failing assertion must not leave a service process running after the test.
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start(db: &str, bootstrap: &str, prefix: &str) -> Service {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -180,13 +188,14 @@ async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
     tokio::time::sleep(Duration::from_millis(250)).await;
     first.child.kill().expect("SIGKILL");
     first.child.wait().unwrap();
+    drop(first);
     let outcomes = burst.await.unwrap();
     let acknowledged = outcomes
         .iter()
         .filter(|o| matches!(o, Some((201, _))))
         .count();
 
-    let mut second = start(&db, &bootstrap, &prefix);
+    let second = start(&db, &bootstrap, &prefix);
     ready(&client, &second).await;
     let pool = sqlx::MySqlPool::connect(&db).await.unwrap();
     let count = |sql: &'static str| {
@@ -284,7 +293,6 @@ async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
         events.len()
     );
 
-    second.child.kill().ok();
-    second.child.wait().ok();
+    drop(second);
     pool.close().await;
 }
