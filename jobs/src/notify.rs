@@ -115,8 +115,8 @@ pub async fn handle(
         Ok(false) => Ok(NotifyOutcome::AlreadyNotified),
         Err(e) => {
             let attempt = attempt.current();
-            if attempt < task.max_attempts().max(1) as usize {
-                queue::defer(&ctx.pool, &id.to_string(), ctx.settings.backoff(attempt)).await?;
+            if !queue::is_last_attempt(attempt, task.max_attempts()) {
+                queue::retry_later(&ctx.pool, &ctx.settings, &id.to_string(), attempt).await?;
             }
             Err(e.into())
         }

@@ -139,7 +139,7 @@ pub async fn handle(
     task: MySqlContext,
 ) -> Result<PublishReport, BoxDynError> {
     let attempt = attempt.current();
-    let last = attempt >= task.max_attempts().max(1) as usize;
+    let last = queue::is_last_attempt(attempt, task.max_attempts());
     match publish_rows(&ctx, &job.outbox_ids).await {
         Ok(report) => Ok(report),
         Err(e) => {
@@ -147,7 +147,7 @@ pub async fn handle(
             tracing::warn!(job_id = %id, attempt, last, error = %message, "publish-outbox attempt failed");
             outbox::record_failure(&ctx.pool, &job.outbox_ids, &message, last).await?;
             if !last {
-                queue::defer(&ctx.pool, &id.to_string(), ctx.settings.backoff(attempt)).await?;
+                queue::retry_later(&ctx.pool, &ctx.settings, &id.to_string(), attempt).await?;
             }
             Err(e.into())
         }

@@ -185,6 +185,21 @@ pub async fn push_archive(
     push_once(storage(pool, ARCHIVE_RUN, settings), task).await
 }
 
+/// Whether the attempt that just failed was the job's last (apalis then marks it Killed).
+pub fn is_last_attempt(attempt: usize, max_attempts: i32) -> bool {
+    attempt >= max_attempts.max(1) as usize
+}
+
+/// After a failed attempt that was not the last: push the next one out by the backoff.
+pub async fn retry_later(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    job_id: &str,
+    attempt: usize,
+) -> Result<(), sqlx::Error> {
+    defer(pool, job_id, settings.backoff(attempt)).await
+}
+
 /// Delays the next attempt of a failing job. The row is `Running` (ours) while the handler
 /// runs, and apalis' acknowledgement leaves `run_at` alone, so the next fetch honours it.
 pub async fn defer(pool: &MySqlPool, job_id: &str, delay: Duration) -> Result<(), sqlx::Error> {
@@ -223,6 +238,16 @@ mod tests {
                 cap / 2
             );
         }
+    }
+
+    #[test]
+    fn the_last_attempt_is_the_one_that_reaches_max_attempts() {
+        assert!(!is_last_attempt(1, 3));
+        assert!(is_last_attempt(3, 3));
+        assert!(
+            is_last_attempt(1, 0),
+            "a job without attempts left is done at once"
+        );
     }
 
     #[test]

@@ -51,6 +51,39 @@ pub struct Transitioned {
     pub restocked: Vec<i64>,
 }
 
+/// The first half of every transition, under the order's row lock: `Already` if the order is
+/// in the target state (repeating a transition changes nothing), `Moved` once CREATED has
+/// become `to`, and INVALID_STATE for anything else.
+enum Step {
+    Already(Order),
+    Moved { user_id: i64, order: Order },
+}
+
+async fn begin_transition(
+    tx: &mut sqlx::MySqlConnection,
+    order_id: i64,
+    owner: Option<i64>,
+    to: OrderStatus,
+) -> Result<Step, TransitionError> {
+    let (user_id, mut order) = repo::lock(tx, order_id, owner)
+        .await?
+        .ok_or(TransitionError::NotFound)?;
+    if order.status == to {
+        return Ok(Step::Already(order));
+    }
+    if order.status != OrderStatus::Created {
+        return Err(TransitionError::InvalidState {
+            from: order.status,
+            to,
+        });
+    }
+    let now = Utc::now().trunc_subsecs(6);
+    repo::transition(tx, order_id, OrderStatus::Created, to, now).await?;
+    order.status = to;
+    order.updated_at = now;
+    Ok(Step::Moved { user_id, order })
+}
+
 pub async fn cancel(
     pool: &MySqlPool,
     queue_settings: &QueueSettings,
@@ -59,40 +92,21 @@ pub async fn cancel(
     trace: &TraceContext,
 ) -> Result<Transitioned, TransitionError> {
     let mut tx = pool.begin().await?;
-    let (user_id, mut order) = repo::lock(&mut tx, order_id, Some(owner))
-        .await?
-        .ok_or(TransitionError::NotFound)?;
-    match order.status {
-        OrderStatus::Cancelled => {
-            return Ok(Transitioned {
-                order,
-                restocked: vec![],
-            })
-        }
-        OrderStatus::Completed => {
-            return Err(TransitionError::InvalidState {
-                from: OrderStatus::Completed,
-                to: OrderStatus::Cancelled,
-            })
-        }
-        OrderStatus::Created => {}
-    }
-    let now = Utc::now().trunc_subsecs(6);
-    repo::transition(
-        &mut tx,
-        order_id,
-        OrderStatus::Created,
-        OrderStatus::Cancelled,
-        now,
-    )
-    .await?;
+    let (user_id, order) =
+        match begin_transition(&mut tx, order_id, Some(owner), OrderStatus::Cancelled).await? {
+            Step::Already(order) => {
+                return Ok(Transitioned {
+                    order,
+                    restocked: vec![],
+                })
+            }
+            Step::Moved { user_id, order } => (user_id, order),
+        };
     let mut items = order.items.clone();
     items.sort_by_key(|it| it.product_id);
     for it in &items {
         stock::restore(&mut tx, it.product_id, it.quantity).await?;
     }
-    order.status = OrderStatus::Cancelled;
-    order.updated_at = now;
     let event = outbox::append(
         &mut tx,
         EventType::OrderCancelled,
@@ -112,30 +126,11 @@ pub async fn cancel(
 
 pub async fn complete(pool: &MySqlPool, order_id: i64) -> Result<Order, TransitionError> {
     let mut tx = pool.begin().await?;
-    let (_, mut order) = repo::lock(&mut tx, order_id, None)
-        .await?
-        .ok_or(TransitionError::NotFound)?;
-    match order.status {
-        OrderStatus::Completed => return Ok(order),
-        OrderStatus::Cancelled => {
-            return Err(TransitionError::InvalidState {
-                from: OrderStatus::Cancelled,
-                to: OrderStatus::Completed,
-            })
+    match begin_transition(&mut tx, order_id, None, OrderStatus::Completed).await? {
+        Step::Already(order) => Ok(order),
+        Step::Moved { order, .. } => {
+            tx.commit().await?;
+            Ok(order)
         }
-        OrderStatus::Created => {}
     }
-    let now = Utc::now().trunc_subsecs(6);
-    repo::transition(
-        &mut tx,
-        order_id,
-        OrderStatus::Created,
-        OrderStatus::Completed,
-        now,
-    )
-    .await?;
-    tx.commit().await?;
-    order.status = OrderStatus::Completed;
-    order.updated_at = now;
-    Ok(order)
 }
