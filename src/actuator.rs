@@ -7,22 +7,54 @@ use axum::{
     extract::State,
     http::header,
     response::{IntoResponse, Response},
-    routing::get,
-    Router,
+    Json,
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{app::AppState, db, error::ApiError, telemetry::names};
+use crate::{
+    app::AppState,
+    db,
+    error::{ApiError, ErrorBody},
+    telemetry::names,
+};
 
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/actuator/health", get(health))
-        .route("/actuator/health/liveness", get(liveness))
-        .route("/actuator/health/readiness", get(readiness))
-        .route("/actuator/metrics", get(metrics_index))
-        .route("/actuator/prometheus", get(prometheus))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(liveness))
+        .routes(routes!(readiness))
+        .routes(routes!(metrics_index))
+        .routes(routes!(prometheus))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    #[schema(example = "UP")]
+    pub status: &'static str,
+}
+
+const UP: Status = Status { status: "UP" };
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthComponents {
+    pub db: Status,
+    pub redis: Status,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "UP")]
+    pub status: &'static str,
+    pub components: HealthComponents,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetricNames {
+    pub names: Vec<String>,
 }
 
 async fn database_up(state: &AppState) -> Result<(), String> {
@@ -41,14 +73,26 @@ fn database_down(reason: String) -> Response {
 
 /// Overall health: the database decides UP/DOWN; Redis is reported but, being only a
 /// cache, never makes the service DOWN.
+#[utoipa::path(
+    get,
+    path = "/actuator/health",
+    operation_id = "health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "UP; Redis is reported, but only the database decides", body = Health),
+        (status = 503, description = "SERVICE_UNAVAILABLE: the database is unreachable", body = ErrorBody),
+    )
+)]
 async fn health(State(state): State<AppState>) -> Response {
     let (db, redis) = tokio::join!(database_up(&state), state.cache.ping());
-    let redis = if redis { "UP" } else { "DOWN" };
+    let redis = Status {
+        status: if redis { "UP" } else { "DOWN" },
+    };
     match db {
-        Ok(()) => axum::Json(json!({
-            "status": "UP",
-            "components": { "db": { "status": "UP" }, "redis": { "status": redis } }
-        }))
+        Ok(()) => Json(Health {
+            status: "UP",
+            components: HealthComponents { db: UP, redis },
+        })
         .into_response(),
         Err(reason) => database_down(reason),
     }
@@ -56,14 +100,31 @@ async fn health(State(state): State<AppState>) -> Response {
 
 /// The process is alive and serving; dependencies are deliberately not checked, so a
 /// database outage does not make the orchestrator restart healthy pods.
-async fn liveness() -> Response {
-    axum::Json(json!({ "status": "UP" })).into_response()
+#[utoipa::path(
+    get,
+    path = "/actuator/health/liveness",
+    operation_id = "liveness",
+    tag = "operations",
+    responses((status = 200, description = "The process serves requests", body = Status))
+)]
+async fn liveness() -> Json<Status> {
+    Json(UP)
 }
 
 /// Ready for traffic only while the database answers.
+#[utoipa::path(
+    get,
+    path = "/actuator/health/readiness",
+    operation_id = "readiness",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The database answers", body = Status),
+        (status = 503, description = "SERVICE_UNAVAILABLE: the database is unreachable", body = ErrorBody),
+    )
+)]
 async fn readiness(State(state): State<AppState>) -> Response {
     match database_up(&state).await {
-        Ok(()) => axum::Json(json!({ "status": "UP" })).into_response(),
+        Ok(()) => Json(UP).into_response(),
         Err(reason) => database_down(reason),
     }
 }
@@ -76,7 +137,14 @@ fn record_pool_gauges(state: &AppState) {
 }
 
 /// Names of the metrics this process exposes (the values are at /actuator/prometheus).
-async fn metrics_index(State(state): State<AppState>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/actuator/metrics",
+    operation_id = "metricNames",
+    tag = "operations",
+    responses((status = 200, description = "Metric names", body = MetricNames))
+)]
+async fn metrics_index(State(state): State<AppState>) -> Json<MetricNames> {
     record_pool_gauges(&state);
     let text = state.metrics.render();
     let mut names: Vec<&str> = text
@@ -86,9 +154,19 @@ async fn metrics_index(State(state): State<AppState>) -> Response {
         .collect();
     names.sort_unstable();
     names.dedup();
-    axum::Json(json!({ "names": names })).into_response()
+    Json(MetricNames {
+        names: names.into_iter().map(str::to_owned).collect(),
+    })
 }
 
+/// Every metric in the Prometheus text exposition format.
+#[utoipa::path(
+    get,
+    path = "/actuator/prometheus",
+    operation_id = "prometheus",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
 async fn prometheus(State(state): State<AppState>) -> Response {
     record_pool_gauges(&state);
     (

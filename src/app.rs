@@ -4,8 +4,8 @@
 use std::{future::Future, sync::Arc};
 
 use axum::{
-    extract::{DefaultBodyLimit, FromRef},
-    http::{Request, StatusCode},
+    extract::{DefaultBodyLimit, FromRef, MatchedPath},
+    http::{Request, Response, StatusCode},
     middleware::from_fn,
     Router,
 };
@@ -19,6 +19,8 @@ use tower_http::{
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
     actuator, auth,
@@ -27,9 +29,10 @@ use crate::{
     config::Config,
     db,
     events::{self, Events},
-    http::{error_body, metrics as http_metrics, request_id},
-    idempotency, jobs, notifications, orders, telemetry,
+    http::{error_body, metrics as http_metrics, openapi, request_id},
+    idempotency, jobs, notifications, orders, outbox, telemetry,
 };
+use orderflow_jobs::trace;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -39,11 +42,18 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub metrics: PrometheusHandle,
     pub events: Arc<Events>,
+    pub login_throttle: auth::LoginThrottle,
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {
     fn from_ref(state: &AppState) -> Self {
         state.jwt.clone()
+    }
+}
+
+impl FromRef<AppState> for MySqlPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.db.clone()
     }
 }
 
@@ -95,6 +105,12 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
             config.redis_timeout,
             config.cache_ttl,
         ),
+        login_throttle: auth::LoginThrottle::new(
+            &config.redis_url,
+            &config.cache_key_prefix,
+            config.redis_timeout,
+            config.login_throttle.clone(),
+        ),
         jwt: Arc::new(JwtKeys::new(&config.jwt)),
         metrics: telemetry::metrics_handle(),
         db: pool,
@@ -102,8 +118,8 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
     })
 }
 
-fn api_routes() -> Router<AppState> {
-    Router::new()
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(auth::router())
         .merge(catalog::router())
         .merge(orders::router())
@@ -111,28 +127,65 @@ fn api_routes() -> Router<AppState> {
         .merge(jobs::router())
 }
 
+/// The server span of a request, named and attributed per the OpenTelemetry HTTP semantic
+/// conventions; it continues the caller's `traceparent` when one is sent.
 fn http_span<B>(req: &Request<B>) -> tracing::Span {
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
         .unwrap_or_default();
-    tracing::info_span!(
+    let path = req.uri().path();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let span = tracing::info_span!(
         "http",
-        method = %req.method(),
-        path = %req.uri().path(),
+        otel.name = format!("{} {route}", req.method()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        "http.request.method" = %req.method(),
+        "http.route" = route,
+        "url.path" = path,
+        "http.response.status_code" = tracing::field::Empty,
         requestId = %request_id,
         userId = tracing::field::Empty,
         orderId = tracing::field::Empty,
-    )
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let caller = outbox::trace_context(req.headers());
+    caller.adopt(&span);
+    // The caller's trace id, when nothing of ours is recorded; else our span's ids.
+    if let Some(id) = caller.trace_id() {
+        span.record("trace_id", id);
+    }
+    trace::record_ids(&span);
+    span
 }
 
-pub fn router(state: AppState, role: Role) -> Router {
-    let mut routes = Router::new().merge(actuator::router());
+fn record_status<B>(res: &Response<B>, _latency: std::time::Duration, span: &tracing::Span) {
+    span.record("http.response.status_code", res.status().as_u16());
+    if res.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// The routes a process of `role` serves, and the OpenAPI document describing exactly those.
+pub fn routes(role: Role) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let mut routes =
+        OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).merge(actuator::router());
     if role.serves_api() {
         routes = routes.nest("/api/v1", api_routes());
     }
-    with_middleware(routes, state)
+    let (router, doc) = routes.split_for_parts();
+    (router, openapi::complete(doc))
+}
+
+pub fn router(state: AppState, role: Role) -> Router {
+    let (routes, doc) = routes(role);
+    with_middleware(routes.merge(openapi::docs_router(doc)), state)
 }
 
 /// Wraps routes in the service's middleware stack (request ids, tracing, the standard error
@@ -152,7 +205,11 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(CatchPanicLayer::custom(error_body::panic_response))
         .layer(from_fn(error_body::render_errors))
-        .layer(TraceLayer::new_for_http().make_span_with(http_span))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(http_span)
+                .on_response(record_status),
+        )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(from_fn(request_id::drop_insane_request_id))
@@ -208,6 +265,8 @@ pub async fn serve(
     };
     let app = router(state, role);
     let stop = shutdown.clone();
+    // The peer address feeds the per-client login throttle (auth::throttle).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {

@@ -43,6 +43,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ArchiveCommand,
     },
+    /// Print the OpenAPI document (the one served at /api-docs/openapi.json) and exit.
+    Openapi,
     /// Exit 0 when the local service answers its liveness probe (for container healthchecks).
     Healthcheck {
         #[arg(long, default_value = "127.0.0.1:8080")]

@@ -53,9 +53,31 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub admin_bootstrap: Option<(String, String)>,
     pub log_format: LogFormat,
+    pub tracing: TracingConfig,
     pub orders: OrderLimits,
     pub stock_retry: StockRetry,
     pub idempotency: IdempotencyConfig,
+    pub login_throttle: LoginThrottleConfig,
+}
+
+/// OpenTelemetry tracing. The exporter itself reads the standard `OTEL_*` variables
+/// (endpoint, headers, timeout, service name, resource attributes, sampler); this only
+/// decides whether there is one: no endpoint, no exporter, no cost.
+#[derive(Debug, Clone, Default)]
+pub struct TracingConfig {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` (OTLP over HTTP).
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TracingConfig {
+    fn from_env() -> Result<Self, ConfigError> {
+        let disabled = var("OTEL_SDK_DISABLED", false)?;
+        let endpoint = opt_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| opt_var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        Ok(Self {
+            otlp_endpoint: endpoint.filter(|_| !disabled),
+        })
+    }
 }
 
 /// Kafka and the job engine.
@@ -105,6 +127,21 @@ pub struct IdempotencyConfig {
     /// How long a duplicate waits on the first request's row lock before it is answered
     /// with 409 IDEMPOTENCY_KEY_IN_PROGRESS.
     pub in_flight_wait: Duration,
+}
+
+/// Login brute-force throttling (`crate::auth::throttle`); the counters live in Redis.
+#[derive(Debug, Clone)]
+pub struct LoginThrottleConfig {
+    /// Failed logins on one account within the window before its logins are refused.
+    pub max_failures_per_account: u32,
+    /// Failed logins from one client address (IPv6: one /64) within the window before its
+    /// logins are refused.
+    pub max_failures_per_ip: u32,
+    /// Fixed window: a counter is forgotten this long after its first failure.
+    pub window: Duration,
+    /// Reverse proxies in front of the service that append to `X-Forwarded-For`; 0 means the
+    /// TCP peer is the client and the header is ignored.
+    pub trusted_proxy_hops: usize,
 }
 
 /// Reads a typed variable; unset or empty means the default.
@@ -240,6 +277,7 @@ impl Config {
             },
             admin_bootstrap: opt_var("ADMIN_EMAIL").zip(opt_var("ADMIN_PASSWORD")),
             log_format: var("LOG_FORMAT", LogFormat::Json)?,
+            tracing: TracingConfig::from_env()?,
             orders: OrderLimits {
                 max_items: positive("ORDER_MAX_ITEMS", var("ORDER_MAX_ITEMS", 50usize)?)?,
                 max_quantity: positive("ORDER_MAX_QUANTITY", var("ORDER_MAX_QUANTITY", 1000i64)?)?,
@@ -263,6 +301,21 @@ impl Config {
                     "IDEMPOTENCY_IN_FLIGHT_WAIT_SECS",
                     var("IDEMPOTENCY_IN_FLIGHT_WAIT_SECS", 5u64)?,
                 )?),
+            },
+            login_throttle: LoginThrottleConfig {
+                max_failures_per_account: positive(
+                    "LOGIN_MAX_FAILURES_PER_ACCOUNT",
+                    var("LOGIN_MAX_FAILURES_PER_ACCOUNT", 5u32)?,
+                )?,
+                max_failures_per_ip: positive(
+                    "LOGIN_MAX_FAILURES_PER_IP",
+                    var("LOGIN_MAX_FAILURES_PER_IP", 50u32)?,
+                )?,
+                window: Duration::from_secs(positive(
+                    "LOGIN_THROTTLE_WINDOW_SECS",
+                    var("LOGIN_THROTTLE_WINDOW_SECS", 900u64)?,
+                )?),
+                trusted_proxy_hops: var("HTTP_TRUSTED_PROXY_HOPS", 0usize)?,
             },
         })
     }

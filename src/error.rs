@@ -13,7 +13,7 @@ use axum::{
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     ValidationError,
@@ -39,6 +39,33 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it appears in the body, e.g. `OUT_OF_STOCK` (also a metric label).
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            ValidationError => "VALIDATION_ERROR",
+            IdempotencyKeyRequired => "IDEMPOTENCY_KEY_REQUIRED",
+            Unauthorized => "UNAUTHORIZED",
+            InvalidCredentials => "INVALID_CREDENTIALS",
+            Forbidden => "FORBIDDEN",
+            NotFound => "NOT_FOUND",
+            MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            RequestTimeout => "REQUEST_TIMEOUT",
+            EmailTaken => "EMAIL_TAKEN",
+            SkuTaken => "SKU_TAKEN",
+            InsufficientStock => "INSUFFICIENT_STOCK",
+            OutOfStock => "OUT_OF_STOCK",
+            InvalidState => "INVALID_STATE",
+            IdempotencyKeyInProgress => "IDEMPOTENCY_KEY_IN_PROGRESS",
+            PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            TooManyRequests => "TOO_MANY_REQUESTS",
+            InternalError => "INTERNAL_ERROR",
+            ServiceUnavailable => "SERVICE_UNAVAILABLE",
+        }
+    }
+
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
@@ -82,7 +109,7 @@ impl ErrorCode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -157,9 +184,12 @@ impl ApiError {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// The one error shape of the API.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody<'a> {
+    #[schema(example = "2026-01-01T00:00:00.000Z")]
     pub timestamp: String,
+    #[schema(example = "/api/v1/orders")]
     pub path: String,
     pub code: ErrorCode,
     pub message: &'a str,
@@ -204,6 +234,35 @@ mod tests {
     fn codes_serialize_in_screaming_snake_case() {
         let json = serde_json::to_string(&ErrorCode::IdempotencyKeyInProgress).unwrap();
         assert_eq!(json, "\"IDEMPOTENCY_KEY_IN_PROGRESS\"");
+    }
+
+    #[test]
+    fn as_str_is_the_serialized_code() {
+        use ErrorCode::*;
+        for code in [
+            ValidationError,
+            IdempotencyKeyRequired,
+            Unauthorized,
+            InvalidCredentials,
+            Forbidden,
+            NotFound,
+            MethodNotAllowed,
+            RequestTimeout,
+            EmailTaken,
+            SkuTaken,
+            InsufficientStock,
+            OutOfStock,
+            InvalidState,
+            IdempotencyKeyInProgress,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            IdempotencyKeyReused,
+            TooManyRequests,
+            InternalError,
+            ServiceUnavailable,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 
     #[test]

@@ -4,31 +4,35 @@
 use axum::{
     extract::{Query, State},
     http::StatusCode,
-    routing::{get, post},
-    Router,
 };
 use orderflow_jobs::ops::{self, JobRow, RetryError, StatusFilter};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     app::AppState,
     auth::AdminUser,
-    error::{ApiError, ErrorCode, FieldError},
+    error::{ApiError, ErrorBody, ErrorCode, FieldError},
     http::{
         extract::Path,
-        paging::{Page, PageRequest},
+        paging::{Page, PageParams, PageRequest},
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/jobs", get(list))
-        .route("/admin/jobs/{id}/retry", post(retry))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(retry))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobQuery {
+    /// dead (default), pending, running, done or all.
+    #[param(example = "dead")]
     status: Option<String>,
+    /// A queue name, e.g. orderflow::publish-outbox; all queues when absent.
     queue: Option<String>,
 }
 
@@ -45,9 +49,23 @@ impl From<RetryError> for ApiError {
     }
 }
 
+/// Jobs from the job table, dead ones by default (ADMIN).
+#[utoipa::path(
+    get,
+    path = "/admin/jobs",
+    operation_id = "listJobs",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(JobQuery, PageParams),
+    responses(
+        (status = 200, description = "A page of jobs, newest run first", body = Page<JobRow>),
+        (status = 400, description = "VALIDATION_ERROR: unknown status or bad paging", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: not an ADMIN", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
-    AdminUser(_): AdminUser,
+    _admin: AdminUser,
     page: PageRequest,
     Query(q): Query<JobQuery>,
 ) -> Result<axum::Json<Page<JobRow>>, ApiError> {
@@ -65,20 +83,36 @@ async fn list(
     Ok(axum::Json(Page::new(items, page, total)))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryAccepted {
     pub id: String,
+    #[schema(example = "Pending")]
     pub status: &'static str,
 }
 
+/// Puts a dead job back in its queue (ADMIN); a publish job's DEAD outbox rows become NEW.
+#[utoipa::path(
+    post,
+    path = "/admin/jobs/{id}/retry",
+    operation_id = "retryJob",
+    tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 202, description = "The job is pending again", body = RetryAccepted),
+        (status = 403, description = "FORBIDDEN: not an ADMIN", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "INVALID_STATE: the job is not dead", body = ErrorBody),
+    )
+)]
 async fn retry(
     State(state): State<AppState>,
-    AdminUser(admin): AdminUser,
+    admin: AdminUser,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, axum::Json<RetryAccepted>), ApiError> {
     ops::retry(&state.db, &id).await?;
-    tracing::info!(job_id = %id, userId = admin.id, "operator retried a dead job");
+    tracing::info!(job_id = %id, userId = admin.0.id, "operator retried a dead job");
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(RetryAccepted {

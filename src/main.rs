@@ -9,14 +9,36 @@ use orderflow::{
 };
 use orderflow_jobs::{archive, ops};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve {
         role: app::Role::All,
     });
+    if let Command::Openapi = &command {
+        let (_, doc) = app::routes(app::Role::All);
+        return match doc.to_pretty_json() {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("orderflow: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("orderflow: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Command::Healthcheck { addr, path } = &command {
-        return if cli::healthcheck(*addr, path).await {
+        return if runtime.block_on(cli::healthcheck(*addr, path)) {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
@@ -29,8 +51,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(config.log_format);
-    match run(command, config).await {
+    // Outside the runtime: the trace exporter's blocking HTTP client must not be created or
+    // dropped on an async worker thread. Dropped before the runtime, flushing what is left.
+    let _telemetry = telemetry::init(config.log_format, &config.tracing);
+    match runtime.block_on(run(command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "orderflow failed");
@@ -122,7 +146,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let summary = archive::run(&pool, &run).await?;
             println!("{}", serde_json::to_string(&summary)?);
         }
-        Command::Healthcheck { .. } => unreachable!("handled before configuration is read"),
+        Command::Healthcheck { .. } | Command::Openapi => {
+            unreachable!("handled before configuration is read")
+        }
     }
     Ok(())
 }

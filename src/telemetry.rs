@@ -1,35 +1,107 @@
-//! Logs and metrics.
+//! Logs, traces and metrics.
 //!
 //! Logs are JSON lines by default (`LOG_FORMAT=pretty` for humans); the fields of the
-//! enclosing spans (requestId, userId, orderId) are flattened into every line so a grep for
-//! one request id finds all of its lines. Metrics go to one process-wide Prometheus recorder.
+//! enclosing spans (requestId, userId, orderId, trace_id, span_id) are listed in every line
+//! so a grep for one request id finds all of its lines, and a trace id leads to Jaeger.
+//! Traces go to an OTLP endpoint when one is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`);
+//! without one no OpenTelemetry layer is installed at all. Metrics go to one process-wide
+//! Prometheus recorder.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
+use opentelemetry::{global, trace::TracerProvider as _};
+use opentelemetry_sdk::{
+    propagation::TraceContextPropagator,
+    trace::{SdkTracerProvider, SpanExporter},
+    Resource,
+};
+use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TracingConfig};
 
+const SERVICE_NAME: &str = "orderflow";
+
+/// Keeps the tracer provider alive; dropping it flushes the spans not yet exported.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("orderflow: flushing traces at exit failed: {e}");
+            }
+        }
+    }
+}
+
+/// Logs, and traces when an OTLP endpoint is configured.
+pub fn init(format: LogFormat, tracing: &TracingConfig) -> TelemetryGuard {
+    let provider = tracing.otlp_endpoint.as_ref().and_then(|endpoint| {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => Some(tracer_provider(exporter)),
+            Err(e) => {
+                eprintln!("orderflow: no trace export to {endpoint}: {e}");
+                None
+            }
+        }
+    });
+    install(Some(format), provider.clone());
+    TelemetryGuard { provider }
+}
+
+/// Logs only (tests that want to see the service's logs).
 pub fn init_logging(format: LogFormat) {
+    install(Some(format), None);
+}
+
+/// A batch-exporting tracer provider for `exporter`, named after the service unless
+/// `OTEL_SERVICE_NAME` names it.
+pub fn tracer_provider(exporter: impl SpanExporter + 'static) -> SdkTracerProvider {
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(SERVICE_NAME);
+    }
+    SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_batch_exporter(exporter)
+        .build()
+}
+
+/// Installs the process-wide subscriber: the log layer (`None`: no logs) and, with a
+/// provider, the OpenTelemetry layer. The W3C propagator is installed either way, so the
+/// trace context that comes in is carried on. A second call (tests start many apps in one
+/// process) keeps the first subscriber.
+pub fn install(format: Option<LogFormat>, provider: Option<SdkTracerProvider>) {
+    global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(true)
-                    .with_target(true),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer().pretty()).try_init(),
-    };
-    // A second init (tests start many apps in one process) keeps the first subscriber.
-    let _ = result;
+    let logs = format.map(|format| match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_target(true)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer().pretty().boxed(),
+    });
+    let traces = provider.map(|provider| {
+        let tracer = provider.tracer(SERVICE_NAME);
+        global::set_tracer_provider(provider);
+        tracing_opentelemetry::layer().with_tracer(tracer)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .try_init();
 }
 
 /// Latency buckets in seconds, from sub-millisecond cache hits to the request timeout.

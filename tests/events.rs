@@ -416,8 +416,9 @@ async fn concurrent_publish_jobs_for_the_same_rows_publish_each_once() {
         settings: app.state.config.events.queue,
     };
     // Four workers race for the same ten rows, as apalis may let happen during a backoff.
+    let no_trace = orderflow_jobs::trace::TraceContext::default();
     let reports = futures::future::join_all(
-        (0..4).map(|_| orderflow_jobs::publish::publish_rows(&ctx, &ids)),
+        (0..4).map(|_| orderflow_jobs::publish::publish_rows(&ctx, &ids, &no_trace)),
     )
     .await;
     let published: usize = reports

@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{ConnectOptions, Connection, MySqlConnection, MySqlPool, QueryBuilder};
+use tracing::Instrument;
+
+use crate::{
+    queue::ARCHIVE_RUN,
+    trace::{self, Outcome, TraceContext},
+};
 
 /// Named locks are server-wide: the database name keeps deployments sharing a server apart.
 const LOCK_NAME: &str = "CONCAT('orderflow.archive.', DATABASE())";
@@ -187,7 +193,21 @@ async fn run_locked(
         let mut attempt = 0;
         let moved = loop {
             attempt += 1;
-            match move_chunk(pool, &row, after, run.chunk_size.max(1)).await {
+            let span = tracing::info_span!(
+                "archive.chunk",
+                otel.name = "archive chunk",
+                "archive.run_key" = %run.run_key,
+                "archive.after_order_id" = after,
+                "archive.attempt" = attempt,
+                "archive.orders" = tracing::field::Empty,
+            );
+            let moved = move_chunk(pool, &row, after, run.chunk_size.max(1))
+                .instrument(span.clone())
+                .await;
+            if let Ok(Some((_, orders, _))) = &moved {
+                span.record("archive.orders", orders);
+            }
+            match moved {
                 Ok(m) => break m,
                 Err(e) if attempt < CHUNK_RETRIES => {
                     tracing::warn!(error = %e, attempt, "archive chunk failed; retrying");
@@ -277,11 +297,34 @@ pub struct ArchiveContext {
 pub async fn handle(
     job: ArchiveRun,
     ctx: apalis::prelude::Data<std::sync::Arc<ArchiveContext>>,
+    id: apalis::prelude::TaskId<ulid::Ulid>,
+    attempt: apalis::prelude::Attempt,
+    task: apalis_mysql::MySqlContext,
 ) -> Result<Summary, apalis::prelude::BoxDynError> {
-    let summary = run(&ctx.pool, &job).await?;
-    let (outbox, jobs) = purge_finished(&ctx.pool, ctx.retention).await?;
-    if outbox + jobs > 0 {
-        tracing::info!(outbox_rows = outbox, jobs, "retention purge done");
+    let attempt = attempt.current();
+    // A scheduled run starts a trace of its own.
+    let span = trace::job_span(
+        ARCHIVE_RUN,
+        &id.to_string(),
+        attempt,
+        &TraceContext::default(),
+    );
+    let started = Instant::now();
+    let result = async {
+        let summary = run(&ctx.pool, &job).await?;
+        let (outbox, jobs) = purge_finished(&ctx.pool, ctx.retention).await?;
+        if outbox + jobs > 0 {
+            tracing::info!(outbox_rows = outbox, jobs, "retention purge done");
+        }
+        Ok::<_, sqlx::Error>(summary)
     }
-    Ok(summary)
+    .instrument(span.clone())
+    .await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Done,
+        Err(_) if crate::queue::is_last_attempt(attempt, task.max_attempts()) => Outcome::Dead,
+        Err(_) => Outcome::Retry,
+    };
+    trace::finish_job(&span, ARCHIVE_RUN, started, outcome);
+    Ok(result?)
 }

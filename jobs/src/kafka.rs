@@ -8,13 +8,13 @@ use crate::outbox::EventType;
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    consumer::StreamConsumer,
+    client::{ClientContext, DefaultClientContext},
+    consumer::{ConsumerContext, StreamConsumer},
     error::{KafkaError, KafkaResult},
     mocking::MockCluster,
     producer::FutureProducer,
     types::RDKafkaErrorCode,
-    ClientConfig,
+    ClientConfig, Statistics,
 };
 
 pub const PARTITIONS: i32 = 3;
@@ -151,6 +151,27 @@ pub fn producer(bootstrap: &str, delivery_timeout: Duration) -> KafkaResult<Futu
         .create()
 }
 
+/// The consumer's context: librdkafka's periodic statistics become the `kafka_consumer_lag`
+/// gauge (messages behind the partition's high watermark), without a broker round trip.
+pub struct LagContext;
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1: the internal unassigned partition, or a lag not known yet.
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!("kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
 /// A consumer in `group` that commits offsets only when told to. With `instance_id` it is a
 /// static member (KIP-345): a process restarted under the same id takes its partitions back
 /// at once instead of waiting for the broker to expire the dead member.
@@ -158,7 +179,7 @@ pub fn consumer(
     bootstrap: &str,
     group: &str,
     instance_id: Option<&str>,
-) -> KafkaResult<StreamConsumer> {
+) -> KafkaResult<StreamConsumer<LagContext>> {
     let mut config = ClientConfig::new();
     if let Some(id) = instance_id {
         config.set("group.instance.id", id);
@@ -175,5 +196,6 @@ pub fn consumer(
         // loop polls continuously (a message only costs one INSERT before the next poll).
         .set("max.poll.interval.ms", "20000")
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .create()
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(LagContext)
 }

@@ -6,7 +6,8 @@
 //! * `notifications` and `notify` — the consume-notification job and the table it fills;
 //! * `queue` — apalis storages and pushing jobs; `ops` — operators' dead-job actions;
 //!   `reaper` — the job lease apalis-mysql rc.8 lacks;
-//! * `kafka` — producer, consumer and the embedded broker;
+//! * `kafka` — producer, consumer and the embedded broker; `trace` — the trace context that
+//!   follows an order across these hops, and the span every job run gets;
 //! * `archive` — the archive-run job: finished orders to the archive tables, chunk by chunk.
 
 pub mod archive;
@@ -18,6 +19,7 @@ pub mod outbox;
 pub mod publish;
 pub mod queue;
 pub mod reaper;
+pub mod trace;
 
 /// Appends ` (?, ?, …)` binding `ids`, for `IN` lists.
 pub(crate) fn push_id_list(q: &mut sqlx::QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {

@@ -3,18 +3,20 @@
 //! database failure is retried with backoff; a redelivered event finds its notification
 //! already there and changes nothing.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use apalis::prelude::{AbortError, Attempt, BoxDynError, Data, TaskId};
 use apalis_mysql::MySqlContext;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
+use tracing::Instrument;
 use ulid::Ulid;
 
 use crate::{
     notifications::{self, NewNotification},
     outbox::EventType,
-    queue::{self, ConsumeNotification, QueueSettings},
+    queue::{self, ConsumeNotification, QueueSettings, CONSUME_NOTIFICATION},
+    trace::{self, Outcome},
 };
 
 pub struct NotifyContext {
@@ -28,6 +30,7 @@ struct OrderEvent {
     order_id: i64,
     user_id: i64,
     total_amount: Option<i64>,
+    occurred_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -48,6 +51,7 @@ pub enum Poison {
 }
 
 pub struct Parsed {
+    pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
     pub event_id: String,
     pub kind: EventType,
     pub user_id: i64,
@@ -77,6 +81,7 @@ pub fn parse(job: &ConsumeNotification) -> Result<Parsed, Poison> {
         EventType::OrderCancelled => format!("Your order {} was cancelled.", event.order_id),
     };
     Ok(Parsed {
+        occurred_at: event.occurred_at,
         event_id: event_id.to_owned(),
         kind,
         user_id: event.user_id,
@@ -92,14 +97,60 @@ pub async fn handle(
     attempt: Attempt,
     task: MySqlContext,
 ) -> Result<NotifyOutcome, BoxDynError> {
-    let parsed = match parse(&job) {
+    let attempt = attempt.current();
+    let last = queue::is_last_attempt(attempt, task.max_attempts());
+    let span = trace::job_span(CONSUME_NOTIFICATION, &id.to_string(), attempt, &job.trace());
+    let started = Instant::now();
+    let result = run(&ctx, &job, &id, attempt, last)
+        .instrument(span.clone())
+        .await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Done,
+        Err(Failure::Poison(_)) => Outcome::Dead,
+        Err(Failure::Db(_)) if last => Outcome::Dead,
+        Err(Failure::Db(_)) => Outcome::Retry,
+    };
+    trace::finish_job(&span, CONSUME_NOTIFICATION, started, outcome);
+    result.map_err(|f| match f {
+        Failure::Poison(poison) => AbortError::new(poison).into(),
+        Failure::Db(e) => e,
+    })
+}
+
+enum Failure {
+    /// Never retried: the job is dead at once.
+    Poison(Poison),
+    Db(BoxDynError),
+}
+
+/// The INSERT of the notification, as a client span of the database.
+fn insert_span() -> tracing::Span {
+    tracing::info_span!(
+        "db.query",
+        otel.name = "INSERT notifications",
+        otel.kind = "client",
+        "db.system.name" = "mysql",
+        "db.operation.name" = "INSERT",
+        "db.collection.name" = "notifications",
+    )
+}
+
+async fn run(
+    ctx: &NotifyContext,
+    job: &ConsumeNotification,
+    id: &TaskId<Ulid>,
+    attempt: usize,
+    last: bool,
+) -> Result<NotifyOutcome, Failure> {
+    let parsed = match parse(job) {
         Ok(p) => p,
         Err(poison) => {
             tracing::warn!(job_id = %id, topic = %job.topic, partition = job.partition, offset = job.offset,
                 error = %poison, "poison message parked as a dead job");
-            return Err(AbortError::new(poison).into());
+            return Err(Failure::Poison(poison));
         }
     };
+    tracing::Span::current().record("orderId", parsed.order_id);
     let new = NewNotification {
         event_id: &parsed.event_id,
         user_id: parsed.user_id,
@@ -107,18 +158,26 @@ pub async fn handle(
         kind: parsed.kind.as_str(),
         message: &parsed.message,
     };
-    match notifications::insert(&ctx.pool, &new).await {
+    match notifications::insert(&ctx.pool, &new)
+        .instrument(insert_span())
+        .await
+    {
         Ok(true) => {
+            if let Some(at) = parsed.occurred_at {
+                let lag = (chrono::Utc::now() - at).num_milliseconds().max(0);
+                metrics::histogram!("notification_lag_seconds").record(lag as f64 / 1e3);
+            }
             tracing::info!(orderId = parsed.order_id, userId = parsed.user_id, eventId = %parsed.event_id, "notification created");
             Ok(NotifyOutcome::Created)
         }
         Ok(false) => Ok(NotifyOutcome::AlreadyNotified),
         Err(e) => {
-            let attempt = attempt.current();
-            if !queue::is_last_attempt(attempt, task.max_attempts()) {
-                queue::retry_later(&ctx.pool, &ctx.settings, &id.to_string(), attempt).await?;
+            if !last {
+                queue::retry_later(&ctx.pool, &ctx.settings, &id.to_string(), attempt)
+                    .await
+                    .map_err(|e| Failure::Db(e.into()))?;
             }
-            Err(e.into())
+            Err(Failure::Db(e.into()))
         }
     }
 }
@@ -140,6 +199,7 @@ mod tests {
             event_type: event_type.map(str::to_owned),
             payload: payload.map(str::to_owned),
             traceparent: None,
+            tracestate: None,
         }
     }
 

@@ -36,19 +36,16 @@ impl EventType {
     }
 }
 
-/// W3C trace context carried with an event.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TraceContext {
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
-}
+pub use crate::trace::TraceContext;
 
-/// A row as appended: its id, the event id, and the publish job meant to carry it.
+/// A row as appended: its id, the event id, the publish job meant to carry it, and the trace
+/// context stored with it (the job continues that trace).
 #[derive(Debug, Clone)]
 pub struct Appended {
     pub id: i64,
     pub event_id: Uuid,
     pub job_id: String,
+    pub trace: TraceContext,
 }
 
 /// Appends a NEW event. `job_id` names the publish-outbox job that will be pushed for it
@@ -81,6 +78,7 @@ pub async fn append(
         id: done.last_insert_id() as i64,
         event_id,
         job_id: job_id.to_owned(),
+        trace: trace.clone(),
     })
 }
 
@@ -94,6 +92,15 @@ pub struct OutboxRow {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+impl OutboxRow {
+    pub fn trace(&self) -> TraceContext {
+        TraceContext {
+            traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
+        }
+    }
 }
 
 /// Locks the rows among `ids` that are still NEW. Rows another worker holds are skipped, not

@@ -6,7 +6,10 @@
 //! after Kafka acknowledged it (acks=all). A crash between the acknowledgement and the commit
 //! can publish a row twice; consumers deduplicate on the event id.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use apalis::prelude::{Attempt, BoxDynError, Data, TaskId};
 use apalis_mysql::MySqlContext;
@@ -17,12 +20,14 @@ use rdkafka::{
 };
 use serde::Serialize;
 use sqlx::MySqlPool;
+use tracing::{Instrument, Span};
 use ulid::Ulid;
 
 use crate::{
     kafka::headers,
     outbox::{self, OutboxRow},
-    queue::{self, PublishOutbox, QueueSettings},
+    queue::{self, PublishOutbox, QueueSettings, PUBLISH_OUTBOX},
+    trace::{self, Outcome, TraceContext},
 };
 
 pub struct PublishContext {
@@ -51,7 +56,32 @@ pub enum PublishError {
     Db(#[from] sqlx::Error),
 }
 
-fn record_headers(row: &OutboxRow) -> OwnedHeaders {
+/// The producer span of one event. It continues the row's own trace (a sweeper batch carries
+/// rows of many orders), nested under the job's span when the job belongs to that trace.
+fn produce_span(row: &OutboxRow, topic: &str, job_trace: &TraceContext) -> Span {
+    let span = tracing::info_span!(
+        "kafka.produce",
+        otel.name = format!("publish {topic}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        "messaging.system" = "kafka",
+        "messaging.operation.type" = "send",
+        "messaging.operation.name" = "publish",
+        "messaging.destination.name" = topic,
+        "messaging.kafka.message.key" = row.aggregate_id,
+        "messaging.message.id" = %row.event_id,
+    );
+    let row_trace = row.trace();
+    if row_trace.traceparent.is_some() && row_trace.traceparent != job_trace.traceparent {
+        row_trace.adopt(&span);
+    }
+    span
+}
+
+/// Headers of the Kafka record; the trace context is the producer span's, so the consumer
+/// continues from it (or the row's, when nothing is recorded in this process).
+fn record_headers(row: &OutboxRow, span: &Span) -> OwnedHeaders {
+    let trace = TraceContext::of_span(span).unwrap_or_else(|| row.trace());
     let mut h = OwnedHeaders::new()
         .insert(Header {
             key: headers::EVENT_ID,
@@ -61,13 +91,13 @@ fn record_headers(row: &OutboxRow) -> OwnedHeaders {
             key: headers::EVENT_TYPE,
             value: Some(row.event_type.as_bytes()),
         });
-    if let Some(tp) = &row.traceparent {
+    if let Some(tp) = &trace.traceparent {
         h = h.insert(Header {
             key: headers::TRACEPARENT,
             value: Some(tp.as_bytes()),
         });
     }
-    if let Some(ts) = &row.tracestate {
+    if let Some(ts) = &trace.tracestate {
         h = h.insert(Header {
             key: headers::TRACESTATE,
             value: Some(ts.as_bytes()),
@@ -80,6 +110,7 @@ fn record_headers(row: &OutboxRow) -> OwnedHeaders {
 pub async fn publish_rows(
     ctx: &PublishContext,
     ids: &[i64],
+    job_trace: &TraceContext,
 ) -> Result<PublishReport, PublishError> {
     let mut tx = ctx.pool.begin().await?;
     let rows = outbox::claim(&mut tx, ids).await?;
@@ -88,19 +119,28 @@ pub async fn publish_rows(
         .iter()
         .map(|r| format!("{}{}", ctx.topic_prefix, r.event_type))
         .collect();
+    let spans: Vec<Span> = rows
+        .iter()
+        .zip(&topics)
+        .map(|(row, topic)| produce_span(row, topic, job_trace))
+        .collect();
     let sends = rows.iter().enumerate().map(|(i, row)| {
         let record = FutureRecord::to(&topics[i])
             .key(&keys[i])
             .payload(&row.payload)
-            .headers(record_headers(row));
+            .headers(record_headers(row, &spans[i]));
         ctx.producer
             .send(record, Timeout::After(Duration::from_secs(5)))
+            .instrument(spans[i].clone())
     });
     let results = futures_util::future::join_all(sends).await;
 
     let mut delivered = Vec::new();
     let mut failures = Vec::new();
-    for (row, result) in rows.iter().zip(results) {
+    for ((row, result), span) in rows.iter().zip(results).zip(&spans) {
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
         match result {
             Ok(_) => {
                 let lag = (chrono::Utc::now() - row.created_at)
@@ -140,7 +180,28 @@ pub async fn handle(
 ) -> Result<PublishReport, BoxDynError> {
     let attempt = attempt.current();
     let last = queue::is_last_attempt(attempt, task.max_attempts());
-    match publish_rows(&ctx, &job.outbox_ids).await {
+    let span = trace::job_span(PUBLISH_OUTBOX, &id.to_string(), attempt, &job.trace);
+    let started = Instant::now();
+    let result = run(&ctx, &job, &id, attempt, last)
+        .instrument(span.clone())
+        .await;
+    let outcome = match (&result, last) {
+        (Ok(_), _) => Outcome::Done,
+        (Err(_), false) => Outcome::Retry,
+        (Err(_), true) => Outcome::Dead,
+    };
+    trace::finish_job(&span, PUBLISH_OUTBOX, started, outcome);
+    result
+}
+
+async fn run(
+    ctx: &PublishContext,
+    job: &PublishOutbox,
+    id: &TaskId<Ulid>,
+    attempt: usize,
+    last: bool,
+) -> Result<PublishReport, BoxDynError> {
+    match publish_rows(ctx, &job.outbox_ids, &job.trace).await {
         Ok(report) => Ok(report),
         Err(e) => {
             let message = e.to_string();

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 use ulid::Ulid;
 
+use crate::trace::TraceContext;
+
 pub const PUBLISH_OUTBOX: &str = "publish-outbox";
 pub const CONSUME_NOTIFICATION: &str = "consume-notification";
 pub const ARCHIVE_RUN: &str = "archive-run";
@@ -29,6 +31,9 @@ pub type Storage<T> = MySqlStorage<T, JsonCodec<Vec<u8>>, MySqlFetcher>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishOutbox {
     pub outbox_ids: Vec<i64>,
+    /// The trace of the order that queued it (empty for the sweeper's batches).
+    #[serde(default)]
+    pub trace: TraceContext,
 }
 
 /// One Kafka message for the notification pipeline, as received (validated by the handler,
@@ -42,6 +47,17 @@ pub struct ConsumeNotification {
     pub event_type: Option<String>,
     pub payload: Option<String>,
     pub traceparent: Option<String>,
+    #[serde(default)]
+    pub tracestate: Option<String>,
+}
+
+impl ConsumeNotification {
+    pub fn trace(&self) -> TraceContext {
+        TraceContext {
+            traceparent: self.traceparent.clone(),
+            tracestate: self.tracestate.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,18 +124,13 @@ pub async fn push_publish(
     settings: &QueueSettings,
     job_id: &str,
     outbox_ids: Vec<i64>,
-    traceparent: Option<&str>,
+    trace: TraceContext,
 ) -> Result<(), BoxDynError> {
     let id: Ulid = job_id.parse()?;
-    let mut task = TaskBuilder::new(PublishOutbox { outbox_ids })
+    let task = TaskBuilder::new(PublishOutbox { outbox_ids, trace })
         .with_task_id(TaskId::new(id))
         .max_attempts(settings.max_attempts)
         .build();
-    if let Some(tp) = traceparent {
-        let mut meta = serde_json::Map::new();
-        meta.insert("traceparent".into(), tp.into());
-        task.parts.ctx = task.parts.ctx.with_meta(meta);
-    }
     storage::<PublishOutbox>(pool, PUBLISH_OUTBOX, settings)
         .push_task(task)
         .await

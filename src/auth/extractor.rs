@@ -1,5 +1,10 @@
 //! `AuthUser` (any valid token) and `AdminUser` (role ADMIN). A missing, malformed, expired
 //! or forged token is 401 UNAUTHORIZED; a valid token without the role is 403 FORBIDDEN.
+//!
+//! A token is only as good as its account: every authenticated request looks the user up by
+//! primary key, so a token whose account was deleted is 401, and an ADMIN token whose account
+//! was demoted since is treated as USER. A promotion still needs a new login (the role
+//! travels in the token; the stored role can only take it away).
 
 use std::sync::Arc;
 
@@ -8,7 +13,9 @@ use axum::{
     http::{header, request::Parts},
 };
 
-use super::{JwtKeys, Role};
+use sqlx::MySqlPool;
+
+use super::{repo, JwtKeys, Role};
 use crate::error::{ApiError, ErrorCode};
 
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +34,7 @@ fn unauthorized(msg: &str) -> ApiError {
 impl<S> FromRequestParts<S> for AuthUser
 where
     Arc<JwtKeys>: FromRef<S>,
+    MySqlPool: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -50,17 +58,23 @@ where
             .sub
             .parse()
             .map_err(|_| unauthorized("invalid token subject"))?;
+        let stored = repo::role_of(&MySqlPool::from_ref(state), id)
+            .await?
+            .ok_or_else(|| unauthorized("the token's account no longer exists"))?;
+        let role = if claims.role == Role::Admin && stored == Role::Admin {
+            Role::Admin
+        } else {
+            Role::User
+        };
         tracing::Span::current().record("userId", id);
-        Ok(AuthUser {
-            id,
-            role: claims.role,
-        })
+        Ok(AuthUser { id, role })
     }
 }
 
 impl<S> FromRequestParts<S> for AdminUser
 where
     Arc<JwtKeys>: FromRef<S>,
+    MySqlPool: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;

@@ -6,15 +6,17 @@ mod jwt;
 mod password;
 mod repo;
 mod routes;
+pub mod throttle;
 
 pub use extractor::{AdminUser, AuthUser};
 pub use jwt::{Claims, JwtKeys};
 pub use repo::{ensure_admin, promote, PromoteError};
 pub use routes::router;
+pub use throttle::LoginThrottle;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Role {
     User,

@@ -51,6 +51,17 @@ pub async fn find_by_email(pool: &MySqlPool, email: &str) -> Result<Option<UserR
         .await
 }
 
+/// The stored role of a user, `None` if the account no longer exists (the primary key
+/// lookup every authenticated request makes).
+pub async fn role_of(pool: &MySqlPool, id: i64) -> Result<Option<Role>, sqlx::Error> {
+    let role: Option<String> = sqlx::query_scalar("SELECT role FROM users WHERE id = ?")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    role.map(|r| Role::try_from(r).map_err(|e| sqlx::Error::Decode(e.into())))
+        .transpose()
+}
+
 #[derive(Debug, Error)]
 pub enum PromoteError {
     #[error("no user with email {0}")]

@@ -1,30 +1,41 @@
 //! POST /auth/register and POST /auth/login.
 
-use axum::{extract::State, http::StatusCode, routing::post, Router};
+use axum::{
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{password, repo, Role};
+use super::{
+    password, repo,
+    throttle::{self, PeerAddr},
+    Role,
+};
 use crate::{
     app::AppState,
-    error::{ApiError, ErrorCode, FieldError},
+    error::{ApiError, ErrorBody, ErrorCode, FieldError},
     http::extract::Json,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/login", post(login))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterRequest {
+    #[schema(example = "ada@example.com")]
     pub email: String,
     pub password: String,
     pub name: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserResponse {
     pub id: i64,
@@ -33,18 +44,20 @@ pub struct UserResponse {
     pub role: Role,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenResponse {
     pub access_token: String,
+    #[schema(example = "Bearer")]
     pub token_type: &'static str,
+    /// Seconds until the token expires.
     pub expires_in: u64,
 }
 
@@ -89,6 +102,19 @@ fn validate_register(req: &RegisterRequest) -> Vec<FieldError> {
     errors
 }
 
+/// Creates a USER account.
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    operation_id = "register",
+    tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Account created", body = UserResponse),
+        (status = 400, description = "VALIDATION_ERROR, one detail per bad field", body = ErrorBody),
+        (status = 409, description = "EMAIL_TAKEN", body = ErrorBody),
+    )
+)]
 async fn register(
     State(state): State<AppState>,
     Json(req): Json<RegisterRequest>,
@@ -120,27 +146,64 @@ async fn register(
     ))
 }
 
+/// Exchanges credentials for a bearer token. Failed logins are throttled per account and
+/// per client address (429 with `Retry-After`).
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    operation_id = "login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A bearer token", body = TokenResponse),
+        (status = 401, description = "INVALID_CREDENTIALS (unknown email or wrong password)", body = ErrorBody),
+        (status = 429, description = "TOO_MANY_REQUESTS: too many failed logins for this account or from this address; the password was not checked", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds until the throttling window ends"))),
+    )
+)]
 async fn login(
     State(state): State<AppState>,
+    PeerAddr(peer): PeerAddr,
+    headers: HeaderMap,
     Json(req): Json<LoginRequest>,
-) -> Result<axum::Json<TokenResponse>, ApiError> {
+) -> Result<axum::Json<TokenResponse>, Response> {
     let email = req.email.trim().to_lowercase();
-    let user = if req.password.len() > 4 * MAX_PASSWORD_CHARS {
-        None // never hash megabytes on behalf of an anonymous caller
-    } else {
-        repo::find_by_email(&state.db, &email).await?
+    let user = repo::find_by_email(&state.db, &email)
+        .await
+        .map_err(|e| ApiError::from(e).into_response())?;
+    let account = match &user {
+        Some(u) => throttle::Account::Id(u.id),
+        None => throttle::Account::Email(&email),
     };
-    let ok = password::verify(req.password, user.as_ref().map(|u| u.password_hash.clone())).await;
+    let client = state.login_throttle.client_ip(peer, &headers);
+    let attempt = state
+        .login_throttle
+        .begin(account, client)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    // Never hash megabytes against a real hash on behalf of an anonymous caller.
+    let hash = user
+        .as_ref()
+        .filter(|_| req.password.len() <= 4 * MAX_PASSWORD_CHARS)
+        .map(|u| u.password_hash.clone());
+    let ok = password::verify(req.password, hash).await;
     match user {
-        Some(user) if ok => Ok(axum::Json(TokenResponse {
-            access_token: state.jwt.issue(user.id, user.role),
-            token_type: "Bearer",
-            expires_in: state.jwt.ttl().as_secs(),
-        })),
-        _ => Err(ApiError::new(
-            ErrorCode::InvalidCredentials,
-            "email or password is incorrect",
-        )),
+        Some(user) if ok => {
+            attempt.succeeded().await;
+            Ok(axum::Json(TokenResponse {
+                access_token: state.jwt.issue(user.id, user.role),
+                token_type: "Bearer",
+                expires_in: state.jwt.ttl().as_secs(),
+            }))
+        }
+        _ => {
+            attempt.failed().await;
+            Err(ApiError::new(
+                ErrorCode::InvalidCredentials,
+                "email or password is incorrect",
+            )
+            .into_response())
+        }
     }
 }
 

@@ -1,34 +1,31 @@
 //! GET /products, GET /products/{id}, POST /admin/products,
 //! POST /admin/products/{id}/stock-adjust.
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    routing::{get, post},
-    Router,
-};
+use axum::{extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{repo, repo::CatalogError, Product};
 use crate::{
     app::AppState,
     auth::AdminUser,
-    error::{ApiError, ErrorCode, FieldError},
+    error::{ApiError, ErrorBody, ErrorCode, FieldError},
     http::{
         extract::{Json, Path},
-        paging::{Page, PageRequest},
+        paging::{Page, PageParams, PageRequest},
     },
 };
 
 pub const MAX_PRICE: i64 = 1_000_000_000_000;
 pub const MAX_STOCK_DELTA: i64 = 1_000_000_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/products", get(list))
-        .route("/products/{id}", get(get_one))
-        .route("/admin/products", post(create))
-        .route("/admin/products/{id}/stock-adjust", post(adjust_stock))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one))
+        .routes(routes!(create))
+        .routes(routes!(adjust_stock))
 }
 
 impl From<CatalogError> for ApiError {
@@ -44,6 +41,18 @@ impl From<CatalogError> for ApiError {
     }
 }
 
+/// Lists products by id, with their current stock.
+#[utoipa::path(
+    get,
+    path = "/products",
+    operation_id = "listProducts",
+    tag = "catalog",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of products", body = Page<Product>),
+        (status = 400, description = "VALIDATION_ERROR: bad paging", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     page: PageRequest,
@@ -58,6 +67,19 @@ async fn list(
     Ok(axum::Json(body))
 }
 
+/// One product with its current stock.
+#[utoipa::path(
+    get,
+    path = "/products/{id}",
+    operation_id = "getProduct",
+    tag = "catalog",
+    params(("id" = i64, Path, description = "Product id")),
+    responses(
+        (status = 200, description = "The product", body = Product),
+        (status = 400, description = "VALIDATION_ERROR: the id is not an integer", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND", body = ErrorBody),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<i64>,
@@ -73,12 +95,18 @@ async fn get_one(
     Ok(axum::Json(product))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateProductRequest {
+    /// 1–64 characters of A-Z, a-z, 0-9, '-', '_', '.'; unique.
+    #[schema(example = "MUG-001")]
     pub sku: String,
+    #[schema(example = "Mug")]
     pub name: String,
+    /// Minor units (cents), 0 to 10^12.
+    #[schema(example = 1299, minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price: i64,
+    #[schema(example = 100, minimum = 0, maximum = 1_000_000_000)]
     pub initial_stock: i64,
 }
 
@@ -118,9 +146,23 @@ fn validate_create(req: &CreateProductRequest) -> Vec<FieldError> {
     errors
 }
 
+/// Creates a product with its initial stock (ADMIN).
+#[utoipa::path(
+    post,
+    path = "/admin/products",
+    operation_id = "createProduct",
+    tag = "catalog",
+    security(("bearer" = [])),
+    request_body = CreateProductRequest,
+    responses(
+        (status = 201, description = "Product created", body = Product),
+        (status = 403, description = "FORBIDDEN: not an ADMIN", body = ErrorBody),
+        (status = 409, description = "SKU_TAKEN", body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
-    AdminUser(_): AdminUser,
+    _admin: AdminUser,
     Json(req): Json<CreateProductRequest>,
 ) -> Result<(StatusCode, axum::Json<Product>), ApiError> {
     let errors = validate_create(&req);
@@ -140,26 +182,46 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(product)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StockAdjustRequest {
+    /// Non-zero, between -10^9 and 10^9; stock never goes below zero.
+    #[schema(example = 25)]
     pub delta: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StockResponse {
     pub product_id: i64,
     pub quantity: i64,
 }
 
+/// Adds to or takes from a product's stock (ADMIN).
+#[utoipa::path(
+    post,
+    path = "/admin/products/{id}/stock-adjust",
+    operation_id = "adjustStock",
+    tag = "catalog",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Product id")),
+    request_body = StockAdjustRequest,
+    responses(
+        (status = 200, description = "The new stock level", body = StockResponse),
+        (status = 403, description = "FORBIDDEN: not an ADMIN", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "INSUFFICIENT_STOCK: the delta would take stock below zero", body = ErrorBody),
+    )
+)]
 async fn adjust_stock(
     State(state): State<AppState>,
-    AdminUser(_): AdminUser,
+    _admin: AdminUser,
     Path(id): Path<i64>,
     Json(req): Json<StockAdjustRequest>,
 ) -> Result<axum::Json<StockResponse>, ApiError> {
-    if req.delta == 0 || req.delta.abs() > MAX_STOCK_DELTA {
+    // Not `delta.abs()`: it overflows for i64::MIN (a panic, i.e. a 500, in a debug build;
+    // a negative "absolute value" that passes the check in a release build).
+    if req.delta == 0 || !(-MAX_STOCK_DELTA..=MAX_STOCK_DELTA).contains(&req.delta) {
         return Err(ApiError::validation(vec![FieldError::new(
             "delta",
             format!("must be non-zero and between -{MAX_STOCK_DELTA} and {MAX_STOCK_DELTA}"),

@@ -4,5 +4,6 @@
 pub mod error_body;
 pub mod extract;
 pub mod metrics;
+pub mod openapi;
 pub mod paging;
 pub mod request_id;

@@ -26,6 +26,18 @@ impl PageRequest {
     }
 }
 
+/// The paging query parameters as documented; [`PageRequest`] is what handlers receive.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Zero-based page number.
+    #[param(minimum = 0, maximum = 10_000, default = 0)]
+    pub page: Option<u32>,
+    /// Items per page.
+    #[param(minimum = 1, maximum = 100, default = 20)]
+    pub size: Option<u32>,
+}
+
 #[derive(Deserialize)]
 struct RawPaging {
     page: Option<String>,
@@ -67,7 +79,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PageRequest {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize, Clone)]
+#[derive(Debug, Serialize, Deserialize, Clone, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
     pub items: Vec<T>,

@@ -1,20 +1,34 @@
 //! GET /notifications: a user's own notifications, written by the consume-notification job
 //! (one per event id; the table and its SQL belong to `orderflow_jobs::notifications`).
 
-use axum::{extract::State, routing::get, Router};
+use axum::extract::State;
 use orderflow_jobs::notifications::{self, Notification};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     app::AppState,
     auth::AuthUser,
-    error::ApiError,
-    http::paging::{Page, PageRequest},
+    error::{ApiError, ErrorBody},
+    http::paging::{Page, PageParams, PageRequest},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/notifications", get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
+/// The caller's own notifications, newest first.
+#[utoipa::path(
+    get,
+    path = "/notifications",
+    operation_id = "listNotifications",
+    tag = "notifications",
+    security(("bearer" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of the caller's notifications", body = Page<Notification>),
+        (status = 400, description = "VALIDATION_ERROR: bad paging", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,

@@ -7,6 +7,7 @@ use orderflow_jobs::queue::{self, QueueSettings};
 use serde_json::json;
 use sqlx::{Connection, MySqlPool};
 use thiserror::Error;
+use tracing::Instrument;
 
 use super::{
     model::{Line, Order, OrderItem, OrderStatus},
@@ -70,6 +71,7 @@ pub struct NewOrder<'a> {
     pub key: &'a str,
     pub fingerprint: &'a str,
     pub lines: &'a [Line],
+    /// The caller's trace context: stored with the event when no span of ours is recorded.
     pub trace: &'a TraceContext,
 }
 
@@ -112,10 +114,13 @@ pub async fn create(
     }
     let mut attempt = 1;
     loop {
-        match try_create(pool, &order, settings).await {
+        match try_create(pool, &order, settings)
+            .instrument(transaction_span(attempt))
+            .await
+        {
             Ok(Some(reply)) => {
                 if let Some(event) = &reply.event {
-                    enqueue_publish(pool, &settings.queue, event, order.trace).await;
+                    enqueue_publish(pool, &settings.queue, event).await;
                 }
                 return Ok(reply);
             }
@@ -134,6 +139,19 @@ pub async fn create(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The client span of the order transaction; the event stored in it continues from here.
+fn transaction_span(attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "db.transaction",
+        otel.name = "TRANSACTION create_order",
+        otel.kind = "client",
+        "db.system.name" = "mysql",
+        "db.operation.name" = "TRANSACTION",
+        "db.query.summary" = "create_order",
+        "orderflow.attempt" = attempt,
+    )
 }
 
 fn refusal(code: ErrorCode, message: String, details: Vec<FieldError>) -> (u16, String) {
@@ -254,7 +272,7 @@ async fn try_create(
         EventType::OrderCreated,
         order_id,
         &event_payload(EventType::OrderCreated, order.user_id, &created),
-        order.trace,
+        &TraceContext::current_or(order.trace),
         &queue::new_job_id(),
     )
     .await?;
@@ -271,20 +289,16 @@ async fn try_create(
     }))
 }
 
-/// Pushes the publish-outbox job for an event just committed, for low latency. A failure
-/// here loses nothing: the row stays NEW and the sweeper enqueues it after its grace period.
-pub async fn enqueue_publish(
-    pool: &MySqlPool,
-    settings: &QueueSettings,
-    event: &Appended,
-    trace: &TraceContext,
-) {
+/// Pushes the publish-outbox job for an event just committed, for low latency; the job
+/// continues the event's trace. A failure here loses nothing: the row stays NEW and the
+/// sweeper enqueues it after its grace period.
+pub async fn enqueue_publish(pool: &MySqlPool, settings: &QueueSettings, event: &Appended) {
     if let Err(e) = queue::push_publish(
         pool,
         settings,
         &event.job_id,
         vec![event.id],
-        trace.traceparent.as_deref(),
+        event.trace.clone(),
     )
     .await
     {

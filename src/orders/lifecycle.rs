@@ -112,12 +112,12 @@ pub async fn cancel(
         EventType::OrderCancelled,
         order_id,
         &event_payload(EventType::OrderCancelled, user_id, &order),
-        trace,
+        &TraceContext::current_or(trace),
         &queue::new_job_id(),
     )
     .await?;
     tx.commit().await?;
-    enqueue_publish(pool, queue_settings, &event, trace).await;
+    enqueue_publish(pool, queue_settings, &event).await;
     Ok(Transitioned {
         restocked: items.iter().map(|it| it.product_id).collect(),
         order,

@@ -5,9 +5,8 @@ use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
-    Router,
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     create::{self, NewOrder, Settings},
@@ -18,20 +17,21 @@ use super::{
 use crate::{
     app::AppState,
     auth::{AdminUser, AuthUser},
-    error::{ApiError, FieldError},
+    error::{ApiError, ErrorBody, FieldError},
     http::{
         extract::{Json, Path},
-        paging::{Page, PageRequest},
+        paging::{Page, PageParams, PageRequest},
     },
     idempotency, outbox,
+    telemetry::names,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/orders", post(create_order).get(list))
-        .route("/orders/{id}", get(get_one))
-        .route("/orders/{id}/cancel", post(cancel))
-        .route("/admin/orders/{id}/complete", post(complete))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_order, list))
+        .routes(routes!(get_one))
+        .routes(routes!(cancel))
+        .routes(routes!(complete))
 }
 
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
@@ -48,11 +48,50 @@ fn parse_body(body: &serde_json::Value) -> Result<CreateOrderRequest, ApiError> 
     })
 }
 
+/// Creates an order exactly once per `Idempotency-Key`: stock is taken, the order and its
+/// event are stored in one transaction. A retry with the same key and body replays the first
+/// response (also a first OUT_OF_STOCK) with `Idempotent-Replayed: true`.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    operation_id = "createOrder",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = String, Header,
+         description = "1–255 printable ASCII characters, bare or as a quoted Structured Field string; scoped to the caller"),
+        ("traceparent" = Option<String>, Header,
+         description = "W3C trace context; the order's event and notification join this trace"),
+    ),
+    request_body = CreateOrderRequest,
+    responses(
+        (status = 201, description = "Order created (or the replay of its creation)", body = Order,
+         headers(("Idempotent-Replayed" = String, description = "`true` when this is a stored response replayed"))),
+        (status = 400, description = "IDEMPOTENCY_KEY_REQUIRED, or VALIDATION_ERROR for the key or the body", body = ErrorBody),
+        (status = 409, description = "OUT_OF_STOCK (stored and replayed), or IDEMPOTENCY_KEY_IN_PROGRESS while the first request with this key runs", body = ErrorBody,
+         headers(("Idempotent-Replayed" = String, description = "`true` when this is a stored response replayed"))),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different body", body = ErrorBody),
+    )
+)]
 async fn create_order(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
     Json(body): Json<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let result = create_order_inner(state, user, headers, body).await;
+    if let Err(e) = &result {
+        // OUT_OF_STOCK is a stored response, counted where it is decided.
+        metrics::counter!(names::ORDERS_REJECTED, "reason" => e.code.as_str()).increment(1);
+    }
+    result
+}
+
+async fn create_order_inner(
+    state: AppState,
+    user: AuthUser,
+    headers: HeaderMap,
+    body: serde_json::Value,
 ) -> Result<Response, ApiError> {
     // Everything refused here happens before execution starts and stores nothing.
     let key = idempotency::parse_key(&headers)?;
@@ -106,6 +145,19 @@ async fn create_order(
     Ok(response)
 }
 
+/// The caller's own orders, newest first.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    operation_id = "listOrders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of the caller's orders", body = Page<Order>),
+        (status = 400, description = "VALIDATION_ERROR: bad paging", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -115,6 +167,20 @@ async fn list(
     Ok(axum::Json(Page::new(items, page, total)))
 }
 
+/// One of the caller's orders; another user's order is NOT_FOUND, never FORBIDDEN.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    operation_id = "getOrder",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order", body = Order),
+        (status = 400, description = "VALIDATION_ERROR: the id is not an integer", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND (also for another user's order)", body = ErrorBody),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
@@ -126,6 +192,25 @@ async fn get_one(
         .ok_or_else(|| ApiError::not_found("order"))
 }
 
+/// Cancels one of the caller's orders and restores its stock, once; cancelling again
+/// returns the cancelled order.
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/cancel",
+    operation_id = "cancelOrder",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(
+        ("id" = i64, Path, description = "Order id"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context"),
+    ),
+    responses(
+        (status = 200, description = "The order, now CANCELLED", body = Order),
+        (status = 400, description = "VALIDATION_ERROR: the id is not an integer", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND (also for another user's order)", body = ErrorBody),
+        (status = 409, description = "INVALID_STATE: the order is COMPLETED", body = ErrorBody),
+    )
+)]
 async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
@@ -143,9 +228,25 @@ async fn cancel(
     Ok(axum::Json(done.order))
 }
 
+/// Marks an order COMPLETED (ADMIN); completing again returns the completed order.
+#[utoipa::path(
+    post,
+    path = "/admin/orders/{id}/complete",
+    operation_id = "completeOrder",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order, now COMPLETED", body = Order),
+        (status = 400, description = "VALIDATION_ERROR: the id is not an integer", body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: not an ADMIN", body = ErrorBody),
+        (status = 404, description = "NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "INVALID_STATE: the order is CANCELLED", body = ErrorBody),
+    )
+)]
 async fn complete(
     State(state): State<AppState>,
-    AdminUser(_): AdminUser,
+    _admin: AdminUser,
     Path(id): Path<i64>,
 ) -> Result<axum::Json<Order>, ApiError> {
     tracing::Span::current().record("orderId", id);

@@ -8,12 +8,14 @@ use std::time::Duration;
 use orderflow_jobs::{
     kafka::{self, headers},
     queue::{self, ConsumeNotification},
+    trace::TraceContext,
 };
 use rdkafka::{
     consumer::{CommitMode, Consumer},
     message::{BorrowedMessage, Headers, Message},
 };
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
 use crate::Pipeline;
 
@@ -37,6 +39,33 @@ fn to_job(msg: &BorrowedMessage<'_>, prefix: &str) -> ConsumeNotification {
             .payload()
             .map(|p| String::from_utf8_lossy(p).into_owned()),
         traceparent: header(msg, headers::TRACEPARENT),
+        tracestate: header(msg, headers::TRACESTATE),
+    }
+}
+
+/// The consumer span of one message, continuing the producer's trace from its headers.
+fn receive_span(msg: &BorrowedMessage<'_>, group: &str, parent: &TraceContext) -> Span {
+    let span = tracing::info_span!(
+        "kafka.receive",
+        otel.name = format!("receive {}", msg.topic()),
+        otel.kind = "consumer",
+        "messaging.system" = "kafka",
+        "messaging.operation.type" = "receive",
+        "messaging.destination.name" = msg.topic(),
+        "messaging.destination.partition.id" = msg.partition(),
+        "messaging.kafka.offset" = msg.offset(),
+        "messaging.consumer.group.name" = group,
+    );
+    parent.adopt(&span);
+    span
+}
+
+/// Time from the broker's timestamp of a message to its receipt here (the lag in messages is
+/// the `kafka_consumer_lag` gauge, from librdkafka's statistics).
+fn record_lag(msg: &BorrowedMessage<'_>) {
+    if let Some(ms) = msg.timestamp().to_millis() {
+        let lag = chrono::Utc::now().timestamp_millis() - ms;
+        metrics::histogram!("kafka_consumer_lag_seconds").record(lag.max(0) as f64 / 1e3);
     }
 }
 
@@ -73,21 +102,33 @@ pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
                 }
             }
         };
-        let job = to_job(&msg, &p.topic_prefix);
+        record_lag(&msg);
+        let mut job = to_job(&msg, &p.topic_prefix);
+        let span = receive_span(&msg, &p.consumer_group, &job.trace());
+        // The job continues the trace from this span.
+        let trace = TraceContext::of_span(&span).unwrap_or_else(|| job.trace());
+        (job.traceparent, job.tracestate) = (trace.traceparent, trace.tracestate);
         // Hold the partition until the job is stored: committing first could lose the event.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match queue::push_notification(&p.pool, &p.settings, job.clone()).await {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "could not enqueue a received event; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(p.settings.backoff(attempt)) => {}
+        let stored = async {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match queue::push_notification(&p.pool, &p.settings, job.clone()).await {
+                    Ok(_) => return true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, attempt, "could not enqueue a received event; retrying");
+                        tokio::select! {
+                            () = stop.cancelled() => return false,
+                            () = tokio::time::sleep(p.settings.backoff(attempt)) => {}
+                        }
                     }
                 }
             }
+        }
+        .instrument(span)
+        .await;
+        if !stored {
+            return;
         }
         if let Err(e) = consumer.commit_message(&msg, CommitMode::Async) {
             tracing::warn!(error = %e, "offset commit failed; the event may be redelivered (harmless)");

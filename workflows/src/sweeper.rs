@@ -19,7 +19,14 @@ pub async fn sweep_once(p: &Pipeline) -> Result<usize, Box<dyn std::error::Error
         }
         let job_id = queue::new_job_id();
         outbox::assign_job(&p.pool, &ids, &job_id).await?;
-        queue::push_publish(&p.pool, &p.settings, &job_id, ids.clone(), None).await?;
+        queue::push_publish(
+            &p.pool,
+            &p.settings,
+            &job_id,
+            ids.clone(),
+            Default::default(),
+        )
+        .await?;
         tracing::info!(rows = ids.len(), job_id = %job_id, "re-enqueued outbox rows whose job was lost");
         total += ids.len();
         if ids.len() < BATCH as usize {

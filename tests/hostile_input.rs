@@ -1,0 +1,677 @@
+//! Hostile input at the HTTP edge: oversized bodies and headers, deeply nested JSON, huge
+//! numbers and totals that would overflow, unicode and SQL metacharacters in every string
+//! field. Each is refused with a 4xx in the standard error body, or stored and returned
+//! intact — never a 5xx, never a crash, never a partial write.
+
+mod common;
+
+use common::{assert_standard_error, TestApp};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// The service still answers normally (nothing above took it down or wedged it).
+async fn still_healthy(app: &TestApp) {
+    let r = app.get("/actuator/health/readiness", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        app.get("/api/v1/products", None).await.status,
+        StatusCode::OK
+    );
+}
+
+async fn raw_post(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> common::Resp {
+    let mut req = app
+        .client
+        .post(app.url(path))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    common::Resp::read(req.send().await.expect("request is sent")).await
+}
+
+/// Sends `request` as is on a fresh connection; returns the status (None if the server
+/// closed without answering) and the response body.
+async fn raw_http(app: &TestApp, request: &str) -> (Option<u16>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // The server may answer and close before it has read everything: a failed write is
+    // part of the outcome, not an error of the test.
+    let _ = conn.write_all(request.as_bytes()).await;
+    let mut raw = Vec::new();
+    let _ = conn.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| text.starts_with("HTTP/1.1 "));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_413_in_the_standard_body_and_store_nothing() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let limit = app.state.config.http_body_limit_bytes;
+    let p = app.new_product(&admin, 100, 10).await;
+
+    // Valid JSON, well over the limit, on every route that takes a body.
+    let padding = "x".repeat(2 * limit);
+    let order = json!({"items": [{"productId": p, "quantity": 1}], "pad": padding}).to_string();
+    let r = raw_post(
+        &app,
+        "/api/v1/orders",
+        Some(&user),
+        &[("idempotency-key", "big-1")],
+        order.clone(),
+    )
+    .await;
+    r.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
+    for (path, token) in [
+        ("/api/v1/auth/register", None),
+        ("/api/v1/auth/login", None),
+        ("/api/v1/admin/products", Some(admin.as_str())),
+        (
+            &*format!("/api/v1/admin/products/{p}/stock-adjust"),
+            Some(admin.as_str()),
+        ),
+    ] {
+        let body = json!({"email": padding, "password": padding, "name": "n"}).to_string();
+        raw_post(&app, path, token, &[], body)
+            .await
+            .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
+    }
+    // The same without a Content-Length (chunked): the limit applies while streaming.
+    let mut chunked = String::new();
+    for chunk in order.as_bytes().chunks(8 * 1024) {
+        chunked.push_str(&format!("{:x}\r\n", chunk.len()));
+        chunked.push_str(std::str::from_utf8(chunk).unwrap());
+        chunked.push_str("\r\n");
+    }
+    chunked.push_str("0\r\n\r\n");
+    let (status, body) = raw_http(
+        &app,
+        &format!(
+            "POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user}\r\n\
+             Idempotency-Key: big-2\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunked}"
+        ),
+    )
+    .await;
+    assert_eq!(status, Some(413), "{body}");
+    assert_standard_error(&serde_json::from_str(&body).unwrap(), "PAYLOAD_TOO_LARGE");
+
+    assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM products").await, 1);
+    assert_eq!(app.stock_of(p).await, 10);
+    // The key of the refused request is still free.
+    let r = app
+        .order(&user, "big-1", json!([{"productId": p, "quantity": 1}]))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    still_healthy(&app).await;
+}
+
+/// Headers: large-but-parsable values reach the service and are refused in the standard
+/// body; a header block beyond what the HTTP parser accepts is refused by hyper itself with
+/// 431 (the one error that cannot carry the standard body: it never reaches the router)
+/// and the service is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_headers_are_refused_without_a_5xx() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 10).await;
+    let items = json!([{"productId": p, "quantity": 1}]);
+
+    // A 32 KiB bearer token.
+    let r = app
+        .get("/api/v1/orders", Some(&"A".repeat(32 * 1024)))
+        .await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    // Idempotency-Key: too long, far too long, not ASCII, a control character, twice.
+    for key in ["k".repeat(256), "k".repeat(32 * 1024)] {
+        let r = app.order(&user, &key, items.clone()).await;
+        r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(r.body["details"][0]["field"], "Idempotency-Key");
+    }
+    for raw in [
+        "clé-unicode".as_bytes().to_vec(),
+        "emoji-😀".as_bytes().to_vec(),
+        b"tab\there".to_vec(),
+        vec![0xff, 0xfe, b'k'],
+    ] {
+        let req = app
+            .client
+            .post(app.url("/api/v1/orders"))
+            .bearer_auth(&user)
+            .header(
+                "idempotency-key",
+                reqwest::header::HeaderValue::from_bytes(&raw).unwrap(),
+            )
+            .json(&json!({ "items": items }));
+        let r = common::Resp::read(req.send().await.unwrap()).await;
+        r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+    let req = app
+        .client
+        .post(app.url("/api/v1/orders"))
+        .bearer_auth(&user)
+        .header("idempotency-key", "one")
+        .header("idempotency-key", "two")
+        .json(&json!({ "items": items }));
+    common::Resp::read(req.send().await.unwrap())
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    // A 32 KiB X-Request-Id is replaced, not echoed.
+    let r = app
+        .call(
+            Method::GET,
+            "/api/v1/products",
+            None,
+            &[("x-request-id", &"r".repeat(32 * 1024))],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.header("x-request-id").is_some_and(|id| id.len() <= 128));
+    // A Content-Type that is not JSON.
+    for ct in [
+        "text/plain",
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+    ] {
+        let req = app
+            .client
+            .post(app.url("/api/v1/auth/login"))
+            .header("content-type", ct)
+            .body(r#"{"email":"a@b.co","password":"x"}"#);
+        let r = common::Resp::read(req.send().await.unwrap()).await;
+        r.assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE");
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 0);
+
+    // Beyond the parser: one 1 MiB header, and 200 headers. hyper answers 431 before any
+    // of the service's code runs (so without the standard body), then closes.
+    let huge = "h".repeat(1024 * 1024);
+    let many: String = (0..200).map(|i| format!("X-Many-{i}: v\r\n")).collect();
+    for headers in [format!("X-Huge: {huge}\r\n"), many] {
+        let (status, body) = raw_http(
+            &app,
+            &format!(
+                "GET /api/v1/products HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(status, Some(431), "{body}");
+        assert!(body.is_empty(), "hyper's own 431 has no body: {body}");
+    }
+    still_healthy(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_json_is_a_400_not_a_crash() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let (_, user) = app.new_user().await;
+    let depth = 20_000; // 40 KB: under the body limit, far over serde_json's recursion limit
+    let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let objects = format!("{}1{}", r#"{"a":"#.repeat(depth / 2), "}".repeat(depth / 2));
+    for body in [
+        format!(r#"{{"items":{arrays}}}"#),
+        format!(r#"{{"items":[{{"productId":{objects},"quantity":1}}]}}"#),
+        arrays.clone(),
+    ] {
+        let r = raw_post(
+            &app,
+            "/api/v1/orders",
+            Some(&user),
+            &[("idempotency-key", "deep")],
+            body,
+        )
+        .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+    for path in [
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/admin/products",
+    ] {
+        let r = raw_post(&app, path, None, &[], format!(r#"{{"email":{objects}}}"#)).await;
+        assert!(
+            r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::UNAUTHORIZED,
+            "{path}: {} {}",
+            r.status,
+            r.text
+        );
+        assert_standard_error(&r.body, r.body["code"].as_str().unwrap_or("?"));
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 0);
+    still_healthy(&app).await;
+}
+
+/// Numbers at and beyond every bound, and of the wrong type: a 400 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_negative_and_mistyped_numbers_are_400_naming_the_field() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 10).await;
+    let max_q = app.state.config.orders.max_quantity;
+
+    let quantities: Vec<Value> = vec![
+        json!(0),
+        json!(-1),
+        json!(max_q + 1),
+        json!(i64::MAX),
+        json!(i64::MIN),
+        json!(u64::MAX),
+        json!(1.5),
+        json!(1e30),
+        json!("5"),
+        Value::Null,
+    ];
+    for (i, q) in quantities.iter().enumerate() {
+        let body = json!({"items": [{"productId": p, "quantity": q}]}).to_string();
+        let r = raw_post(
+            &app,
+            "/api/v1/orders",
+            Some(&user),
+            &[("idempotency-key", &format!("q-{i}"))],
+            body,
+        )
+        .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(
+            r.body["details"][0]["field"], "items[0].quantity",
+            "{q}: {}",
+            r.text
+        );
+    }
+    let r = raw_post(
+        &app,
+        "/api/v1/orders",
+        Some(&user),
+        &[("idempotency-key", "q-literal")],
+        format!(r#"{{"items":[{{"productId":{p},"quantity":99999999999999999999999999}}]}}"#),
+    )
+    .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    for (i, id) in [json!(0), json!(-5), json!(u64::MAX), json!("1")]
+        .iter()
+        .enumerate()
+    {
+        let r = app
+            .order(
+                &user,
+                &format!("pid-{i}"),
+                json!([{"productId": id, "quantity": 1}]),
+            )
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(
+            r.body["details"][0]["field"], "items[0].productId",
+            "{}",
+            r.text
+        );
+    }
+    // A product that does not exist, at the top of the id range.
+    let r = app
+        .order(
+            &user,
+            "pid-max",
+            json!([{"productId": i64::MAX, "quantity": 1}]),
+        )
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+
+    // Products: price and stock bounds.
+    for (field, price, stock) in [
+        ("price", json!(-1), json!(1)),
+        ("price", json!(1_000_000_000_001i64), json!(1)),
+        ("price", json!(i64::MAX), json!(1)),
+        ("price", json!(u64::MAX), json!(1)),
+        ("price", json!(12.5), json!(1)),
+        ("initialStock", json!(1), json!(-1)),
+        ("initialStock", json!(1), json!(i64::MIN)),
+        ("initialStock", json!(1), json!(1_000_000_001i64)),
+    ] {
+        let r = app
+            .post(
+                "/api/v1/admin/products",
+                Some(&admin),
+                json!({"sku": "BOUNDS-1", "name": "n", "price": price, "initialStock": stock}),
+            )
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(r.body["details"][0]["field"], field, "{}", r.text);
+    }
+    // Stock adjustments, including the one value whose absolute value overflows.
+    for delta in [
+        json!(0),
+        json!(1_000_000_001i64),
+        json!(-1_000_000_001i64),
+        json!(i64::MAX),
+        json!(i64::MIN),
+        json!(u64::MAX),
+        json!(0.5),
+    ] {
+        let r = app
+            .post(
+                &format!("/api/v1/admin/products/{p}/stock-adjust"),
+                Some(&admin),
+                json!({ "delta": delta }),
+            )
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(
+            r.body["details"][0]["field"], "delta",
+            "{delta}: {}",
+            r.text
+        );
+    }
+    // Below zero is a conflict, not a wrapped or negative stock.
+    let r = app
+        .post(
+            &format!("/api/v1/admin/products/{p}/stock-adjust"),
+            Some(&admin),
+            json!({"delta": -11}),
+        )
+        .await;
+    r.assert_error(StatusCode::CONFLICT, "INSUFFICIENT_STOCK");
+    // Ids in paths and paging beyond their types.
+    for path in [
+        "/api/v1/orders/9223372036854775808",
+        "/api/v1/orders/1e3",
+        "/api/v1/orders?page=4294967296",
+        "/api/v1/orders?size=-1",
+        "/api/v1/orders?page=10001",
+        "/api/v1/products/99999999999999999999",
+    ] {
+        app.get(path, Some(&user))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+    app.get("/api/v1/orders/-9223372036854775808", Some(&user))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM products").await, 1);
+    assert_eq!(app.stock_of(p).await, 10);
+}
+
+/// With limits generous enough to let them through validation, quantity × price beyond i64
+/// (on one line, or only in the sum of lines) is a 400 — never a 500, never a wrapped or
+/// negative total — and nothing is stored: no order, no stock taken, the key still free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totals_that_overflow_i64_are_400_and_store_nothing() {
+    let app = TestApp::spawn_api_only(|c| c.orders.max_quantity = i64::MAX).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let max_price = 1_000_000_000_000i64;
+    let max_stock = 1_000_000_000i64;
+    let a = app.new_product(&admin, max_price, max_stock).await;
+    let b = app.new_product(&admin, max_price, max_stock).await;
+
+    let cases = [
+        // 10^12 × 10^7 = 10^19 > i64::MAX on one line.
+        json!([{"productId": a, "quantity": 10_000_000}]),
+        // 5·10^18 per line fits; the sum, 10^19, does not.
+        json!([{"productId": a, "quantity": 5_000_000}, {"productId": b, "quantity": 5_000_000}]),
+        // Far beyond: the multiplication itself overflows many times over.
+        json!([{"productId": a, "quantity": i64::MAX}]),
+    ];
+    for (i, items) in cases.iter().enumerate() {
+        let r = app
+            .order(&user, &format!("overflow-{i}"), items.clone())
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(r.body["details"][0]["field"], "items", "{}", r.text);
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 0);
+    assert_eq!(app.stock_of(a).await, max_stock);
+    assert_eq!(app.stock_of(b).await, max_stock);
+
+    // The largest total that fits is accepted and exact.
+    let cheap = app.new_product(&admin, 1, max_stock).await;
+    let r = app
+        .order(
+            &user,
+            "overflow-0",
+            json!([{"productId": a, "quantity": 9_000_000}, {"productId": cheap, "quantity": max_stock}]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        r.body["totalAmount"].as_i64(),
+        Some(9_000_000 * max_price + max_stock)
+    );
+    // A quantity larger than any stock, with a total that fits: OUT_OF_STOCK, stored.
+    let r = app
+        .order(
+            &user,
+            "too-many",
+            json!([{"productId": cheap, "quantity": i64::MAX / 2}]),
+        )
+        .await;
+    r.assert_error(StatusCode::CONFLICT, "OUT_OF_STOCK");
+    assert_eq!(app.stock_of(cheap).await, 0);
+}
+
+async fn register(app: &TestApp, email: &str, name: &str) -> common::Resp {
+    app.post(
+        "/api/v1/auth/register",
+        None,
+        json!({"email": email, "password": "hostile-password-1", "name": name}),
+    )
+    .await
+}
+
+/// Unicode and SQL metacharacters in every string field are stored and returned byte for
+/// byte (and keep working: the account logs in, the key replays), or refused with 400 by
+/// the field's own rules. Every table is still there afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unicode_and_sql_metacharacters_are_stored_intact_or_refused() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let hostile = [
+        "Robert'); DROP TABLE users;--",
+        "\" OR \"1\"=\"1",
+        "' OR 1=1 --",
+        "100% _wild_ \\ back\\slash",
+        "名前 テスト",
+        "😀🎉👩‍👩‍👧‍👦",
+        "Zalgo Z̵̡̢a̸l̷g̶o̵",
+        "RTL \u{202E}gnp.exe",
+        "العربية עברית",
+        "𝕄𝕒𝕥𝕙 𐐷",
+        "<script>alert(1)</script>",
+        "${jndi:ldap://x}",
+    ];
+
+    // Register: name (and emails with quotes, unicode and SQL in them).
+    for (i, name) in hostile.iter().enumerate() {
+        let email = format!("hostile{i}@orderflow.test");
+        let r = register(&app, &email, name).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{name}: {}", r.text);
+        assert_eq!(r.body["name"], *name);
+        let stored: String = sqlx::query_scalar("SELECT name FROM users WHERE email = ?")
+            .bind(&email)
+            .fetch_one(app.db())
+            .await
+            .unwrap();
+        assert_eq!(stored, *name);
+    }
+    let long_emoji = "😀".repeat(100);
+    let r = register(&app, "emoji100@orderflow.test", &long_emoji).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "100 four-byte characters fit"
+    );
+    for (email, name) in [
+        ("emoji101@orderflow.test", "😀".repeat(101)),
+        ("nul@orderflow.test", "nul\u{0}byte".to_string()),
+        ("bell@orderflow.test", "bell\u{7}".to_string()),
+        ("newline@orderflow.test", "line\nbreak".to_string()),
+    ] {
+        let r = register(&app, email, &name).await;
+        r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(r.body["details"][0]["field"], "name");
+    }
+    for email in [
+        "o'brien+tag@orderflow.test",
+        "josé.ñandú@exämple.org",
+        "a@b.c%'or'1'='1",
+        "\"quoted\"@orderflow.test",
+    ] {
+        let r = register(&app, email, "n").await;
+        assert_eq!(r.status, StatusCode::CREATED, "{email}: {}", r.text);
+        assert_eq!(r.body["email"], email.to_lowercase());
+        let token = app.login(email, "hostile-password-1").await;
+        assert_eq!(
+            app.get("/api/v1/orders", Some(&token)).await.status,
+            StatusCode::OK
+        );
+    }
+    for email in [
+        "'; DROP TABLE users; --@x.org",
+        "nul\u{0}@orderflow.test",
+        "a@b",
+        "",
+    ] {
+        register(&app, email, "n")
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+    // Login with injection in either field: the ordinary 401.
+    for (email, password) in [
+        ("' OR '1'='1", "' OR '1'='1"),
+        ("admin@orderflow.test' --", "x"),
+        ("admin@orderflow.test\u{0}", "wrong-password"),
+        ("%", "%"),
+    ] {
+        app.post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    }
+
+    // Products: the name is free text, stored intact (also through the cache); the sku is
+    // a restricted identifier, so metacharacters are refused.
+    let mut ids = Vec::new();
+    for (i, name) in hostile.iter().enumerate() {
+        let r = app
+            .post(
+                "/api/v1/admin/products",
+                Some(&admin),
+                json!({"sku": format!("HOSTILE-{i}"), "name": name, "price": 1, "initialStock": 5}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{name}: {}", r.text);
+        assert_eq!(r.body["name"], *name);
+        ids.push(r.body["id"].as_i64().unwrap());
+    }
+    for (id, name) in ids.iter().zip(hostile) {
+        for _ in 0..2 {
+            // the second read is served from Redis
+            let r = app.get(&format!("/api/v1/products/{id}"), None).await;
+            assert_eq!(r.body["name"], name);
+        }
+    }
+    let listed = app.get("/api/v1/products?size=100", None).await.body;
+    for name in hostile {
+        assert!(
+            listed["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == name),
+            "{name} listed intact"
+        );
+    }
+    for sku in [
+        "SKU'; DROP TABLE products;--",
+        "SKU-é",
+        "SKU 1",
+        "SKU%",
+        "SKU\u{0}",
+        "😀",
+    ] {
+        let r = app
+            .post(
+                "/api/v1/admin/products",
+                Some(&admin),
+                json!({"sku": sku, "name": "n", "price": 1, "initialStock": 1}),
+            )
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(r.body["details"][0]["field"], "sku");
+    }
+
+    // Idempotency-Key: any printable ASCII, metacharacters included, is a key like any
+    // other — it creates once and replays byte for byte.
+    let (_, user) = app.new_user().await;
+    let p = ids[0];
+    for key in [
+        "'; DROP TABLE orders; --",
+        "x\" OR \"\"=\"",
+        "%_\\*?[]{}()<>|&;$`",
+        r#""quoted \"sf\" string""#,
+    ] {
+        let items = json!([{"productId": p, "quantity": 1}]);
+        let first = app.order(&user, key, items.clone()).await;
+        assert_eq!(first.status, StatusCode::CREATED, "{key}: {}", first.text);
+        let again = app.order(&user, key, items).await;
+        assert_eq!(again.status, StatusCode::CREATED);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.text, first.text);
+    }
+    // A key that starts and ends with a quote is a Structured Field string and must be a
+    // valid one: an unescaped quote inside is refused, not guessed at.
+    let r = app
+        .order(
+            &user,
+            r#"" OR ""=""#,
+            json!([{"productId": p, "quantity": 1}]),
+        )
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(r.body["details"][0]["field"], "Idempotency-Key");
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 4);
+
+    // Every table survived.
+    for table in [
+        "users",
+        "products",
+        "stocks",
+        "orders",
+        "order_items",
+        "idempotency_keys",
+    ] {
+        let n = app.count(&format!("SELECT COUNT(*) FROM {table}")).await;
+        assert!(n > 0, "{table} still has its rows");
+    }
+}

@@ -1,0 +1,911 @@
+//! Attacks on authentication and authorisation, over HTTP against the real service:
+//! forged, confused and malformed JWTs; tokens outliving their account or its role; USER
+//! tokens on every ADMIN route; another user's resources on every owner route (BOLA); and
+//! login brute force, throttled per account and per client address in Redis.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
+use chrono::Utc;
+use common::{TestApp, ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET};
+use jsonwebtoken::{crypto, encode, Algorithm, EncodingKey, Header};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A throwaway 2048-bit RSA key (PKCS#1 DER, base64) generated for this test and used
+/// nowhere else: it signs the RS256 tokens of the algorithm-confusion cases. It is not a
+/// secret of any deployment.
+const THROWAWAY_RSA_KEY_DER_B64: &str = "\
+MIIEowIBAAKCAQEAmkxI2pqbf/DnSNMQDqiA4Ibx3JSu3djFXNppKmendjBHt1OG\
+X/OsZsE8hUpIgtAx3LTTIpn2jm4bCudlkQxOO7HC/UFgWdUSqYarQmF3PXp8oMoT\
+7WKe76LqPXgJPACoglR0ALzppr1r9Hp6mUXh9OOecHjD1u1CTNHCUkRF3J6Ums5q\
+nKH35W43DgV7mxUoX6JTSFQdVFbofXRKtFaVVSLaTMlXgPrOv3sr0l/AuVoOHxSQ\
+DZUtC4WiUKq3pI+VY20RWrko2ZkZlTv71sPEQtpMXeL012zVD92Zu/bTR5OFxRjj\
+mQwHyHTty8oxKw0byca2xUnYI3qJELIcUUlqwQIDAQABAoIBAAXkCD52F9cm//dF\
+vVwIIId5CFHW8x14I3Ptc2kt/ALlEU/cZm1SX4k6wRAkjtIHQj1o7FpqqZZ7sm3U\
+h99sf8qRwIi6XPXWXPD6ubqMVNOUp2WHb7tv452butVRm+2IknSZkO1RLJseqeOe\
+K3LYejf/9xz0eup6F9rYZURyAEZb+s8ZuFhtWnN4xJPc2Nd42Uf0Ywiktq6yKFqo\
+ux89UShWfgaHxfQ3XKtew2u01jyHq7jaWzE0uztQi9iUvBK+VcmHZmjZkOGuHLRB\
+VFGcXp552e8w4nH20ZvfPAXYLQmycch6rAJCsXMI1TyYAlX79g2eXWOnfAq+MwOX\
+4Kd3HusCgYEAzpsIYe/WwvonOjPb4/Gvrvehxm8rTPtmTSdNXjiupiyQeD5bb/ZB\
+oyd8LKzq6e7cPLcnGqGswWxV61QOvr6JGIcUFZHOheygzogZRjucDy2TQVfmkFh/\
+SKGNjpa83oYeGLSjJcBx5CRC3j99UC0n96iWKcEfp/X/Oyiwzpfb5GcCgYEAvy/Z\
+AfVN1MEctBYpUNOTlk1cL8WXf2bvCGa5ZO9AMNXJ4uXtWJ56TZ5RcG4dNhm4zM+J\
+gLiXEBtgBoqXu60UMeZcbzkEeGHvRGFYA5r1qamKu/Odslhieg0mv0I9s+CwiFPy\
+kXQf0mV2zmoYkYzED5Qn1g0BWv8OhZ2h7medfpcCgYA8FwEwIuaOnN0N44lf2apk\
+NCe8JBcu86uEYxrwfYHmWO3H2zMS9EeQ4WoPQFeupEcv7YEVENLDCvROVotXVOlg\
+1eC0iUzMzM7UYuce8zVngLTke2FWuDaE9F/MifDys4VLYDZXQ4qcdSNxqnuS9x85\
+u7G5AS9o1XZfSW1rGOXenwKBgQCUjq1k5CNyKgwPsxivgXew1rPHOxYZHPan5Ioy\
+b+XFDJovANKIhbwrC9XkMuvn2dzK6IjDyKs5DMx0yMRWRIroq0Mv+XILyK2OyMUH\
+KCWzi9YNbaMfraX3iLiO7P3dA76ob/KQK1d+uPC0O6STlHnUUR8TKE/hUUcLdA0b\
+ns+2SQKBgGtvEspO/f/6CrRdinUO9ar5Euen1yDqQmXnQCE8xFKS1neaSt5uJp1C\
+ju4yICo12mChxVfxY4/Zv8mDM7yc+kKcfOqjjFCZbqWGCxoYHXVpdCCKJ44OlG/m\
+YooejgKZeD+8ShdUWFE2whAxRmGQGfMF7w4dLkC3gUsJpSXZhpzw";
+
+fn throwaway_rsa_key() -> EncodingKey {
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(THROWAWAY_RSA_KEY_DER_B64)
+        .unwrap();
+    EncodingKey::from_rsa_der(&der)
+}
+
+// ---------------------------------------------------------------------------------------
+// Token forgery helpers
+// ---------------------------------------------------------------------------------------
+
+/// Well-formed claims for `sub` with `role`, valid for ten minutes.
+fn claims(sub: i64, role: &str) -> Value {
+    let now = Utc::now().timestamp();
+    json!({"sub": sub.to_string(), "role": role, "iss": "orderflow", "aud": "orderflow-api",
+           "iat": now, "exp": now + 600})
+}
+
+fn b64_json(v: &Value) -> String {
+    B64.encode(serde_json::to_vec(v).unwrap())
+}
+
+/// A token with exactly this header and payload, signed over `header.payload` with `alg`
+/// and `key` (whatever the header claims the algorithm is).
+fn signed(header: Value, payload: &Value, key: &EncodingKey, alg: Algorithm) -> String {
+    let message = format!("{}.{}", b64_json(&header), b64_json(payload));
+    let signature = crypto::sign(message.as_bytes(), key, alg).unwrap();
+    format!("{message}.{signature}")
+}
+
+fn hs(secret: &str, alg: Algorithm, payload: &Value) -> String {
+    encode(
+        &Header::new(alg),
+        payload,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn secret_key() -> EncodingKey {
+    EncodingKey::from_secret(JWT_SECRET.as_bytes())
+}
+
+async fn admin_id(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT id FROM users WHERE email = ?")
+        .bind(ADMIN_EMAIL)
+        .fetch_one(app.db())
+        .await
+        .unwrap()
+}
+
+/// Every forged, confused or malformed token — most of them claiming the real admin's id
+/// and role, the most valuable forgery — is 401 on a user route, on an admin route and on
+/// POST /orders, and none of those requests changes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_confused_and_malformed_tokens_are_401_and_change_nothing() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = admin_id(&app).await;
+    let (_, user_token) = app.new_user().await;
+    let good = claims(admin, "ADMIN");
+    let rsa = throwaway_rsa_key();
+
+    let mut cases: Vec<(&str, String)> = Vec::new();
+    // alg: none, in its spellings, without and with a (valid!) HS256 signature attached.
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let unsigned = format!(
+            "{}.{}",
+            b64_json(&json!({"alg": alg, "typ": "JWT"})),
+            b64_json(&good)
+        );
+        cases.push(("alg none, empty signature", format!("{unsigned}.")));
+        cases.push(("alg none, no signature part", unsigned));
+    }
+    let real = hs(JWT_SECRET, Algorithm::HS256, &good);
+    let real_sig = real.rsplit('.').next().unwrap().to_owned();
+    cases.push((
+        "alg none carrying a real signature",
+        format!(
+            "{}.{}.{real_sig}",
+            b64_json(&json!({"alg": "none", "typ": "JWT"})),
+            b64_json(&good)
+        ),
+    ));
+    // RS/HS confusion: a genuine RS256 signature; the HS secret's MAC labelled RS256 (the
+    // classic confusion forgery) or ES256; the right secret with another HMAC size.
+    cases.push((
+        "RS256 signed with an RSA key",
+        encode(&Header::new(Algorithm::RS256), &good, &rsa).unwrap(),
+    ));
+    cases.push((
+        "HS256 MAC with the real secret, labelled RS256",
+        signed(
+            json!({"alg": "RS256", "typ": "JWT"}),
+            &good,
+            &secret_key(),
+            Algorithm::HS256,
+        ),
+    ));
+    cases.push((
+        "HS256 MAC with the real secret, labelled ES256",
+        signed(
+            json!({"alg": "ES256", "typ": "JWT"}),
+            &good,
+            &secret_key(),
+            Algorithm::HS256,
+        ),
+    ));
+    cases.push((
+        "HS384 with the real secret",
+        hs(JWT_SECRET, Algorithm::HS384, &good),
+    ));
+    cases.push((
+        "HS512 with the real secret",
+        hs(JWT_SECRET, Algorithm::HS512, &good),
+    ));
+    // Wrong signatures.
+    cases.push((
+        "another secret",
+        hs("not-the-secret", Algorithm::HS256, &good),
+    ));
+    cases.push((
+        "the public development secret",
+        hs(orderflow::config::DEV_JWT_SECRET, Algorithm::HS256, &good),
+    ));
+    cases.push(("an empty secret", hs("", Algorithm::HS256, &good)));
+    cases.push((
+        "kid/jku header injection, empty key",
+        signed(
+            json!({"alg": "HS256", "kid": "../../../../dev/null", "jku": "http://evil.example/jwks"}),
+            &good,
+            &EncodingKey::from_secret(b""),
+            Algorithm::HS256,
+        ),
+    ));
+    let mut flipped = real.clone().into_bytes();
+    let last = flipped.len() - 2;
+    flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+    cases.push((
+        "one signature character changed",
+        String::from_utf8(flipped).unwrap(),
+    ));
+    let (h, _) = user_token.split_once('.').unwrap();
+    let user_sig = user_token.rsplit('.').next().unwrap();
+    cases.push((
+        "a USER token's payload swapped for ADMIN claims, signature kept",
+        format!("{h}.{}.{user_sig}", b64_json(&good)),
+    ));
+    cases.push((
+        "signature stripped",
+        format!("{}.", &real[..real.rfind('.').unwrap()]),
+    ));
+    // Properly signed with the real secret, but the claims are wrong.
+    let now = Utc::now().timestamp();
+    let mut bad_claims: Vec<(&str, Value)> = Vec::new();
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let without = |k: &str| {
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
+    bad_claims.push(("expired beyond the leeway", with("exp", json!(now - 120))));
+    bad_claims.push(("wrong issuer", with("iss", json!("someone-else"))));
+    bad_claims.push(("wrong audience", with("aud", json!("another-api"))));
+    bad_claims.push((
+        "audience as a list without ours",
+        with("aud", json!(["another-api"])),
+    ));
+    bad_claims.push(("no exp", without("exp")));
+    bad_claims.push(("no iss", without("iss")));
+    bad_claims.push(("no aud", without("aud")));
+    bad_claims.push(("no sub", without("sub")));
+    bad_claims.push(("non-numeric sub", with("sub", json!("1 OR 1=1"))));
+    bad_claims.push(("numeric (not string) sub", with("sub", json!(admin))));
+    bad_claims.push(("unknown role", with("role", json!("ROOT"))));
+    bad_claims.push((
+        "sub of an account that never existed",
+        with("sub", json!("987654321")),
+    ));
+    for (name, c) in bad_claims {
+        cases.push((name, hs(JWT_SECRET, Algorithm::HS256, &c)));
+    }
+    // Garbage.
+    for (name, t) in [
+        ("empty", String::new()),
+        ("not a jwt", "not.a.jwt".to_string()),
+        ("two parts", "abc.def".to_string()),
+        ("four parts", format!("{real}.extra")),
+        ("base64 junk", "eyJ.eyJ.eyJ".to_string()),
+        ("16 KiB of junk", "A".repeat(16 * 1024)),
+        ("json instead of a jwt", r#"{"alg":"none"}"#.to_string()),
+    ] {
+        cases.push((name, t));
+    }
+
+    let products_before = app.count("SELECT COUNT(*) FROM products").await;
+    for (name, token) in &cases {
+        let r = app.get("/api/v1/orders", Some(token)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{name}: {}", r.text);
+        r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+        // 401, not 403: a forged token is not a wrong role.
+        app.post(
+            "/api/v1/admin/products",
+            Some(token),
+            json!({"sku": "FORGED-1", "name": "forged", "price": 1, "initialStock": 1}),
+        )
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+        app.order(
+            token,
+            &format!("forged-{}", name.len()),
+            json!([{"productId": 1, "quantity": 1}]),
+        )
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    }
+    // Not a Bearer token at all.
+    for auth in [
+        "Basic YWRtaW46YWRtaW4=".to_string(),
+        format!("Token {real}"),
+        format!("Bearer{real}"),
+        real.clone(),
+    ] {
+        let r = app
+            .call(
+                Method::GET,
+                "/api/v1/orders",
+                None,
+                &[("authorization", &auth)],
+                None,
+            )
+            .await;
+        r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    }
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM products").await,
+        products_before,
+        "no forged admin call created a product"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 0);
+
+    // Control: the same claims, properly signed, are accepted — so each refusal above is
+    // about its one flaw, not about the claims.
+    let r = app
+        .post(
+            "/api/v1/admin/products",
+            Some(&real),
+            json!({"sku": "GENUINE-1", "name": "genuine", "price": 1, "initialStock": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
+/// A token outlives nothing: once its account row is gone, it is 401 everywhere and
+/// nothing is written on its behalf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_users_token_is_401_and_writes_nothing() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let p = app.new_product(&admin, 100, 10).await;
+    let (id, token) = app.new_user().await;
+    assert_eq!(
+        app.get("/api/v1/orders", Some(&token)).await.status,
+        StatusCode::OK,
+        "the token works while the account exists"
+    );
+
+    let deleted = sqlx::query("DELETE FROM users WHERE id = ?")
+        .bind(id)
+        .execute(app.db())
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 1);
+
+    for path in [
+        "/api/v1/orders",
+        "/api/v1/orders/1",
+        "/api/v1/notifications",
+    ] {
+        app.get(path, Some(&token))
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    }
+    app.order(
+        &token,
+        "ghost-order",
+        json!([{"productId": p, "quantity": 1}]),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    app.post("/api/v1/orders/1/cancel", Some(&token), json!({}))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 0);
+    assert_eq!(app.stock_of(p).await, 10);
+}
+
+/// The role in a token can only be taken away by the stored role: an ADMIN demoted in the
+/// database loses the admin routes at once (and keeps the user ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_admins_token_loses_the_admin_routes_at_once() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let (id, _) = app.new_user().await;
+    let email: String = sqlx::query_scalar("SELECT email FROM users WHERE id = ?")
+        .bind(id)
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+    orderflow::auth::promote(app.db(), &email).await.unwrap();
+    let token = app.login(&email, "user-password-1").await;
+    assert_eq!(
+        app.get("/api/v1/admin/jobs", Some(&token)).await.status,
+        StatusCode::OK
+    );
+
+    sqlx::query("UPDATE users SET role = 'USER' WHERE id = ?")
+        .bind(id)
+        .execute(app.db())
+        .await
+        .unwrap();
+    app.get("/api/v1/admin/jobs", Some(&token))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    app.post(
+        "/api/v1/admin/products",
+        Some(&token),
+        json!({"sku": "DEMOTED-1", "name": "n", "price": 1, "initialStock": 1}),
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert_eq!(app.count("SELECT COUNT(*) FROM products").await, 0);
+    assert_eq!(
+        app.get("/api/v1/orders", Some(&token)).await.status,
+        StatusCode::OK,
+        "still a valid user"
+    );
+}
+
+/// (method, path template) of every operation under /api/v1/admin that the service serves,
+/// from the OpenAPI document that is generated from the router itself.
+fn served_admin_operations() -> BTreeSet<(String, String)> {
+    let (_, doc) = orderflow::app::routes(orderflow::app::Role::All);
+    let doc = serde_json::to_value(&doc).unwrap();
+    let mut ops = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.contains("/admin/") {
+            continue;
+        }
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                let full = if path.starts_with("/api/v1") {
+                    path.clone()
+                } else {
+                    format!("/api/v1{path}")
+                };
+                ops.insert((method.to_uppercase(), full));
+            }
+        }
+    }
+    ops
+}
+
+/// A USER token on every ADMIN route is 403 FORBIDDEN in the standard body, even with a
+/// body that would not validate, and changes nothing; the same calls by an ADMIN then
+/// succeed, so each 403 stood between the user and a real effect. The list of routes is
+/// checked against the router's own document, so a new admin route cannot go untested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_token_is_403_on_every_admin_route_and_changes_nothing() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 10).await;
+    let order = app
+        .order(&user, "mine-1", json!([{"productId": p, "quantity": 2}]))
+        .await;
+    assert_eq!(order.status, StatusCode::CREATED, "{}", order.text);
+    let order_id = order.body["id"].as_i64().unwrap();
+    let job_id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO jobs (id, job_type, status, attempts, max_attempts, job) \
+         VALUES (?, 'consume-notification', 'Killed', 5, 5, '{}')",
+    )
+    .bind(&job_id)
+    .execute(app.db())
+    .await
+    .unwrap();
+
+    let calls: Vec<(Method, String, &str, Option<Value>)> = vec![
+        (
+            Method::POST,
+            "/api/v1/admin/products".into(),
+            "/api/v1/admin/products",
+            Some(json!({"sku": "USER-MADE", "name": "n", "price": 1, "initialStock": 5})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/admin/products/{p}/stock-adjust"),
+            "/api/v1/admin/products/{id}/stock-adjust",
+            Some(json!({"delta": 1000})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/admin/orders/{order_id}/complete"),
+            "/api/v1/admin/orders/{id}/complete",
+            Some(json!({})),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/jobs?status=all".into(),
+            "/api/v1/admin/jobs",
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/admin/jobs/{job_id}/retry"),
+            "/api/v1/admin/jobs/{id}/retry",
+            Some(json!({})),
+        ),
+    ];
+    let covered: BTreeSet<(String, String)> = calls
+        .iter()
+        .map(|(m, _, template, _)| (m.to_string(), template.to_string()))
+        .collect();
+    assert_eq!(
+        covered,
+        served_admin_operations(),
+        "every admin operation the service serves is covered here"
+    );
+
+    for (method, path, _, body) in &calls {
+        let r = app
+            .call(method.clone(), path, Some(&user), &[], body.clone())
+            .await;
+        r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+        assert_eq!(
+            r.body["details"],
+            json!([]),
+            "a refusal echoes nothing of the request"
+        );
+        // A body that would not even validate is still a 403: roles come first, so a user
+        // cannot probe an admin route's validation.
+        if method == Method::POST {
+            let r = app
+                .call(
+                    method.clone(),
+                    path,
+                    Some(&user),
+                    &[],
+                    Some(json!({"junk": [1, 2]})),
+                )
+                .await;
+            r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+        }
+    }
+
+    assert_eq!(app.count("SELECT COUNT(*) FROM products").await, 1);
+    assert_eq!(app.stock_of(p).await, 8);
+    let status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = ?")
+        .bind(order_id)
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+    assert_eq!(status, "CREATED");
+    let (job_status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM jobs WHERE id = ?")
+            .bind(&job_id)
+            .fetch_one(app.db())
+            .await
+            .unwrap();
+    assert_eq!((job_status.as_str(), attempts), ("Killed", 5));
+
+    // The same calls as ADMIN take effect.
+    for (method, path, _, body) in &calls {
+        let r = app
+            .call(method.clone(), path, Some(&admin), &[], body.clone())
+            .await;
+        assert!(r.status.is_success(), "{method} {path}: {}", r.text);
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM products").await, 2);
+    assert_eq!(app.stock_of(p).await, 1008);
+}
+
+/// Broken object-level authorisation: Mallory, with a valid token of her own, reaches none
+/// of Alice's orders, notifications or idempotency records through any owner route — every
+/// answer is the one for a resource that does not exist, and Alice's data is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_resources_are_not_found_empty_and_untouched() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let (alice_id, alice) = app.new_user().await;
+    let (_, mallory) = app.new_user().await;
+    let p = app.new_product(&admin, 250, 10).await;
+    let body = json!([{"productId": p, "quantity": 2}]);
+    let first = app.order(&alice, "alice-key-1", body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let alice_order = first.body["id"].as_i64().unwrap();
+    let second = app
+        .order(
+            &alice,
+            "alice-key-2",
+            json!([{"productId": p, "quantity": 1}]),
+        )
+        .await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    // A notification of Alice's, as the consume-notification job would write it.
+    sqlx::query(
+        "INSERT INTO notifications (event_id, user_id, order_id, type, message) \
+         VALUES (?, ?, ?, 'ORDER_CREATED', 'Your order was created')",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(alice_id)
+    .bind(alice_order)
+    .execute(app.db())
+    .await
+    .unwrap();
+    let stock = app.stock_of(p).await;
+    assert_eq!(stock, 7);
+
+    // GET /orders/{id}: the same answer as for an order that does not exist.
+    let missing = app.get("/api/v1/orders/987654321", Some(&mallory)).await;
+    missing.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    let r = app
+        .get(&format!("/api/v1/orders/{alice_order}"), Some(&mallory))
+        .await;
+    r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    assert_eq!(
+        (&r.body["message"], &r.body["details"]),
+        (&missing.body["message"], &missing.body["details"])
+    );
+    assert!(!r.text.contains("totalAmount") && !r.text.contains("\"items\""));
+
+    // POST /orders/{id}/cancel: the same, and nothing happens.
+    let missing = app
+        .post("/api/v1/orders/987654321/cancel", Some(&mallory), json!({}))
+        .await;
+    let r = app
+        .post(
+            &format!("/api/v1/orders/{alice_order}/cancel"),
+            Some(&mallory),
+            json!({}),
+        )
+        .await;
+    r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    assert_eq!(r.body["message"], missing.body["message"]);
+
+    // GET /orders and GET /notifications: Mallory's own, i.e. nothing, on every page size.
+    for path in [
+        "/api/v1/orders",
+        "/api/v1/orders?page=0&size=100",
+        "/api/v1/notifications",
+        "/api/v1/notifications?page=0&size=100",
+    ] {
+        let r = app.get(path, Some(&mallory)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text);
+        assert_eq!(r.body["totalItems"], 0, "{path}: {}", r.text);
+        assert_eq!(r.body["items"], json!([]), "{path}");
+    }
+
+    // Alice's Idempotency-Keys mean nothing to Mallory: the same key and body is a new
+    // order of her own (not a replay of Alice's), and the same key with another body is not
+    // IDEMPOTENCY_KEY_REUSED (which would reveal that Alice used it).
+    let r = app.order(&mallory, "alice-key-1", body.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(r.header("idempotent-replayed").is_none());
+    assert_ne!(r.body["id"].as_i64().unwrap(), alice_order);
+    let r = app
+        .order(
+            &mallory,
+            "alice-key-2",
+            json!([{"productId": p, "quantity": 3}]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(r.header("idempotent-replayed").is_none());
+
+    // Admins are operators, not owners: the owner routes do not open up to them either.
+    app.get(&format!("/api/v1/orders/{alice_order}"), Some(&admin))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+
+    // Alice's data is as she left it.
+    let mine = app
+        .get(&format!("/api/v1/orders/{alice_order}"), Some(&alice))
+        .await;
+    assert_eq!(mine.status, StatusCode::OK);
+    assert_eq!(mine.body["status"], "CREATED");
+    assert_eq!(mine.text, first.text, "byte for byte what she was given");
+    assert_eq!(
+        app.get("/api/v1/orders", Some(&alice)).await.body["totalItems"],
+        2
+    );
+    assert_eq!(
+        app.get("/api/v1/notifications", Some(&alice)).await.body["totalItems"],
+        1
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM outbox_events WHERE event_type = 'ORDER_CANCELLED'")
+            .await,
+        0,
+        "Mallory's cancel emitted nothing"
+    );
+    assert_eq!(
+        app.stock_of(p).await,
+        stock - 2 - 3,
+        "only Mallory's own orders took stock"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Login throttling
+// ---------------------------------------------------------------------------------------
+
+async fn login_as(app: &TestApp, email: &str, password: &str, xff: Option<&str>) -> common::Resp {
+    let headers: Vec<(&str, &str)> = xff.map(|v| ("x-forwarded-for", v)).into_iter().collect();
+    app.call(
+        Method::POST,
+        "/api/v1/auth/login",
+        None,
+        &headers,
+        Some(json!({"email": email, "password": password})),
+    )
+    .await
+}
+
+async fn register(app: &TestApp, email: &str) {
+    let r = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": email, "password": "right-password", "name": "Victim"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
+/// 429 TOO_MANY_REQUESTS in the standard body, with a Retry-After within the window.
+#[track_caller]
+fn assert_throttled(r: &common::Resp, window_secs: u64) {
+    r.assert_error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS");
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After header")
+        .parse()
+        .expect("Retry-After in whole seconds");
+    assert!((1..=window_secs).contains(&retry), "Retry-After {retry}");
+    assert!(r.body.get("accessToken").is_none());
+}
+
+fn unique_email(tag: &str) -> String {
+    format!(
+        "{tag}-{}@orderflow.test",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Per account: after LOGIN_MAX_FAILURES_PER_ACCOUNT failures the account's logins are
+/// refused — even with the right password, even spelled in another case or without its
+/// accents, even on another replica — while other accounts from the same address are
+/// unaffected; a successful login resets the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_per_account_across_replicas_and_a_success_resets() {
+    let window = 120;
+    let app = TestApp::spawn_with(|c| {
+        c.login_throttle.max_failures_per_account = 3;
+        c.login_throttle.max_failures_per_ip = 1000;
+        c.login_throttle.window = std::time::Duration::from_secs(window);
+    })
+    .await;
+    let replica = app.replica_of().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let victim = format!("josé-{}@orderflow.test", &tag[..12]);
+    register(&app, &victim).await;
+
+    // Three failures, spread over the two replicas: one Redis, one count.
+    for (i, node) in [&app, &replica, &app].into_iter().enumerate() {
+        login_as(node, &victim, &format!("guess-{i}"), None)
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    }
+    // The fourth attempt is refused without checking the password: the right one too.
+    assert_throttled(
+        &login_as(&replica, &victim, "right-password", None).await,
+        window,
+    );
+    assert_throttled(&login_as(&app, &victim, "guess-4", None).await, window);
+    // Other spellings of the same account (the email collation ignores case and accents)
+    // are the same account, not a fresh counter.
+    let unaccented = victim.replace('é', "e");
+    assert_throttled(
+        &login_as(&app, &unaccented, "right-password", None).await,
+        window,
+    );
+    assert_throttled(
+        &login_as(&app, &victim.to_uppercase(), "guess-5", None).await,
+        window,
+    );
+
+    // Another account from the same address logs in normally.
+    let bystander = unique_email("bystander");
+    register(&app, &bystander).await;
+    assert_eq!(
+        login_as(&app, &bystander, "right-password", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // A success resets the count: two failures, a success, then three more failures are
+    // all plain 401s (without the reset the third of them would be refused), the next 429.
+    let forgetful = unique_email("forgetful");
+    register(&app, &forgetful).await;
+    for node in [&app, &replica] {
+        login_as(node, &forgetful, "wrong", None)
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    }
+    let ok = login_as(&replica, &forgetful, "right-password", None).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    for node in [&app, &replica, &app] {
+        login_as(node, &forgetful, "wrong", None)
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    }
+    assert_throttled(
+        &login_as(&app, &forgetful, "right-password", None).await,
+        window,
+    );
+
+    // Unknown emails are throttled the same way (no difference to probe for).
+    let ghost = unique_email("ghost");
+    for _ in 0..3 {
+        login_as(&app, &ghost, "wrong", None)
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    }
+    assert_throttled(&login_as(&app, &ghost, "wrong", None).await, window);
+
+    let metrics = orderflow::telemetry::metrics_handle().render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("login_throttled_total") && l.contains("scope=\"account\"")),
+        "throttled logins are counted"
+    );
+    replica.stop().await;
+}
+
+/// Per client address: after LOGIN_MAX_FAILURES_PER_IP failures from one address, across
+/// any number of accounts, every login from it is refused; successful logins never count;
+/// X-Forwarded-For is ignored when no trusted proxy is configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_per_client_address() {
+    let window = 90;
+    let app = TestApp::spawn_api_only(|c| {
+        c.login_throttle.max_failures_per_account = 1000;
+        c.login_throttle.max_failures_per_ip = 4;
+        c.login_throttle.window = std::time::Duration::from_secs(window);
+    })
+    .await;
+    // Successful logins, more of them than the limit, do not count.
+    for _ in 0..6 {
+        app.admin_token().await;
+    }
+    // Four failures on four different accounts, each claiming another forwarded address.
+    for i in 0..4 {
+        login_as(
+            &app,
+            &unique_email("sprayed"),
+            "Winter2026!",
+            Some(&format!("203.0.113.{i}")),
+        )
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    }
+    // The address (the TCP peer, 127.0.0.1) is now refused, whatever the account,
+    // password or forwarded header.
+    assert_throttled(
+        &login_as(&app, ADMIN_EMAIL, ADMIN_PASSWORD, None).await,
+        window,
+    );
+    assert_throttled(
+        &login_as(&app, &unique_email("fresh"), "x", Some("198.51.100.1")).await,
+        window,
+    );
+    let metrics = orderflow::telemetry::metrics_handle().render();
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("login_throttled_total") && l.contains("scope=\"client\"")));
+}
+
+/// Behind a trusted proxy (HTTP_TRUSTED_PROXY_HOPS=1) the client is the address the proxy
+/// appended to X-Forwarded-For: clients are counted apart although they share the TCP peer,
+/// and a client cannot escape its count by prepending addresses of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
+    let window = 90;
+    let app = TestApp::spawn_api_only(|c| {
+        c.login_throttle.max_failures_per_account = 1000;
+        c.login_throttle.max_failures_per_ip = 2;
+        c.login_throttle.window = std::time::Duration::from_secs(window);
+        c.login_throttle.trusted_proxy_hops = 1;
+    })
+    .await;
+    let attacker = "203.0.113.7";
+    for _ in 0..2 {
+        login_as(&app, &unique_email("target"), "guess", Some(attacker))
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    }
+    assert_throttled(
+        &login_as(&app, ADMIN_EMAIL, ADMIN_PASSWORD, Some(attacker)).await,
+        window,
+    );
+    // Spoofing: the proxy appends the real address after whatever the client sent.
+    assert_throttled(
+        &login_as(
+            &app,
+            ADMIN_EMAIL,
+            ADMIN_PASSWORD,
+            Some(&format!("192.0.2.50, {attacker}")),
+        )
+        .await,
+        window,
+    );
+    // Another client behind the same proxy is not affected.
+    let r = login_as(&app, ADMIN_EMAIL, ADMIN_PASSWORD, Some("198.51.100.9")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+/// Redis down: the throttle fails open — logins are answered as if there were no limit
+/// (never a 5xx, never a lock-out), and the failures are counted in a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_logins_are_not_throttled_fail_open() {
+    let errors = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("login_throttle_errors_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = errors(&orderflow::telemetry::metrics_handle().render());
+    // Nothing listens on port 1.
+    let app = TestApp::spawn_api_only(|c| {
+        c.redis_url = "redis://127.0.0.1:1".into();
+        c.login_throttle.max_failures_per_account = 2;
+        c.login_throttle.max_failures_per_ip = 2;
+    })
+    .await;
+    for _ in 0..6 {
+        login_as(&app, ADMIN_EMAIL, "wrong-password", None)
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    }
+    let r = login_as(&app, ADMIN_EMAIL, ADMIN_PASSWORD, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let after = errors(&orderflow::telemetry::metrics_handle().render());
+    assert!(
+        after > before,
+        "redis failures are counted ({before} -> {after})"
+    );
+}

@@ -1,0 +1,187 @@
+//! One trace per order, end to end. The service's subscriber is installed exactly as in
+//! production (`telemetry::install` with a batch `tracer_provider`), only the exporter is an
+//! in-memory one instead of OTLP. An order sent with a `traceparent` must produce one trace,
+//! continuing the caller's, from the HTTP server span through the order transaction, the
+//! publish-outbox job, the Kafka produce and receive, and the consume-notification job, down
+//! to the notification INSERT — each span the child of the one before.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::TestApp;
+use opentelemetry::{trace::SpanKind, Value};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use orderflow::telemetry;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| &kv.value)
+}
+
+fn attr_str(span: &SpanData, key: &str) -> String {
+    attr(span, key).map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// The chain from `leaf` up to the root of its trace, leaf first.
+fn ancestry<'a>(leaf: &'a SpanData, by_id: &HashMap<String, &'a SpanData>) -> Vec<&'a SpanData> {
+    let mut chain = vec![leaf];
+    let mut current = leaf;
+    while let Some(parent) = by_id.get(&current.parent_span_id.to_string()) {
+        chain.push(parent);
+        current = parent;
+    }
+    chain
+}
+
+fn collected(provider: &SdkTracerProvider, exporter: &InMemorySpanExporter) -> Vec<SpanData> {
+    provider.force_flush().expect("spans flush");
+    exporter.get_finished_spans().expect("spans are readable")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_order_is_one_trace_from_the_request_to_the_notification_insert() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = telemetry::tracer_provider(exporter.clone());
+    telemetry::install(None, Some(provider.clone()));
+
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let product = app.new_product(&admin, 500, 10).await;
+    let (_, token) = app.new_user().await;
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/orders",
+            Some(&token),
+            &[
+                ("Idempotency-Key", "trace-me"),
+                ("traceparent", traceparent.as_str()),
+            ],
+            Some(json!({"items": [{"productId": product, "quantity": 1}]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let order_id = r.body["id"].as_i64().unwrap();
+
+    // The notification job's span closes just after its INSERT: wait for the whole chain.
+    let mut spans = Vec::new();
+    let complete = app
+        .eventually(Duration::from_secs(60), || {
+            spans = collected(&provider, &exporter);
+            let done = spans.iter().any(|s| {
+                s.name == "consume-notification process"
+                    && s.span_context.trace_id().to_string() == TRACE_ID
+            });
+            async move { done }
+        })
+        .await;
+    assert!(complete, "the consume-notification span never arrived");
+
+    let ours: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id().to_string() == TRACE_ID)
+        .collect();
+    let by_id: HashMap<String, &SpanData> = ours
+        .iter()
+        .map(|s| (s.span_context.span_id().to_string(), *s))
+        .collect();
+    let insert = ours
+        .iter()
+        .find(|s| s.name == "INSERT notifications")
+        .expect("the notification insert is traced");
+    let chain: Vec<&str> = ancestry(insert, &by_id)
+        .iter()
+        .rev()
+        .map(|s| s.name.as_ref())
+        .collect();
+    let topic = app.topic("ORDER_CREATED");
+    assert_eq!(
+        chain,
+        [
+            "POST /api/v1/orders".to_string(),
+            "TRANSACTION create_order".into(),
+            "publish-outbox process".into(),
+            format!("publish {topic}"),
+            format!("receive {topic}"),
+            "consume-notification process".into(),
+            "INSERT notifications".into(),
+        ],
+        "the span chain from the request to the notification insert"
+    );
+
+    let root = ancestry(insert, &by_id).pop().unwrap();
+    assert_eq!(
+        root.parent_span_id.to_string(),
+        CALLER_SPAN,
+        "the server span continues the caller's traceparent"
+    );
+    assert!(root.parent_span_is_remote);
+    assert_eq!(root.span_kind, SpanKind::Server);
+    assert_eq!(attr_str(root, "http.request.method"), "POST");
+    assert_eq!(attr_str(root, "http.route"), "/api/v1/orders");
+    assert_eq!(attr_str(root, "http.response.status_code"), "201");
+
+    let kinds: HashMap<&str, SpanKind> = ours
+        .iter()
+        .map(|s| (s.name.as_ref(), s.span_kind.clone()))
+        .collect();
+    assert_eq!(
+        kinds[format!("publish {topic}").as_str()],
+        SpanKind::Producer
+    );
+    assert_eq!(
+        kinds[format!("receive {topic}").as_str()],
+        SpanKind::Consumer
+    );
+    assert_eq!(kinds["INSERT notifications"], SpanKind::Client);
+
+    for name in ["publish-outbox process", "consume-notification process"] {
+        let job = ours.iter().find(|s| s.name == name).unwrap();
+        assert_eq!(attr_str(job, "messaging.system"), "apalis");
+        assert!(
+            !attr_str(job, "messaging.message.id").is_empty(),
+            "{name}: job id"
+        );
+        assert_eq!(attr_str(job, "job.attempt"), "1", "{name}");
+        assert_eq!(attr_str(job, "job.outcome"), "done", "{name}");
+    }
+    let produce = ours
+        .iter()
+        .find(|s| s.name == format!("publish {topic}"))
+        .unwrap();
+    assert_eq!(attr_str(produce, "messaging.system"), "kafka");
+    assert_eq!(
+        attr_str(produce, "messaging.kafka.message.key"),
+        order_id.to_string()
+    );
+    let notify = ours
+        .iter()
+        .find(|s| s.name == "consume-notification process")
+        .unwrap();
+    assert_eq!(attr_str(notify, "orderId"), order_id.to_string());
+    assert_eq!(attr_str(insert, "db.system.name"), "mysql");
+
+    // The stored event carries the transaction's context, not the caller's.
+    let stored: String = sqlx::query_scalar("SELECT traceparent FROM outbox_events LIMIT 1")
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+    let tx = ours
+        .iter()
+        .find(|s| s.name == "TRANSACTION create_order")
+        .unwrap();
+    assert_eq!(
+        stored,
+        format!("00-{TRACE_ID}-{}-01", tx.span_context.span_id())
+    );
+    app.stop().await;
+}
