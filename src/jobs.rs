@@ -30,10 +30,23 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// dead (default), pending, running, done or all.
-    #[param(example = "dead")]
+    #[param(example = "dead", value_type = Option<JobStatus>)]
     status: Option<String>,
     /// A queue name, e.g. orderflow::publish-outbox; all queues when absent.
     queue: Option<String>,
+}
+
+/// The `status` filter's values (documentation only: the handler parses the string so that
+/// a wrong value gets the standard validation error).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum JobStatus {
+    Dead,
+    Pending,
+    Running,
+    Done,
+    All,
 }
 
 impl From<RetryError> for ApiError {

@@ -99,14 +99,22 @@ async fn get_one(
 #[serde(rename_all = "camelCase")]
 pub struct CreateProductRequest {
     /// 1–64 characters of A-Z, a-z, 0-9, '-', '_', '.'; unique.
-    #[schema(example = "MUG-001")]
+    #[schema(example = "MUG-001", pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
-    #[schema(example = "Mug")]
+    /// 1–200 characters, not all blank, no control characters.
+    #[schema(
+        example = "Mug",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// Minor units (cents), 0 to 10^12.
     #[schema(example = 1299, minimum = 0, maximum = 1_000_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::http::integer::deserialize")]
     pub price: i64,
     #[schema(example = 100, minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "crate::http::integer::deserialize")]
     pub initial_stock: i64,
 }
 
@@ -186,8 +194,31 @@ async fn create(
 #[serde(rename_all = "camelCase")]
 pub struct StockAdjustRequest {
     /// Non-zero, between -10^9 and 10^9; stock never goes below zero.
-    #[schema(example = 25)]
+    #[schema(schema_with = delta_schema)]
+    #[serde(deserialize_with = "crate::http::integer::deserialize")]
     pub delta: i64,
+}
+
+/// -10^9..=-1 or 1..=10^9: the schema says "non-zero" the way JSON Schema can.
+fn delta_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+    let range = |min: i64, max: i64| {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::Integer))
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Int64,
+            )))
+            .minimum(Some(min))
+            .maximum(Some(max))
+    };
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(range(-MAX_STOCK_DELTA, -1))
+            .item(range(1, MAX_STOCK_DELTA))
+            .description(Some("Non-zero, between -10^9 and 10^9"))
+            .examples([serde_json::json!(25)])
+            .build(),
+    )
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -3,6 +3,7 @@
 
 pub mod error_body;
 pub mod extract;
+pub mod integer;
 pub mod metrics;
 pub mod openapi;
 pub mod paging;

@@ -84,7 +84,8 @@ impl OrderRow {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderRequest {
-    /// One line per product (ORDER_MAX_ITEMS at most).
+    /// One line per product, at most ORDER_MAX_ITEMS (50 by default).
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<LineRequest>,
 }
 
@@ -92,9 +93,11 @@ pub struct CreateOrderRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LineRequest {
     #[schema(example = 1, minimum = 1)]
+    #[serde(deserialize_with = "crate::http::integer::deserialize")]
     pub product_id: i64,
-    /// 1 to ORDER_MAX_QUANTITY.
-    #[schema(example = 2, minimum = 1)]
+    /// 1 to ORDER_MAX_QUANTITY (1000 by default).
+    #[schema(example = 2, minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "crate::http::integer::deserialize")]
     pub quantity: i64,
 }
 

@@ -58,8 +58,8 @@ fn parse_body(body: &serde_json::Value) -> Result<CreateOrderRequest, ApiError> 
     tag = "orders",
     security(("bearer" = [])),
     params(
-        ("Idempotency-Key" = String, Header,
-         description = "1–255 printable ASCII characters, bare or as a quoted Structured Field string; scoped to the caller"),
+        ("Idempotency-Key" = String, Header, pattern = r#"^[!#-~]([ -~]{0,253}[!-~])?$"#,
+         description = "1–255 printable ASCII characters (sent bare as here, or as a quoted Structured Field string); scoped to the caller"),
         ("traceparent" = Option<String>, Header,
          description = "W3C trace context; the order's event and notification join this trace"),
     ),
