@@ -12,6 +12,7 @@ use orderflow_jobs::{
 };
 use rdkafka::{
     consumer::{CommitMode, Consumer},
+    error::KafkaError,
     message::{BorrowedMessage, Headers, Message},
 };
 use tokio_util::sync::CancellationToken;
@@ -94,12 +95,21 @@ pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
         };
         let msg = match msg {
             Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka receive failed; retrying");
+            // librdkafka reports brokers it cannot reach as error events, paced by its own
+            // reconnect backoff, and recovers by itself. They queue up during an outage, so a
+            // pause after each one drained that backlog at one event a second once the broker
+            // was back, with the messages behind it (a 30 s outage delayed notifications by
+            // over a minute: tests/faults.rs). Only a fatal error is worth a pause.
+            Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                tracing::error!(error = %e, "kafka consumer failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka receive failed; librdkafka retries");
+                continue;
             }
         };
         record_lag(&msg);

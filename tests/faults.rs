@@ -1,0 +1,551 @@
+//! Fault injection (issue 9): a Kafka outage of 30 s under a steady flow of orders, and the
+//! database connection cut in the middle of a burst of order transactions. Both run against
+//! the real MariaDB; the first needs the embedded broker (it is the one that can be stopped).
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use common::{assert_standard_error, kafka, proxy::FaultProxy, DatabaseGuard, Resp, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+/// Orders keep coming at this rate before, during and after the outage.
+const ORDER_EVERY: Duration = Duration::from_millis(250);
+const BEFORE_OUTAGE: Duration = Duration::from_secs(3);
+const OUTAGE: Duration = Duration::from_secs(30);
+const AFTER_OUTAGE: Duration = Duration::from_secs(3);
+
+struct Placed {
+    key: String,
+    started: Instant,
+    finished: Instant,
+    resp: Resp,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_for_30_s_under_steady_orders_loses_nothing() {
+    let app = TestApp::spawn_with(|c| {
+        // The embedded broker, whatever TEST_KAFKA_BROKERS says: this test stops the broker.
+        c.events.kafka_brokers = None;
+        // Attempts must outlast the outage. A failing attempt takes the delivery timeout
+        // (3 s) before Kafka reports it, then waits out its backoff (0.25–2 s here), so 30 s
+        // of outage cost one publish job at most ten attempts. The default JOB_MAX_ATTEMPTS
+        // (5) could be exhausted by a job retried back to back; with 1000 no row can go DEAD
+        // because of the outage, and every one must be published once the broker is back.
+        c.events.delivery_timeout = Duration::from_secs(3);
+        c.events.queue.max_attempts = 1000;
+        c.events.queue.backoff_base = Duration::from_millis(500);
+        c.events.queue.backoff_max = Duration::from_secs(2);
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let mut users = Vec::new();
+    for _ in 0..3 {
+        users.push(app.new_user().await.1);
+    }
+    let products = [
+        app.new_product(&admin, 700, 10_000).await,
+        app.new_product(&admin, 1200, 10_000).await,
+    ];
+    let embedded = app.state.events.embedded.as_ref().expect("embedded broker");
+    let topic = app.topic("ORDER_CREATED");
+
+    // One order every 250 ms, offset by half a period so that none is scheduled at the very
+    // moment the broker goes down or comes back.
+    let total = (BEFORE_OUTAGE + OUTAGE + AFTER_OUTAGE).as_millis() / ORDER_EVERY.as_millis();
+    let start = Instant::now();
+    let orders = futures::future::join_all((0..total as u32).map(|i| {
+        let token = users[i as usize % users.len()].clone();
+        let product = products[i as usize % products.len()];
+        let app = &app;
+        async move {
+            tokio::time::sleep_until(start + ORDER_EVERY / 2 + ORDER_EVERY * i).await;
+            let key = format!("steady-{i}");
+            let started = Instant::now();
+            let resp = app
+                .order(&token, &key, json!([{"productId": product, "quantity": 1}]))
+                .await;
+            Placed {
+                key,
+                started,
+                finished: Instant::now(),
+                resp,
+            }
+        }
+    }));
+    let outage = async {
+        tokio::time::sleep_until(start + BEFORE_OUTAGE).await;
+        embedded.broker_down();
+        let down_at = Instant::now();
+        tokio::time::sleep_until(start + BEFORE_OUTAGE + OUTAGE).await;
+        // Nothing can have been published since the broker went down: sample the backlog
+        // just before it comes back.
+        let sampled_at = Instant::now();
+        let backlog = app
+            .count("SELECT COUNT(*) FROM outbox_events WHERE status = 'NEW'")
+            .await;
+        embedded.broker_up();
+        (down_at, sampled_at, backlog)
+    };
+    let (placed, (down_at, up_at, backlog_at_up)) = tokio::join!(orders, outage);
+
+    // Every order was accepted, whatever the broker was doing.
+    for p in &placed {
+        assert_eq!(
+            p.resp.status,
+            StatusCode::CREATED,
+            "{} was refused: {}",
+            p.key,
+            p.resp.text
+        );
+    }
+    let during: Vec<&Placed> = placed
+        .iter()
+        .filter(|p| p.started > down_at && p.finished < up_at)
+        .collect();
+    assert!(!during.is_empty(), "orders were placed during the outage");
+    assert!(
+        backlog_at_up >= during.len() as i64,
+        "nothing was published while the broker was down: {backlog_at_up} NEW rows for {} orders placed during the outage",
+        during.len()
+    );
+    let n = placed.len() as i64;
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, n);
+
+    // The backlog drains once the broker is back: no NEW rows, no DEAD rows, no dead job.
+    let drained = app
+        .eventually(Duration::from_secs(60), || async {
+            app.count("SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'")
+                .await
+                == 0
+        })
+        .await;
+    let drained_after = up_at.elapsed();
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM outbox_events GROUP BY status")
+            .fetch_all(app.db())
+            .await
+            .unwrap();
+    assert!(drained, "the outbox drains after the outage: {by_status:?}");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM outbox_events WHERE status = 'PUBLISHED' AND event_type = 'ORDER_CREATED'")
+            .await,
+        n
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM jobs WHERE status = 'Killed'")
+            .await,
+        0,
+        "no job died of the outage"
+    );
+    let failed_rows = app
+        .count("SELECT COUNT(*) FROM outbox_events WHERE attempts > 1")
+        .await;
+    assert!(failed_rows > 0, "publishing did fail during the outage");
+    let max_attempts = app.count("SELECT MAX(attempts) FROM outbox_events").await;
+    // A row's attempts count its failures plus the publish that succeeded.
+    let failed_attempts = app
+        .count("SELECT CAST(SUM(attempts) - COUNT(*) AS SIGNED) FROM outbox_events")
+        .await;
+
+    // Exactly one notification per order; it stays one.
+    let notified = app
+        .eventually(Duration::from_secs(60), || async {
+            app.count("SELECT COUNT(*) FROM notifications").await == n
+        })
+        .await;
+    assert!(
+        notified,
+        "every order notified: {} of {n}",
+        app.count("SELECT COUNT(*) FROM notifications").await
+    );
+    let notified_after = up_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.count("SELECT COUNT(*) FROM notifications").await, n);
+    assert_eq!(
+        app.count(
+            "SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM notifications x \
+             WHERE x.order_id = o.id AND x.type = 'ORDER_CREATED') <> 1"
+        )
+        .await,
+        0,
+        "exactly one notification per order"
+    );
+
+    // Every order's event is on the topic (at least once by event id; duplicates, which the
+    // at-least-once window allows, are counted and left to the consumer's dedup).
+    let event_ids: HashSet<String> =
+        sqlx::query_scalar("SELECT event_id FROM outbox_events WHERE event_type = 'ORDER_CREATED'")
+            .fetch_all(app.db())
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(event_ids.len() as i64, n, "one event per order");
+    let events = kafka::read_all(
+        &app.state.events.bootstrap,
+        &topic,
+        n as usize,
+        Duration::from_secs(3),
+    )
+    .await;
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        *per_event
+            .entry(e.event_id.clone().expect("eventId header"))
+            .or_default() += 1;
+    }
+    let on_topic: HashSet<String> = per_event.keys().cloned().collect();
+    assert_eq!(
+        on_topic, event_ids,
+        "exactly the orders' events are on the topic"
+    );
+    let duplicates: usize = per_event.values().map(|c| c - 1).sum();
+
+    eprintln!(
+        "kafka outage: {n} orders ({} during the {} s outage), NEW backlog at recovery {backlog_at_up}, \
+         failed publish attempts {failed_attempts} on {failed_rows} rows, max attempts on a row {max_attempts}; \
+         after the broker came back: drained in {:.1} s, all notified in {:.1} s; \
+         messages on the topic {}, duplicates {duplicates}",
+        during.len(),
+        OUTAGE.as_secs(),
+        drained_after.as_secs_f64(),
+        notified_after.as_secs_f64(),
+        events.len()
+    );
+}
+
+/// An order request that may fail at the transport: `Err` is a hang (client timeout) or a
+/// dropped connection, which the service must never produce.
+async fn try_order(
+    client: &reqwest::Client,
+    app: &TestApp,
+    token: &str,
+    key: &str,
+    body: &Value,
+) -> Result<Resp, reqwest::Error> {
+    let res = client
+        .post(app.url("/api/v1/orders"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await?;
+    Ok(Resp::read(res).await)
+}
+
+#[track_caller]
+fn assert_created_or_standard_5xx(key: &str, r: &Resp) {
+    match r.status {
+        StatusCode::CREATED => {}
+        StatusCode::SERVICE_UNAVAILABLE => assert_standard_error(&r.body, "SERVICE_UNAVAILABLE"),
+        StatusCode::INTERNAL_SERVER_ERROR => assert_standard_error(&r.body, "INTERNAL_ERROR"),
+        other => panic!("{key}: {other} is neither 201 nor a 5xx: {}", r.text),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_cut_mid_transaction_leaves_nothing_half_written_and_a_retry_succeeds_once() {
+    // The service reaches MariaDB only through the proxy; the test checks the database
+    // directly.
+    let proxy = FaultProxy::start(common::server_addr().await).await;
+    let url = common::fresh_database_url();
+    let guard = std::sync::Arc::new(DatabaseGuard { url: url.clone() });
+    let mut config = common::test_config(&common::with_host(&url, proxy.addr));
+    // A request that cannot get a connection while the database is unreachable answers 503
+    // after 2 s instead of waiting the harness's 30 s.
+    config.database_acquire_timeout = Duration::from_secs(2);
+    // A job worker whose connection is cut ends and is restarted under a new id; the jobs it
+    // held are resumed by the lease reaper once the old id has been silent for the lease.
+    // A short lease (as in tests/crash.rs) keeps that within the test's wait.
+    config.events.queue.keep_alive = Duration::from_secs(1);
+    config.events.queue.lease = Duration::from_secs(4);
+    let state = orderflow::app::init(config)
+        .await
+        .expect("starts through the proxy");
+    let app = TestApp::serve(state, guard, None).await;
+    let direct = sqlx::MySqlPool::connect(&url).await.unwrap();
+
+    let admin = app.admin_token().await;
+    let mut users = Vec::new();
+    for _ in 0..3 {
+        users.push(app.new_user().await.1);
+    }
+    const INITIAL_STOCK: i64 = 1_000;
+    let mut products = Vec::new();
+    for price in [300, 450, 1000] {
+        products.push(app.new_product(&admin, price, INITIAL_STOCK).await);
+    }
+
+    // 90 orders from 3 users on 3 products (every fourth with a second line), fired 12 ms
+    // apart. To make sure the cut lands inside transactions, the test holds the stock row of
+    // the last product (stock is taken in product-id order, so it is taken last) locked:
+    // orders on it claim their key, take the stock of their other line if they have one, then
+    // wait on that row, in the middle of their transaction. Once several are waiting, the
+    // proxy cuts every connection and refuses new ones for 400 ms; the row is released while
+    // they are cut off.
+    const BURST: usize = 90;
+    let requests: Vec<(String, String, Value)> = (0..BURST)
+        .map(|i| {
+            let mut items = vec![json!({"productId": products[i % 3], "quantity": 1 + (i % 3)})];
+            if i % 4 == 0 {
+                items.push(json!({"productId": products[(i + 1) % 3], "quantity": 1}));
+            }
+            (
+                format!("cut-{i}"),
+                users[i % users.len()].clone(),
+                json!({ "items": items }),
+            )
+        })
+        .collect();
+    let mut expected_taken: HashMap<i64, i64> = HashMap::new();
+    for (_, _, body) in &requests {
+        for item in body["items"].as_array().unwrap() {
+            *expected_taken
+                .entry(item["productId"].as_i64().unwrap())
+                .or_default() += item["quantity"].as_i64().unwrap();
+        }
+    }
+    // Bounded: the service answers within its own request timeout (30 s), well inside this.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap();
+
+    let count = |sql: &'static str| {
+        let pool = direct.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let mut holder = direct.begin().await.unwrap();
+    sqlx::query("SELECT quantity FROM stocks WHERE product_id = ? FOR UPDATE")
+        .bind(products[2])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    // Order transactions of this database blocked in their stock UPDATE, after their key's
+    // claim (the service's sessions wait at most IDEMPOTENCY_IN_FLIGHT_WAIT, 5 s, for a row
+    // lock, so the cut comes before they give up).
+    let waiting = || async {
+        count(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND COMMAND = 'Execute' AND INFO LIKE 'UPDATE stocks%'",
+        )
+        .await
+    };
+
+    let start = Instant::now();
+    let burst =
+        futures::future::join_all(requests.iter().enumerate().map(|(i, (key, token, body))| {
+            let (client, app) = (&client, &app);
+            async move {
+                tokio::time::sleep_until(start + Duration::from_millis(12 * i as u64)).await;
+                (
+                    Instant::now(),
+                    try_order(client, app, token, key, body).await,
+                )
+            }
+        }));
+    let faults = async {
+        app.eventually(Duration::from_secs(3), || async { waiting().await >= 6 })
+            .await;
+        let waiting_at_cut = waiting().await;
+        proxy.down();
+        let cut_at = Instant::now();
+        holder.commit().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.up();
+        (cut_at, waiting_at_cut)
+    };
+    let (outcomes, (cut_at, waiting_at_cut)) = tokio::join!(burst, faults);
+    assert!(
+        waiting_at_cut > 0,
+        "the cut found order transactions half-way (waiting on the stock row)"
+    );
+
+    // Each answer is a 201 or a 5xx in the standard body: never a hang, never another shape.
+    let mut first: HashMap<String, Resp> = HashMap::new();
+    // Failed requests sent before the cut: cut while in flight (the others were refused).
+    let mut failed_in_flight = 0;
+    for ((key, _, _), (sent, outcome)) in requests.iter().zip(outcomes) {
+        let r = outcome.unwrap_or_else(|e| panic!("{key}: no HTTP answer: {e}"));
+        assert_created_or_standard_5xx(key, &r);
+        if r.status != StatusCode::CREATED && sent < cut_at {
+            failed_in_flight += 1;
+        }
+        first.insert(key.clone(), r);
+    }
+    let created_at_cut = first
+        .values()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    let unavailable = first
+        .values()
+        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    let internal = first
+        .values()
+        .filter(|r| r.status == StatusCode::INTERNAL_SERVER_ERROR)
+        .count();
+    assert!(
+        unavailable + internal > 0,
+        "the cut landed in the burst (no request failed)"
+    );
+
+    // The client retries every key that failed, with the same body: each one is an order now.
+    // A retry that is a replay means the first attempt had committed and only its answer was
+    // lost with the connection.
+    let mut lost_acknowledgements = 0;
+    let mut retried = 0;
+    for (key, token, body) in &requests {
+        if first[key].status == StatusCode::CREATED {
+            continue;
+        }
+        retried += 1;
+        let r = try_order(&client, &app, token, key, body)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: retry got no answer: {e}"));
+        assert_eq!(r.status, StatusCode::CREATED, "{key}: retry: {}", r.text);
+        if r.header("idempotent-replayed") == Some("true") {
+            lost_acknowledgements += 1;
+        }
+        let again = try_order(&client, &app, token, key, body).await.unwrap();
+        assert_eq!(again.status, StatusCode::CREATED, "{key}: {}", again.text);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"), "{key}");
+        assert_eq!(again.text, r.text, "{key}: the replay is byte for byte");
+        first.insert(key.clone(), r);
+    }
+    // Every key, original 201 or retried, now replays its one order byte for byte.
+    let mut order_ids = HashSet::new();
+    for (key, token, body) in &requests {
+        let r = try_order(&client, &app, token, key, body).await.unwrap();
+        assert_eq!(r.status, StatusCode::CREATED, "{key}: {}", r.text);
+        assert_eq!(r.header("idempotent-replayed"), Some("true"), "{key}");
+        assert_eq!(r.text, first[key].text, "{key}: replayed byte for byte");
+        assert!(
+            order_ids.insert(r.body["id"].as_i64().expect("order id")),
+            "{key}: an order id answered for two keys"
+        );
+    }
+
+    // Nothing half-written, checked in the database itself.
+    assert_eq!(
+        count("SELECT COUNT(*) FROM orders").await,
+        BURST as i64,
+        "one order per key"
+    );
+    for p in &products {
+        let (stock, sold): (i64, i64) = sqlx::query_as(
+            "SELECT s.quantity, CAST((SELECT COALESCE(SUM(i.quantity), 0) FROM order_items i \
+             WHERE i.product_id = s.product_id) AS SIGNED) FROM stocks s WHERE s.product_id = ?",
+        )
+        .bind(p)
+        .fetch_one(&direct)
+        .await
+        .unwrap();
+        assert_eq!(
+            INITIAL_STOCK - stock,
+            sold,
+            "product {p}: stock taken = units ordered"
+        );
+        assert_eq!(
+            sold, expected_taken[p],
+            "product {p}: units of the requests"
+        );
+    }
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM orders o WHERE o.total_amount <> (SELECT COALESCE(SUM(i.quantity * \
+             i.unit_price), 0) FROM order_items i WHERE i.order_id = o.id) \
+             OR NOT EXISTS (SELECT 1 FROM order_items i WHERE i.order_id = o.id)"
+        )
+        .await,
+        0,
+        "every order has its items"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM outbox_events WHERE event_type = 'ORDER_CREATED'").await,
+        BURST as i64
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e \
+             WHERE e.aggregate_id = o.id AND e.event_type = 'ORDER_CREATED') <> 1"
+        )
+        .await,
+        0,
+        "exactly one ORDER_CREATED outbox row per order"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM idempotency_keys").await,
+        BURST as i64
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM idempotency_keys k LEFT JOIN orders o ON o.id = k.order_id \
+             WHERE k.response_status IS NULL OR k.response_body IS NULL OR o.id IS NULL"
+        )
+        .await,
+        0,
+        "no idempotency record without its stored response and order"
+    );
+
+    // The workers got through the cut too: every event is published and notified once.
+    let settled = app
+        .eventually(Duration::from_secs(45), || async {
+            count("SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'").await == 0
+                && count("SELECT COUNT(*) FROM notifications").await == BURST as i64
+        })
+        .await;
+    if !settled {
+        let jobs: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT job_type, status, COUNT(*) FROM jobs GROUP BY job_type, status ORDER BY 1, 2",
+        )
+        .fetch_all(&direct)
+        .await
+        .unwrap();
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM outbox_events GROUP BY status")
+                .fetch_all(&direct)
+                .await
+                .unwrap();
+        eprintln!("jobs by queue and status: {jobs:?}; outbox rows by status: {rows:?}");
+        let unfinished: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT j.job_type, j.status, COALESCE(j.lock_by, ''), CAST(w.last_seen AS CHAR) \
+             FROM jobs j LEFT JOIN workers w ON w.id = j.lock_by WHERE j.status <> 'Done'",
+        )
+        .fetch_all(&direct)
+        .await
+        .unwrap();
+        eprintln!("unfinished jobs (queue, status, worker, worker last seen): {unfinished:?}");
+    }
+    assert!(
+        settled,
+        "published and notified after the cut: {} unpublished, {} notified",
+        count("SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'").await,
+        count("SELECT COUNT(*) FROM notifications").await
+    );
+
+    // Auto-increment values are not given back by a rollback: the gaps are the claims and
+    // orders that were written by a transaction the cut then rolled back.
+    let rolled_back_claims =
+        count("SELECT CAST(COALESCE(MAX(id), 0) - COUNT(*) AS SIGNED) FROM idempotency_keys").await;
+    let rolled_back_orders =
+        count("SELECT CAST(COALESCE(MAX(id), 0) - COUNT(*) AS SIGNED) FROM orders").await;
+    eprintln!(
+        "database cut: {BURST} orders, at the cut {created_at_cut} × 201, {unavailable} × 503 \
+         ({failed_in_flight} cut in flight, {waiting_at_cut} of them waiting on the locked row), {internal} × 500; \
+         rolled back after writing: {rolled_back_claims} idempotency claims, {rolled_back_orders} orders; \
+         {retried} retried, of which {lost_acknowledgements} had committed (answer lost, replayed on retry)"
+    );
+    direct.close().await;
+}
