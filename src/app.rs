@@ -228,6 +228,7 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         consumer_instance_id: cfg.consumer_instance_id.clone(),
         settings: cfg.queue,
         concurrency: cfg.worker_concurrency,
+        publish_batch: cfg.publish_batch,
         sweep_interval: cfg.sweep_interval,
         sweep_grace: cfg.sweep_grace,
         shutdown_timeout: cfg.shutdown_timeout,

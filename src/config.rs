@@ -92,6 +92,8 @@ pub struct EventsConfig {
     pub delivery_timeout: Duration,
     pub queue: QueueSettings,
     pub worker_concurrency: usize,
+    /// NEW outbox rows a publish job carries along with its own (0: only its own).
+    pub publish_batch: u32,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
     pub shutdown_timeout: Duration,
@@ -236,6 +238,7 @@ impl Config {
                     "WORKER_CONCURRENCY",
                     var("WORKER_CONCURRENCY", 4usize)?,
                 )?,
+                publish_batch: var("PUBLISH_BATCH_SIZE", 100u32)?,
                 sweep_interval: Duration::from_secs(positive(
                     "OUTBOX_SWEEP_INTERVAL_SECS",
                     var("OUTBOX_SWEEP_INTERVAL_SECS", 5u64)?,

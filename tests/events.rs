@@ -414,6 +414,8 @@ async fn concurrent_publish_jobs_for_the_same_rows_publish_each_once() {
         producer: app.state.events.producer.clone(),
         topic_prefix: app.state.config.events.topic_prefix.clone(),
         settings: app.state.config.events.queue,
+        // Only the rows under test: other NEW rows would be carried along.
+        backlog_batch: 0,
     };
     // Four workers race for the same ten rows, as apalis may let happen during a backoff.
     let no_trace = orderflow_jobs::trace::TraceContext::default();

@@ -197,5 +197,9 @@ pub fn consumer(
         .set("max.poll.interval.ms", "20000")
         .set("topic.metadata.refresh.interval.ms", "5000")
         .set("statistics.interval.ms", "5000")
+        // librdkafka prefetches up to 64 MiB per partition by default; a consumer that falls
+        // behind (bench/: pipeline) then holds hundreds of MB. The loop hands each message
+        // to the job table at once, so a small read-ahead costs no throughput.
+        .set("queued.max.messages.kbytes", "2048")
         .create_with_context(LagContext)
 }

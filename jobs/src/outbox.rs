@@ -118,6 +118,32 @@ pub async fn claim(conn: &mut MySqlConnection, ids: &[i64]) -> Result<Vec<Outbox
     q.build_query_as().fetch_all(conn).await
 }
 
+/// Locks up to `limit` more NEW rows, oldest first, that have never failed, for a publish job
+/// to carry along with its own: under load one job then drains a batch of the backlog in one
+/// transaction, and the jobs of those rows find them published. Rows that failed before are
+/// left to their own jobs, so a row Kafka refuses cannot fail everyone's job.
+pub async fn claim_backlog(
+    conn: &mut MySqlConnection,
+    exclude: &[i64],
+    limit: u32,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::new(
+        "SELECT id, event_id, aggregate_id, event_type, payload, traceparent, tracestate, created_at \
+         FROM outbox_events WHERE status = 'NEW' AND attempts = 0",
+    );
+    if !exclude.is_empty() {
+        q.push(" AND id NOT IN");
+        crate::push_id_list(&mut q, exclude);
+    }
+    q.push(" ORDER BY created_at, id LIMIT ")
+        .push_bind(limit)
+        .push(" FOR UPDATE SKIP LOCKED");
+    q.build_query_as().fetch_all(conn).await
+}
+
 pub async fn mark_published(conn: &mut MySqlConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
     if ids.is_empty() {
         return Ok(());

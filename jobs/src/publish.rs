@@ -35,13 +35,17 @@ pub struct PublishContext {
     pub producer: FutureProducer,
     pub topic_prefix: String,
     pub settings: QueueSettings,
+    /// NEW rows of other jobs a job may publish along with its own (`PUBLISH_BATCH_SIZE`).
+    pub backlog_batch: u32,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct PublishReport {
     pub published: usize,
-    /// Rows already published, dead, or being published by another worker.
+    /// Of the job's own rows: already published, dead, or being published by another worker.
     pub skipped: usize,
+    /// Rows of other jobs published along (the backlog batch).
+    pub carried: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +117,9 @@ pub async fn publish_rows(
     job_trace: &TraceContext,
 ) -> Result<PublishReport, PublishError> {
     let mut tx = ctx.pool.begin().await?;
-    let rows = outbox::claim(&mut tx, ids).await?;
+    let mut rows = outbox::claim(&mut tx, ids).await?;
+    let own = rows.len();
+    rows.extend(outbox::claim_backlog(&mut tx, ids, ctx.backlog_batch).await?);
     let keys: Vec<String> = rows.iter().map(|r| r.aggregate_id.to_string()).collect();
     let topics: Vec<String> = rows
         .iter()
@@ -136,8 +142,9 @@ pub async fn publish_rows(
     let results = futures_util::future::join_all(sends).await;
 
     let mut delivered = Vec::new();
+    // Only the job's own rows decide its outcome; carried rows that fail stay NEW for theirs.
     let mut failures = Vec::new();
-    for ((row, result), span) in rows.iter().zip(results).zip(&spans) {
+    for (i, ((row, result), span)) in rows.iter().zip(results).zip(&spans).enumerate() {
         if result.is_err() {
             span.record("otel.status_code", "ERROR");
         }
@@ -149,7 +156,10 @@ pub async fn publish_rows(
                 metrics::histogram!("outbox_publish_lag_seconds").record(lag as f64 / 1e6);
                 delivered.push(row.id);
             }
-            Err((e, _)) => failures.push(e.to_string()),
+            Err((e, _)) if i < own => failures.push(e.to_string()),
+            Err((e, _)) => {
+                tracing::debug!(outbox_id = row.id, error = %e, "a carried row was not published; its own job will retry it")
+            }
         }
     }
     outbox::mark_published(&mut tx, &delivered).await?;
@@ -158,13 +168,15 @@ pub async fn publish_rows(
     if let Some(cause) = failures.first() {
         return Err(PublishError::Kafka {
             failed: failures.len(),
-            total: rows.len(),
+            total: own,
             cause: cause.clone(),
         });
     }
+    let carried = delivered.iter().filter(|id| !ids.contains(id)).count();
     Ok(PublishReport {
-        published: delivered.len(),
-        skipped: ids.len() - rows.len(),
+        published: delivered.len() - carried,
+        skipped: ids.len() - own,
+        carried,
     })
 }
 

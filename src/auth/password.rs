@@ -1,12 +1,33 @@
 //! argon2id with the crate's default parameters (OWASP's minimum: 19 MiB, 2 passes).
 //! Hashing is CPU-bound for tens of milliseconds, so it runs on the blocking pool and never
 //! stalls the async workers that serve other requests.
+//!
+//! At most one hash per core runs at a time: each takes 19 MiB, and the blocking pool would
+//! otherwise run a login storm hundreds wide (bench/ saw the process reach ~1 GB RSS while
+//! logging in 64 clients at once). Extra logins wait their turn, which costs them latency the
+//! cores could not have provided anyway.
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
     Argon2,
 };
 use std::sync::LazyLock;
+
+use tokio::sync::Semaphore;
+
+static HASHING: LazyLock<Semaphore> =
+    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+
+/// Runs `work` on the blocking pool once a hashing slot is free.
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let _slot = HASHING
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("hashing task does not panic")
+}
 
 /// Verified against when the account does not exist, so that "no such user" costs as much
 /// time as "wrong password" and login timing does not reveal which emails are registered.
@@ -31,14 +52,12 @@ fn verify_blocking(password: &str, hash: &str) -> bool {
 }
 
 pub async fn hash(password: String) -> String {
-    tokio::task::spawn_blocking(move || hash_blocking(&password))
-        .await
-        .expect("hashing task does not panic")
+    hashing(move || hash_blocking(&password)).await
 }
 
 /// `hash = None` (unknown account) still spends one verification and returns false.
 pub async fn verify(password: String, hash: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || match hash {
+    hashing(move || match hash {
         Some(h) => verify_blocking(&password, &h),
         None => {
             verify_blocking(&password, &DUMMY_HASH);
@@ -46,7 +65,6 @@ pub async fn verify(password: String, hash: Option<String>) -> bool {
         }
     })
     .await
-    .expect("verification task does not panic")
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub struct Pipeline {
     pub consumer_instance_id: Option<String>,
     pub settings: QueueSettings,
     pub concurrency: usize,
+    /// Rows of the backlog a publish job carries along with its own.
+    pub publish_batch: u32,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
     pub shutdown_timeout: Duration,
@@ -92,6 +94,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
         producer: p.producer.clone(),
         topic_prefix: p.topic_prefix.clone(),
         settings: p.settings,
+        backlog_batch: p.publish_batch,
     });
     let notify_ctx = Arc::new(NotifyContext {
         pool: p.pool.clone(),
