@@ -236,7 +236,7 @@ impl Config {
                 },
                 worker_concurrency: positive(
                     "WORKER_CONCURRENCY",
-                    var("WORKER_CONCURRENCY", 4usize)?,
+                    var("WORKER_CONCURRENCY", 8usize)?,
                 )?,
                 publish_batch: var("PUBLISH_BATCH_SIZE", 100u32)?,
                 sweep_interval: Duration::from_secs(positive(
