@@ -30,7 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// dead (default), pending, running, done or all.
-    #[param(example = "dead", value_type = Option<JobStatus>)]
+    #[param(example = "dead", inline, value_type = Option<JobStatus>)]
     status: Option<String>,
     /// A queue name, e.g. orderflow::publish-outbox; all queues when absent.
     queue: Option<String>,

@@ -153,6 +153,36 @@ async fn document_describes_the_spec_api_with_its_errors_and_headers() {
     app.stop().await;
 }
 
+/// Every `$ref` in `value`, recursively.
+fn refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(r)) => out.push(r.clone()),
+                    _ => refs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_reference_in_the_document_resolves() {
+    for role in [Role::All, Role::Worker] {
+        let doc = serde_json::to_value(app::routes(role).1).unwrap();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(!found.is_empty());
+        for r in found {
+            let pointer = r.strip_prefix('#').expect("local reference");
+            assert!(doc.pointer(pointer).is_some(), "dangling {r}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_is_served_and_no_other_method_answers() {
     let app = TestApp::spawn_api_only(|_| {}).await;

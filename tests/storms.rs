@@ -182,8 +182,7 @@ struct Tally {
     adjusted: AtomicI64,
 }
 
-/// For STORM_DURATION (10 s here to keep CI short; the invariant does not depend on the
-/// length), eight clients hammer one product with orders (three users), cancels of random
+/// For STORM_DURATION (30 s, as the issue asks), eight clients hammer one product with orders (three users), cancels of random
 /// known orders, admin completions and stock adjustments of either sign, while a sampler
 /// reads the stock row. Afterwards: stock + units held by live (CREATED or COMPLETED)
 /// orders = initial + applied adjustments; the stock was never seen negative; every
@@ -191,7 +190,7 @@ struct Tally {
 /// ORDER_CANCELLED per cancelled order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_cancel_complete_adjust_storm_conserves_stock() {
-    const STORM_DURATION: Duration = Duration::from_secs(10);
+    const STORM_DURATION: Duration = Duration::from_secs(30);
     let app = Arc::new(TestApp::spawn_api_only(|_| {}).await);
     let admin = app.admin_token().await;
     let mut users = Vec::new();
