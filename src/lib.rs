@@ -15,6 +15,7 @@ pub mod http;
 pub mod idempotency;
 pub mod jobs;
 pub mod notifications;
+pub mod optional_redis;
 pub mod orders;
 pub mod outbox;
 pub mod telemetry;

@@ -25,11 +25,8 @@
 use std::{
     convert::Infallible,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use axum::{
@@ -39,11 +36,11 @@ use axum::{
 };
 use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
-use tokio::sync::Mutex;
 
 use crate::{
     config::LoginThrottleConfig,
     error::{ApiError, ErrorCode},
+    optional_redis::{OptionalRedis, Unavailable},
 };
 
 /// `login_throttled_total{scope="account"|"client"}`: logins refused with 429.
@@ -51,8 +48,6 @@ pub const THROTTLED_METRIC: &str = "login_throttled_total";
 /// `login_throttle_errors_total`: throttle calls to Redis that failed or were skipped in the
 /// second of bypass after a failure; while it grows, logins are not throttled (fail open).
 pub const ERRORS_METRIC: &str = "login_throttle_errors_total";
-
-const BYPASS_AFTER_ERROR: Duration = Duration::from_secs(1);
 
 /// KEYS[1]: the account's counter; KEYS[2], if given: the client's failure counter.
 /// ARGV: window (ms), account limit, client limit.
@@ -205,13 +200,9 @@ pub struct LoginThrottle {
 }
 
 struct Inner {
-    client: Option<redis::Client>,
+    redis: OptionalRedis,
     prefix: String,
     config: LoginThrottleConfig,
-    conn: Mutex<Option<ConnectionManager>>,
-    timeout: Duration,
-    started: Instant,
-    bypass_until_ms: AtomicU64,
     begin: redis::Script,
     failed: redis::Script,
 }
@@ -226,22 +217,11 @@ pub struct Attempt {
 impl LoginThrottle {
     /// Never fails: a bad URL only means logins are not throttled (logged).
     pub fn new(url: &str, prefix: &str, timeout: Duration, config: LoginThrottleConfig) -> Self {
-        let client = match redis::Client::open(url) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "REDIS_URL is invalid; logins are not throttled");
-                None
-            }
-        };
         Self {
             inner: Arc::new(Inner {
-                client,
+                redis: OptionalRedis::new(url, timeout, "logins are not throttled"),
                 prefix: prefix.to_owned(),
                 config,
-                conn: Mutex::new(None),
-                timeout,
-                started: Instant::now(),
-                bypass_until_ms: AtomicU64::new(0),
                 begin: redis::Script::new(BEGIN_SCRIPT),
                 failed: redis::Script::new(FAILED_SCRIPT),
             }),
@@ -315,59 +295,20 @@ impl LoginThrottle {
         })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.inner.started.elapsed().as_millis() as u64
-    }
-
-    fn failed(&self, op: &str, err: &dyn std::fmt::Display) {
-        metrics::counter!(ERRORS_METRIC).increment(1);
-        tracing::warn!(op, error = %err, "redis unavailable; login not throttled (fail open)");
-        let until = self.now_ms() + BYPASS_AFTER_ERROR.as_millis() as u64;
-        self.inner.bypass_until_ms.store(until, Ordering::Relaxed);
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
-        let mut guard = self.inner.conn.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            return Ok(conn.clone());
-        }
-        let client = self.inner.client.clone().ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no valid REDIS_URL"))
-        })?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.inner.timeout)
-            .set_response_timeout(self.inner.timeout)
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
-        *guard = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// One Redis round trip within `REDIS_TIMEOUT_MS`; `None` on any failure (logged,
-    /// counted, and Redis bypassed for a second).
+    /// One Redis round trip; `None` when Redis was unavailable (counted, and logged when it
+    /// was tried): the caller then fails open.
     async fn run<T, F, Fut>(&self, op: &str, f: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
-        if self.inner.client.is_none()
-            || self.now_ms() < self.inner.bypass_until_ms.load(Ordering::Relaxed)
-        {
-            metrics::counter!(ERRORS_METRIC).increment(1);
-            return None;
-        }
-        let work = async {
-            let conn = self.connection().await?;
-            f(conn).await
-        };
-        match tokio::time::timeout(self.inner.timeout, work).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                self.failed(op, &e);
-                None
-            }
-            Err(_) => {
-                self.failed(op, &"timed out");
+        match self.inner.redis.run(f).await {
+            Ok(v) => Some(v),
+            Err(unavailable) => {
+                metrics::counter!(ERRORS_METRIC).increment(1);
+                if let Unavailable::Failed(error) = unavailable {
+                    tracing::warn!(op, %error, "redis unavailable; login not throttled (fail open)");
+                }
                 None
             }
         }

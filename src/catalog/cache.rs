@@ -1,25 +1,18 @@
 //! Redis read-through cache for `product:{id}` and `product:list:{page}:{size}`.
 //!
-//! The cache is an optimisation, never a dependency: every call is bounded by a short
-//! timeout, a failure is logged, counted (`cache_requests_total{result="error"}`) and
-//! answered from the database, and after a failure Redis is bypassed for a second so a dead
-//! or slow Redis costs one timeout per second rather than one per request.
+//! The cache is an optimisation, never a dependency: Redis is reached through
+//! `OptionalRedis` (bounded calls, bypassed for a second after a failure), and a failure is
+//! logged, counted (`cache_requests_total{result="error"}`) and answered from the database.
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use redis::{aio::ConnectionManager, AsyncCommands};
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::sync::Mutex;
 
-use crate::telemetry::names;
-
-const BYPASS_AFTER_ERROR: Duration = Duration::from_secs(1);
+use crate::{
+    optional_redis::{OptionalRedis, Unavailable},
+    telemetry::names,
+};
 
 /// Deletes the given product keys and every cached list page in one round trip.
 const INVALIDATE_SCRIPT: &str = r#"
@@ -36,37 +29,21 @@ pub struct Cache {
 }
 
 struct Inner {
-    client: Option<redis::Client>,
+    redis: OptionalRedis,
     /// Prepended to every key, so that deployments (or test runs) can share one Redis.
     prefix: String,
-    conn: Mutex<Option<ConnectionManager>>,
-    timeout: Duration,
     ttl: Duration,
-    started: Instant,
-    /// Milliseconds since `started` before which Redis is not tried.
-    bypass_until_ms: AtomicU64,
     script: redis::Script,
 }
 
 impl Cache {
     /// Never fails: a bad URL or an unreachable Redis only means every lookup is a miss.
     pub fn new(url: &str, prefix: &str, timeout: Duration, ttl: Duration) -> Self {
-        let client = match redis::Client::open(url) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "REDIS_URL is invalid; the product cache is disabled");
-                None
-            }
-        };
         Self {
             inner: Arc::new(Inner {
-                client,
+                redis: OptionalRedis::new(url, timeout, "the product cache is disabled"),
                 prefix: prefix.to_owned(),
-                conn: Mutex::new(None),
-                timeout,
                 ttl,
-                started: Instant::now(),
-                bypass_until_ms: AtomicU64::new(0),
                 script: redis::Script::new(INVALIDATE_SCRIPT),
             }),
         }
@@ -85,59 +62,18 @@ impl Cache {
         format!("{}product:list:index", self.inner.prefix)
     }
 
-    fn now_ms(&self) -> u64 {
-        self.inner.started.elapsed().as_millis() as u64
-    }
-
-    fn bypassed(&self) -> bool {
-        self.now_ms() < self.inner.bypass_until_ms.load(Ordering::Relaxed)
-    }
-
-    fn failed(&self, op: &str, err: &dyn std::fmt::Display) {
-        metrics::counter!(names::CACHE_REQUESTS, "result" => "error").increment(1);
-        tracing::warn!(op, error = %err, "redis unavailable; answering from the database");
-        let until = self.now_ms() + BYPASS_AFTER_ERROR.as_millis() as u64;
-        self.inner.bypass_until_ms.store(until, Ordering::Relaxed);
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
-        let mut guard = self.inner.conn.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            return Ok(conn.clone());
-        }
-        let client = self.inner.client.clone().ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no valid REDIS_URL"))
-        })?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.inner.timeout)
-            .set_response_timeout(self.inner.timeout)
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
-        *guard = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Runs one Redis operation within the timeout; `None` on any failure (already logged).
+    /// One Redis round trip; `None` on any failure (logged and counted when Redis was tried).
     async fn run<T, F, Fut>(&self, op: &str, f: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
-        if self.inner.client.is_none() || self.bypassed() {
-            return None;
-        }
-        let work = async {
-            let conn = self.connection().await?;
-            f(conn).await
-        };
-        match tokio::time::timeout(self.inner.timeout, work).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                self.failed(op, &e);
-                None
-            }
-            Err(_) => {
-                self.failed(op, &"timed out");
+        match self.inner.redis.run(f).await {
+            Ok(v) => Some(v),
+            Err(Unavailable::Bypassed) => None,
+            Err(Unavailable::Failed(error)) => {
+                metrics::counter!(names::CACHE_REQUESTS, "result" => "error").increment(1);
+                tracing::warn!(op, %error, "redis unavailable; answering from the database");
                 None
             }
         }
