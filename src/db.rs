@@ -76,8 +76,15 @@ pub async fn drop_database(url: &str) -> Result<(), sqlx::Error> {
 }
 
 pub async fn connect(url: &str, settings: &PoolSettings) -> Result<MySqlPool, sqlx::Error> {
-    let opts = MySqlConnectOptions::from_str(url)?
-        .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(1));
+    connect_with(MySqlConnectOptions::from_str(url)?, settings).await
+}
+
+/// The service's pool for `opts` (also what bench/ measures its raw-SQL ceiling with).
+pub async fn connect_with(
+    opts: MySqlConnectOptions,
+    settings: &PoolSettings,
+) -> Result<MySqlPool, sqlx::Error> {
+    let opts = opts.log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(1));
     let lock_wait = settings.lock_wait_timeout.as_secs().max(1);
     MySqlPoolOptions::new()
         .max_connections(settings.max_connections)

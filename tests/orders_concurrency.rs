@@ -11,24 +11,6 @@ use proptest::prelude::*;
 use reqwest::StatusCode;
 use serde_json::json;
 
-/// Every committed order has exactly one ORDER_CREATED outbox row, and no row lacks its order.
-async fn assert_outbox_matches_orders(app: &TestApp) {
-    let orphans = app
-        .count(
-            "SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e \
-             WHERE e.aggregate_id = o.id AND e.event_type = 'ORDER_CREATED') <> 1",
-        )
-        .await;
-    assert_eq!(orphans, 0, "every order has exactly one ORDER_CREATED row");
-    let dangling = app
-        .count(
-            "SELECT COUNT(*) FROM outbox_events e WHERE e.event_type = 'ORDER_CREATED' \
-             AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = e.aggregate_id)",
-        )
-        .await;
-    assert_eq!(dangling, 0, "no event for an order that does not exist");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_with_one_key_make_one_order() {
     let app = TestApp::spawn().await;
@@ -68,7 +50,7 @@ async fn fifty_concurrent_requests_with_one_key_make_one_order() {
     assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 1);
     assert_eq!(app.stock_of(p).await, 97, "stock decremented once");
     assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 1);
-    assert_outbox_matches_orders(&app).await;
+    app.assert_outbox_matches_orders().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +100,7 @@ async fn hot_sku_200_buyers_50_units_sells_exactly_50() {
             .await,
         50
     );
-    assert_outbox_matches_orders(&app).await;
+    app.assert_outbox_matches_orders().await;
 }
 
 /// When stock covers every buyer, every buyer gets served: no request may be refused
@@ -284,7 +266,7 @@ async fn conservation(app: &TestApp, admin: &str, user: &str, waves: Vec<Vec<Op>
             "product {product}: stock {stock} + held {held}"
         );
     }
-    assert_outbox_matches_orders(app).await;
+    app.assert_outbox_matches_orders().await;
 }
 
 #[test]

@@ -393,13 +393,7 @@ async fn order_cancel_complete_adjust_storm_conserves_stock() {
         app.count("SELECT COUNT(*) FROM orders").await,
         get(&t.orders)
     );
-    let bad_created = app
-        .count(
-            "SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e \
-             WHERE e.aggregate_id = o.id AND e.event_type = 'ORDER_CREATED') <> 1",
-        )
-        .await;
-    assert_eq!(bad_created, 0, "one ORDER_CREATED per order");
+    app.assert_outbox_matches_orders().await;
     let bad_cancelled = app
         .count(
             "SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e \

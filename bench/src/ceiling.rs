@@ -26,8 +26,8 @@ use rand::Rng;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::{
-    mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions},
-    Connection, Executor, MySqlConnection, MySqlPool, QueryBuilder,
+    mysql::{MySqlConnectOptions, MySqlDatabaseError},
+    Connection, MySqlConnection, MySqlPool, QueryBuilder,
 };
 
 use crate::{
@@ -62,27 +62,15 @@ pub struct CeilingSpread {
     pub cpu: CpuUse,
 }
 
-/// A pool like the service's (`src/db.rs`).
+/// The service's own pool (`orderflow::db::connect_with`: same session isolation level and
+/// lock-wait timeout) at the service's default size.
 pub async fn pool(opts: MySqlConnectOptions) -> anyhow::Result<MySqlPool> {
-    Ok(MySqlPoolOptions::new()
-        .max_connections(POOL_SIZE)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                conn.execute(
-                    format!(
-                        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; \
-                         SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_SECS}"
-                    )
-                    .as_str(),
-                )
-                .await?;
-                Ok(())
-            })
-        })
-        .connect_with(opts)
-        .await?)
+    let settings = orderflow::db::PoolSettings {
+        max_connections: POOL_SIZE,
+        acquire_timeout: Duration::from_secs(10),
+        lock_wait_timeout: Duration::from_secs(LOCK_WAIT_SECS),
+    };
+    Ok(orderflow::db::connect_with(opts, &settings).await?)
 }
 
 enum Take {

@@ -370,6 +370,24 @@ impl TestApp {
             .expect("stock row")
     }
 
+    /// Every committed order has exactly one ORDER_CREATED outbox row, and no row lacks its order.
+    pub async fn assert_outbox_matches_orders(&self) {
+        let orphans = self
+            .count(
+                "SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e \
+                 WHERE e.aggregate_id = o.id AND e.event_type = 'ORDER_CREATED') <> 1",
+            )
+            .await;
+        assert_eq!(orphans, 0, "every order has exactly one ORDER_CREATED row");
+        let dangling = self
+            .count(
+                "SELECT COUNT(*) FROM outbox_events e WHERE e.event_type = 'ORDER_CREATED' \
+                 AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = e.aggregate_id)",
+            )
+            .await;
+        assert_eq!(dangling, 0, "no event for an order that does not exist");
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql)
             .fetch_one(self.db())
