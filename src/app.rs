@@ -233,6 +233,21 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         sweep_grace: cfg.sweep_grace,
         shutdown_timeout: cfg.shutdown_timeout,
         archive: state.config.archive.clone(),
+        retention: retention_schedule(&state.config),
+    }
+}
+
+/// What the retention job purges, each kind with its own retention.
+fn retention_schedule(config: &Config) -> orderflow_workflows::RetentionSchedule {
+    use orderflow_jobs::retention::{FinishedJobs, PublishedOutboxRows};
+    let finished_after = config.retention.finished_after;
+    orderflow_workflows::RetentionSchedule {
+        cron: config.retention.cron.clone(),
+        kinds: vec![
+            Arc::new(idempotency::ExpiredIdempotencyKeys),
+            Arc::new(PublishedOutboxRows(finished_after)),
+            Arc::new(FinishedJobs(finished_after)),
+        ],
     }
 }
 
@@ -241,14 +256,10 @@ pub fn spawn_workers(
     state: &AppState,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![
-        tokio::spawn(idempotency::purge_loop(
-            state.db.clone(),
-            state.config.idempotency.purge_interval,
-            shutdown.clone(),
-        )),
-        tokio::spawn(orderflow_workflows::run(pipeline(state), shutdown)),
-    ]
+    vec![tokio::spawn(orderflow_workflows::run(
+        pipeline(state),
+        shutdown,
+    ))]
 }
 
 /// Serves until `signal` resolves, then drains in-flight requests and stops the workers.

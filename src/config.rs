@@ -47,6 +47,7 @@ pub struct Config {
     pub cache_ttl: Duration,
     pub events: EventsConfig,
     pub archive: ArchiveSchedule,
+    pub retention: RetentionConfig,
     pub http_addr: SocketAddr,
     pub http_request_timeout: Duration,
     pub http_body_limit_bytes: usize,
@@ -125,10 +126,17 @@ pub struct StockRetry {
 #[derive(Debug, Clone, Copy)]
 pub struct IdempotencyConfig {
     pub retention: Duration,
-    pub purge_interval: Duration,
     /// How long a duplicate waits on the first request's row lock before it is answered
     /// with 409 IDEMPOTENCY_KEY_IN_PROGRESS.
     pub in_flight_wait: Duration,
+}
+
+/// The retention job's schedule, and how long finished work (PUBLISHED outbox rows, `Done`
+/// jobs) is kept; expired idempotency keys go on the same schedule.
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    pub cron: String,
+    pub finished_after: Duration,
 }
 
 /// Login brute-force throttling (`crate::auth::throttle`); the counters live in Redis.
@@ -159,6 +167,17 @@ where
         }),
         _ => Ok(default),
     }
+}
+
+/// A cron expression (with seconds, UTC), checked now rather than when the schedule starts.
+fn cron_var(name: &'static str, default: &str) -> Result<String, ConfigError> {
+    let cron = var(name, default.to_string())?;
+    parse_schedule(&cron).map_err(|reason| ConfigError {
+        name,
+        value: cron.clone(),
+        reason,
+    })?;
+    Ok(cron)
 }
 
 fn opt_var(name: &'static str) -> Option<String> {
@@ -256,20 +275,17 @@ impl Config {
                 var("HTTP_BODY_LIMIT_BYTES", 64 * 1024usize)?,
             )?,
             archive: {
-                let cron = var("ARCHIVE_CRON", "0 0 3 * * *".to_string())?;
-                parse_schedule(&cron).map_err(|reason| ConfigError {
-                    name: "ARCHIVE_CRON",
-                    value: cron.clone(),
-                    reason,
-                })?;
                 ArchiveSchedule {
-                    cron,
+                    cron: cron_var("ARCHIVE_CRON", "0 0 3 * * *")?,
                     older_than_days: var("ARCHIVE_OLDER_THAN_DAYS", 30u32)?,
                     chunk_size: positive("ARCHIVE_CHUNK_SIZE", var("ARCHIVE_CHUNK_SIZE", 500u32)?)?,
-                    retention: Duration::from_secs(
-                        86_400 * positive("RETENTION_DAYS", var("RETENTION_DAYS", 7u64)?)?,
-                    ),
                 }
+            },
+            retention: RetentionConfig {
+                cron: cron_var("RETENTION_CRON", "0 */5 * * * *")?,
+                finished_after: Duration::from_secs(
+                    86_400 * positive("RETENTION_DAYS", var("RETENTION_DAYS", 7u64)?)?,
+                ),
             },
             jwt: JwtConfig {
                 using_dev_secret: jwt_secret.is_none(),
@@ -296,10 +312,6 @@ impl Config {
                         var("IDEMPOTENCY_RETENTION_HOURS", 24u64)?,
                     )?,
                 ),
-                purge_interval: Duration::from_secs(positive(
-                    "IDEMPOTENCY_PURGE_INTERVAL_SECS",
-                    var("IDEMPOTENCY_PURGE_INTERVAL_SECS", 300u64)?,
-                )?),
                 in_flight_wait: Duration::from_secs(positive(
                     "IDEMPOTENCY_IN_FLIGHT_WAIT_SECS",
                     var("IDEMPOTENCY_IN_FLIGHT_WAIT_SECS", 5u64)?,

@@ -149,9 +149,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Archive {
             command: ArchiveCommand::Run { older_than_days },
         } => {
+            // The archive worker runs here too, so the run completes without a service running;
+            // replicas that are running take part in it.
             let pool = db::connect(
                 &config.database_url,
-                &db::PoolSettings::for_command(&config),
+                &db::PoolSettings {
+                    max_connections: 4,
+                    ..db::PoolSettings::for_command(&config)
+                },
             )
             .await?;
             let run = archive::ArchiveRun {
@@ -159,7 +164,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 older_than_days: older_than_days.unwrap_or(config.archive.older_than_days),
                 chunk_size: config.archive.chunk_size,
             };
-            let summary = archive::run(&pool, &run).await?;
+            let summary = archive_now(&pool, &config, run).await?;
             println!("{}", serde_json::to_string(&summary)?);
         }
         Command::Healthcheck { .. } | Command::Openapi => {
@@ -167,6 +172,41 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts an archive run on the job engine and waits for its summary.
+async fn archive_now(
+    pool: &sqlx::MySqlPool,
+    config: &Config,
+    run: archive::ArchiveRun,
+) -> anyhow::Result<archive::Summary> {
+    let settings = config.events.queue;
+    let key = run.run_key.clone();
+    orderflow_jobs::queue::push_archive(pool, &settings, run)
+        .await
+        .map_err(|e| anyhow::anyhow!("queueing the archive run: {e}"))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(orderflow_workflows::run_archive_worker(
+        pool.clone(),
+        settings,
+        config.events.shutdown_timeout,
+        stop.clone(),
+    ));
+    let outcome = loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        match archive::summary(pool, &key).await? {
+            Some(s) if s.finished() => break Ok(s),
+            _ if archive::dead_steps(pool, &key).await? > 0 => {
+                break Err(anyhow::anyhow!(
+                    "archive run {key} stopped at a dead job: see `orderflow jobs dead --queue archive-run`, then `orderflow jobs retry <id>`"
+                ))
+            }
+            _ => {}
+        }
+    };
+    stop.cancel();
+    let _ = worker.await;
+    outcome
 }
 
 /// SIGTERM (orchestrators) or Ctrl-C (humans).

@@ -1,16 +1,24 @@
-//! The archive: finished orders older than the cutoff move with their items, exactly once,
-//! chunk by chunk; a run cut short resumes to the same result; two runs at once archive
-//! once; live ordering goes on during a run; the daily schedule queues one run per day.
+//! The archive workflow (plan → one job per chunk → summary, on the job engine): finished
+//! orders older than the cutoff move with their items, exactly once; a worker killed
+//! mid-run is resumed to the same result; two runs at once archive once, and so does one
+//! run started twice; live ordering goes on during a run; the daily schedule queues one run
+//! per day; the retention job purges what has expired.
 
 mod common;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use common::TestApp;
-use orderflow_jobs::archive::{self, ArchiveRun};
+use orderflow_jobs::{
+    archive::{self, ArchiveRun, Summary},
+    queue,
+    retention::{self, Expiring, FinishedJobs, PublishedOutboxRows},
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::QueryBuilder;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 const ELIGIBLE: i64 = 10_000;
 const INELIGIBLE: i64 = 1_000;
@@ -113,40 +121,134 @@ fn run(key: &str, chunk: u32) -> ArchiveRun {
     }
 }
 
+/// An archive worker, as a replica runs it; cancel the token to stop it.
+fn archive_worker(app: &TestApp) -> (CancellationToken, JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(orderflow_workflows::run_archive_worker(
+        app.db().clone(),
+        app.state.config.events.queue,
+        Duration::from_secs(5),
+        stop.clone(),
+    ));
+    (stop, task)
+}
+
+async fn start(app: &TestApp, run: ArchiveRun) {
+    queue::push_archive(app.db(), &app.state.config.events.queue, run)
+        .await
+        .unwrap();
+}
+
+/// Waits for the run's summary step (or its SKIPPED plan).
+async fn finished(app: &TestApp, key: &str) -> Summary {
+    let mut last = None;
+    for _ in 0..1200 {
+        last = archive::summary(app.db(), key).await.unwrap();
+        if last.as_ref().is_some_and(Summary::finished) {
+            return last.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("archive run {key} did not finish in 120 s: {last:?}");
+}
+
+async fn archive_jobs(app: &TestApp, status: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE job_type = 'archive-run' AND status = ?")
+        .bind(status)
+        .fetch_one(app.db())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_the_eligible_orders_are_archived_with_their_items() {
     let app = TestApp::spawn_api_only(|_| {}).await;
     let (_, total) = seed(&app).await;
-    let summary = archive::run(app.db(), &run("full", 500)).await.unwrap();
+    let (stop, worker) = archive_worker(&app);
+    start(&app, run("full", 500)).await;
+    let summary = finished(&app, "full").await;
     assert_eq!(
-        (summary.orders, summary.items, summary.chunks),
-        (ELIGIBLE, 2 * ELIGIBLE, 20)
+        (
+            summary.status.as_str(),
+            summary.orders,
+            summary.items,
+            summary.chunks
+        ),
+        ("DONE", ELIGIBLE, 2 * ELIGIBLE, 20)
     );
-    assert!(!summary.skipped);
+    assert!(summary.duration_ms.is_some(), "the summary is recorded");
     assert_final_state(&app, total).await;
-    // Running the same run again changes nothing and reports the same summary.
-    let again = archive::run(app.db(), &run("full", 500)).await.unwrap();
-    assert_eq!((again.orders, again.chunks), (ELIGIBLE, 20));
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM archive_runs WHERE run_key = 'full'")
-            .fetch_one(app.db())
-            .await
-            .unwrap();
-    assert_eq!(status, "DONE");
+    // The workflow's shape, in the job table: the plan, one job per chunk (the 20 full ones,
+    // then the one that found nothing left), and the summary.
+    assert!(
+        app.eventually(Duration::from_secs(10), || async {
+            archive_jobs(&app, "Done").await == 1 + 21 + 1
+        })
+        .await,
+        "{} archive jobs done",
+        archive_jobs(&app, "Done").await
+    );
+    let active: i64 = app
+        .count("SELECT COUNT(*) FROM archive_runs WHERE active IS NOT NULL")
+        .await;
+    assert_eq!(active, 0, "the finished run released the one-run slot");
+    stop.cancel();
+    worker.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_killed_after_a_few_chunks_resumes_to_the_same_state() {
+async fn the_same_run_started_twice_archives_once() {
     let app = TestApp::spawn_api_only(|_| {}).await;
     let (_, total) = seed(&app).await;
-    // Cut the run off mid-flight, a few chunks in (the task is aborted: its futures are
-    // dropped where they stand, as when the process dies).
-    let task = tokio::spawn({
-        let pool = app.db().clone();
-        async move { archive::run(&pool, &run("interrupted", 100)).await }
+    // Two starts of one run, e.g. `archive run` retried, or a start replayed after a crash
+    // between queueing its successor and its acknowledgement: two chains, two replicas.
+    start(&app, run("twice", 300)).await;
+    sqlx::query("UPDATE jobs SET idempotency_key = NULL WHERE job_type = 'archive-run'")
+        .execute(app.db())
+        .await
+        .unwrap();
+    start(&app, run("twice", 300)).await;
+    assert_eq!(archive_jobs(&app, "Pending").await, 2);
+    let replicas = [archive_worker(&app), archive_worker(&app)];
+    let summary = finished(&app, "twice").await;
+    assert_eq!(
+        (summary.orders, summary.items, summary.chunks),
+        (ELIGIBLE, 2 * ELIGIBLE, ((ELIGIBLE + 299) / 300) as i32),
+        "every chunk moved once, whichever chain ran it"
+    );
+    assert_final_state(&app, total).await;
+    for (stop, worker) in replicas {
+        stop.cancel();
+        worker.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_is_resumed_to_the_same_state() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let (_, total) = seed(&app).await;
+    let settings = app.state.config.events.queue;
+    start(&app, run("interrupted", 100)).await;
+    // The doomed replica: a runtime and a pool of its own, so it can die as a process does,
+    // every task and connection dropped where it stands, its jobs still marked Running.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = app.state.config.database_url.clone();
+    doomed.spawn(async move {
+        let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+        orderflow_workflows::run_archive_worker(
+            pool,
+            settings,
+            Duration::from_secs(5),
+            CancellationToken::new(),
+        )
+        .await
     });
     let started = app
-        .eventually(Duration::from_secs(30), || async {
+        .eventually(Duration::from_secs(60), || async {
             app.count(
                 "SELECT COALESCE(MAX(chunks), 0) FROM archive_runs WHERE run_key = 'interrupted'",
             )
@@ -154,11 +256,10 @@ async fn a_run_killed_after_a_few_chunks_resumes_to_the_same_state() {
                 >= 3
         })
         .await;
-    task.abort();
-    assert!(
-        started && task.await.is_err(),
-        "the run was still going when it was cut off"
-    );
+    assert!(started, "the run got going");
+    doomed.shutdown_background();
+    // Let the server see the dead connections (an uncommitted chunk rolls back).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let done_so_far = app.count("SELECT COUNT(*) FROM orders_archive").await;
     assert!(
         done_so_far > 0 && done_so_far < ELIGIBLE,
@@ -169,35 +270,78 @@ async fn a_run_killed_after_a_few_chunks_resumes_to_the_same_state() {
         ELIGIBLE + INELIGIBLE,
         "nothing lost or duplicated at the cut"
     );
-    // The lock died with its connection; the resumed run finishes the job.
-    let summary = archive::run(app.db(), &run("interrupted", 100))
-        .await
-        .unwrap();
-    assert_eq!(summary.orders, ELIGIBLE);
+    // Another replica: the reaper hands it the dead worker's job once the lease is over.
+    let stop = CancellationToken::new();
+    let reaper = tokio::spawn(orderflow_jobs::reaper::reap_loop(
+        app.db().clone(),
+        Duration::from_secs(2),
+        Duration::from_millis(500),
+        stop.clone().cancelled_owned(),
+    ));
+    let (stop_worker, worker) = archive_worker(&app);
+    let summary = finished(&app, "interrupted").await;
+    assert_eq!(
+        (summary.status.as_str(), summary.orders),
+        ("DONE", ELIGIBLE)
+    );
     assert_final_state(&app, total).await;
+    stop.cancel();
+    stop_worker.cancel();
+    reaper.await.unwrap();
+    worker.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_started_at_once_archive_once() {
     let app = TestApp::spawn_api_only(|_| {}).await;
     let (_, total) = seed(&app).await;
+    // Two plans at the same instant (two replicas' ticks, or the CLI and the schedule): the
+    // database admits one RUNNING run.
     let (ra, rb) = (run("twin-a", 300), run("twin-b", 300));
-    let (a, b) = tokio::join!(archive::run(app.db(), &ra), archive::run(app.db(), &rb));
+    let (a, b) = tokio::join!(
+        archive::plan(app.db(), &ra, Default::default()),
+        archive::plan(app.db(), &rb, Default::default()),
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert!(a.skipped ^ b.skipped, "exactly one ran: {a:?} {b:?}");
-    assert_eq!(a.orders + b.orders, ELIGIBLE);
+    let sa = archive::summary(app.db(), &a.run_key)
+        .await
+        .unwrap()
+        .unwrap();
+    let sb = archive::summary(app.db(), &b.run_key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        sa.skipped() ^ sb.skipped(),
+        "exactly one stepped aside: {sa:?} {sb:?}"
+    );
+    let (running, skipped) = if sa.skipped() { (sb, sa) } else { (sa, sb) };
+    assert_eq!(
+        skipped.blocked_by.as_deref(),
+        Some(running.run_key.as_str())
+    );
+    // Both chains then run, on two replicas.
+    start(&app, run("twin-a", 300)).await;
+    start(&app, run("twin-b", 300)).await;
+    let replicas = [archive_worker(&app), archive_worker(&app)];
+    let (fa, fb) = tokio::join!(finished(&app, "twin-a"), finished(&app, "twin-b"));
+    assert_eq!(fa.orders + fb.orders, ELIGIBLE);
+    assert!(fa.skipped() ^ fb.skipped());
     assert_final_state(&app, total).await;
+    for (stop, worker) in replicas {
+        stop.cancel();
+        worker.await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordering_goes_on_during_a_run() {
-    let app = TestApp::spawn_api_only(|_| {}).await;
+    let app = TestApp::spawn().await;
     let (_, total) = seed(&app).await;
     let admin = app.admin_token().await;
     let (_, user) = app.new_user().await;
     let p = app.new_product(&admin, 10, 1000).await;
-    let live = run("live", 100);
-    let archiving = archive::run(app.db(), &live);
+    start(&app, run("live", 100)).await;
     let ordering = async {
         let mut statuses = Vec::new();
         for i in 0..40 {
@@ -213,8 +357,8 @@ async fn ordering_goes_on_during_a_run() {
         }
         statuses
     };
-    let (summary, statuses) = tokio::join!(archiving, ordering);
-    assert_eq!(summary.unwrap().orders, ELIGIBLE);
+    let (summary, statuses) = tokio::join!(finished(&app, "live"), ordering);
+    assert_eq!(summary.orders, ELIGIBLE);
     assert!(
         statuses.iter().all(|s| *s == StatusCode::CREATED),
         "{statuses:?}"
@@ -223,40 +367,38 @@ async fn ordering_goes_on_during_a_run() {
         app.count("SELECT COUNT(*) FROM orders").await,
         INELIGIBLE + 40
     );
+    assert_final_state_archive_only(&app, total).await;
+}
+
+/// The archive side of `assert_final_state` (the live tables also hold the new orders).
+async fn assert_final_state_archive_only(app: &TestApp, total: i64) {
     assert_eq!(
         app.count("SELECT COUNT(*) FROM orders_archive").await,
         ELIGIBLE
     );
-    let _ = total;
+    let sum = app
+        .count("SELECT CAST(SUM(total_amount) AS SIGNED) FROM orders_archive")
+        .await;
+    assert_eq!(sum, ELIGIBLE * total, "totals intact");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schedule_queues_one_run_per_day_and_the_worker_runs_it() {
     let app = TestApp::spawn().await;
     let (_, total) = seed(&app).await;
-    let settings = app.state.config.events.queue;
     let key = orderflow_workflows::daily_run_key(chrono::Utc::now());
-    // Two replicas ticking for the same day queue one job.
+    // Two replicas ticking for the same day queue one start.
     for _ in 0..2 {
-        orderflow_jobs::queue::push_archive(app.db(), &settings, run(&key, 1000))
-            .await
-            .unwrap();
+        start(&app, run(&key, 1000)).await;
     }
-    assert_eq!(
-        app.count("SELECT COUNT(*) FROM jobs WHERE job_type = 'archive-run'")
-            .await,
-        1
-    );
-    let done = app
-        .eventually(Duration::from_secs(60), || async {
-            app.count(
-                "SELECT COUNT(*) FROM jobs WHERE job_type = 'archive-run' AND status = 'Done'",
-            )
-            .await
-                == 1
-        })
-        .await;
-    assert!(done, "the archive worker ran the queued run");
+    let starts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE idempotency_key = ?")
+        .bind(&key)
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+    assert_eq!(starts, 1);
+    let summary = finished(&app, &key).await;
+    assert_eq!((summary.status.as_str(), summary.chunks), ("DONE", 10));
     assert_final_state(&app, total).await;
 }
 
@@ -291,12 +433,15 @@ async fn retention_purges_published_outbox_rows_and_finished_jobs() {
         .await
         .unwrap();
     }
-    let (outbox, jobs) = archive::purge_finished(app.db(), Duration::from_secs(7 * 86_400))
-        .await
-        .unwrap();
+    let week = Duration::from_secs(7 * 86_400);
+    let kinds: Vec<Arc<dyn Expiring>> = vec![
+        Arc::new(PublishedOutboxRows(week)),
+        Arc::new(FinishedJobs(week)),
+    ];
+    let purged = retention::purge_all(app.db(), &kinds).await.unwrap();
     assert_eq!(
-        (outbox, jobs),
-        (1, 1),
+        purged,
+        vec![("outbox_published", 1), ("jobs_done", 1)],
         "only old PUBLISHED rows and old Done jobs go"
     );
     assert_eq!(

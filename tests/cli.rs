@@ -111,6 +111,56 @@ async fn users_promote_makes_an_existing_account_admin() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nobody@example.org"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_run_runs_the_workflow_and_prints_its_summary() {
+    let app = common::TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 250, 100).await;
+    for i in 0..7 {
+        let r = app
+            .order(
+                &user,
+                &format!("old-{i}"),
+                json!([{"productId": p, "quantity": 2}]),
+            )
+            .await;
+        assert_eq!(r.status, reqwest::StatusCode::CREATED);
+    }
+    // Five of them finished long ago, two are still open.
+    sqlx::query(
+        "UPDATE orders SET status = 'COMPLETED', updated_at = CURRENT_TIMESTAMP(6) - INTERVAL 40 DAY \
+         ORDER BY id LIMIT 5",
+    )
+    .execute(app.db())
+    .await
+    .unwrap();
+    let out = orderflow(&app.db_guard.url)
+        .args(["archive", "run", "--older-than-days", "30"])
+        .env("ARCHIVE_CHUNK_SIZE", "2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Logs go to stdout too; the summary is the last line.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["status"], "DONE");
+    assert_eq!(summary["orders"], 5);
+    assert_eq!(summary["items"], 5);
+    assert_eq!(summary["chunks"], 3, "chunks of 2, 2 and 1");
+    assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 2);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM jobs WHERE job_type = 'archive-run' AND status = 'Done'")
+            .await,
+        1 + 3 + 1,
+        "plan, three chunk jobs, summary"
+    );
+}
+
 #[test]
 fn invalid_configuration_is_refused_with_the_variable_named() {
     let out = orderflow("mysql://root@127.0.0.1:3306/unused")

@@ -335,9 +335,9 @@ async fn expired_keys_are_purged_and_then_start_afresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_purge_task_runs_on_its_own() {
-    let app =
-        TestApp::spawn_with(|c| c.idempotency.purge_interval = Duration::from_millis(200)).await;
+async fn the_retention_job_purges_expired_keys_on_its_schedule() {
+    // Every second: the schedule queues a retention job, which the worker runs.
+    let app = TestApp::spawn_with(|c| c.retention.cron = "* * * * * *".into()).await;
     let admin = app.admin_token().await;
     let (_, user) = app.new_user().await;
     let p = app.new_product(&admin, 10, 10).await;
@@ -350,14 +350,20 @@ async fn the_purge_task_runs_on_its_own() {
     .await
     .unwrap();
     let mut remaining = 1;
-    for _ in 0..50 {
+    for _ in 0..100 {
         remaining = app.count("SELECT COUNT(*) FROM idempotency_keys").await;
         if remaining == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(remaining, 0, "the background purge removed the expired key");
+    assert_eq!(remaining, 0, "the retention job removed the expired key");
+    assert!(
+        app.count("SELECT COUNT(*) FROM jobs WHERE job_type = 'retention' AND status = 'Done'")
+            .await
+            >= 1,
+        "it ran as a job"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

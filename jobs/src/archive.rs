@@ -1,34 +1,31 @@
-//! archive-run: moves COMPLETED/CANCELLED orders older than the cutoff, with their items, to
-//! the archive tables, chunk by chunk, each chunk in its own transaction.
+//! The archive workflow's steps and the SQL they own: finished (COMPLETED/CANCELLED) orders
+//! older than a cutoff move, with their items, to the archive tables.
 //!
-//! * Exactly once: a chunk copies (INSERT … ON DUPLICATE KEY: a replay cannot duplicate),
-//!   deletes and advances the run's progress row in one transaction, so a crash loses or
-//!   repeats nothing; the run resumes after its last committed chunk with the same cutoff.
-//! * One run at a time across replicas: the run holds the MySQL named lock
-//!   `orderflow.archive.<database>` on a connection of its own, outside the pool, so the
-//!   server releases it whenever that connection goes — a crash, or a run abandoned
-//!   in-process (a pooled connection would be returned to the pool still holding it); a
-//!   second run finds the lock taken and steps aside.
+//! A run is a chain of jobs on the `archive-run` queue (composed with apalis-workflow in the
+//! workflows crate): **plan** fixes the run's cutoff in its `archive_runs` row; each **chunk**
+//! job moves up to `chunk_size` orders in one transaction and queues the next chunk job;
+//! the **summary** step closes the row and logs one line.
+//!
+//! * Exactly once: a chunk locks its run row, copies (INSERT … ON DUPLICATE KEY: a replay
+//!   cannot duplicate), deletes and advances the row's progress in one transaction. A crash
+//!   loses or repeats nothing; the retried or re-leased job resumes after the last committed
+//!   chunk, with the same cutoff. Two chains driving one run (a start queued twice, a step
+//!   replayed after a crash between queueing its successor and its acknowledgement) take
+//!   turns on the run row and archive each order once; the summary is written once.
+//! * One run at a time across replicas: the `active` column's UNIQUE key admits one RUNNING
+//!   row; a second run's plan records it as SKIPPED instead.
 //! * Gentle on live traffic: bounded chunks in primary-key order, row locks only on the
-//!   chunk's own rows, no table locks.
+//!   chunk's own rows, no table locks, and a job boundary between chunks.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{ConnectOptions, Connection, MySqlConnection, MySqlPool, QueryBuilder};
-use tracing::Instrument;
+use sqlx::{MySqlPool, QueryBuilder};
 
-use crate::{
-    queue::ARCHIVE_RUN,
-    trace::{self, Outcome, TraceContext},
-};
+use crate::trace::TraceContext;
 
-/// Named locks are server-wide: the database name keeps deployments sharing a server apart.
-const LOCK_NAME: &str = "CONCAT('orderflow.archive.', DATABASE())";
-const CHUNK_RETRIES: u32 = 3;
-
-/// The job's payload (and the CLI's request).
+/// What starts a run: the cron tick's or the CLI's request (the first job of the chain).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveRun {
     pub run_key: String,
@@ -36,73 +33,207 @@ pub struct ArchiveRun {
     pub chunk_size: u32,
 }
 
+/// The plan's output, and the payload of every chunk job and of the summary step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivePlan {
+    pub run_key: String,
+    pub chunk_size: u32,
+    /// The plan's trace, which every later step of the run joins.
+    #[serde(default)]
+    pub trace: TraceContext,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
     pub run_key: String,
-    pub cutoff: Option<DateTime<Utc>>,
+    pub status: String,
+    pub cutoff: DateTime<Utc>,
     pub orders: i64,
     pub items: i64,
     pub chunks: i32,
-    pub duration_ms: u64,
-    /// Another run held the lock; this one did nothing.
-    pub skipped: bool,
+    pub duration_ms: Option<i64>,
+    /// The run this one stepped aside for (status SKIPPED).
+    pub blocked_by: Option<String>,
 }
+
+impl Summary {
+    pub fn skipped(&self) -> bool {
+        self.status == "SKIPPED"
+    }
+
+    pub fn finished(&self) -> bool {
+        self.status != "RUNNING"
+    }
+}
+
+const SUMMARY_COLUMNS: &str = "run_key, status, cutoff, orders_archived, items_archived, chunks, \
+     duration_ms, blocked_by";
 
 #[derive(sqlx::FromRow)]
-struct RunRow {
-    id: i64,
-    cutoff: DateTime<Utc>,
+struct SummaryRow {
+    run_key: String,
     status: String,
-    last_order_id: i64,
-    chunks: i32,
+    cutoff: DateTime<Utc>,
     orders_archived: i64,
     items_archived: i64,
+    chunks: i32,
+    duration_ms: Option<i64>,
+    blocked_by: Option<String>,
 }
 
-async fn start_or_resume(
-    conn: &mut MySqlConnection,
-    run: &ArchiveRun,
-) -> Result<RunRow, sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO archive_runs (run_key, cutoff, chunk_size) \
-         VALUES (?, CURRENT_TIMESTAMP(6) - INTERVAL ? DAY, ?) \
-         ON DUPLICATE KEY UPDATE chunk_size = VALUES(chunk_size)",
-    )
-    .bind(&run.run_key)
-    .bind(run.older_than_days)
-    .bind(run.chunk_size)
-    .execute(&mut *conn)
+impl From<SummaryRow> for Summary {
+    fn from(r: SummaryRow) -> Self {
+        Summary {
+            run_key: r.run_key,
+            status: r.status,
+            cutoff: r.cutoff,
+            orders: r.orders_archived,
+            items: r.items_archived,
+            chunks: r.chunks,
+            duration_ms: r.duration_ms,
+            blocked_by: r.blocked_by,
+        }
+    }
+}
+
+/// The run's row as it stands (None: no plan has run for this key yet).
+pub async fn summary(pool: &MySqlPool, run_key: &str) -> Result<Option<Summary>, sqlx::Error> {
+    let row: Option<SummaryRow> = sqlx::query_as(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM archive_runs WHERE run_key = ?"
+    ))
+    .bind(run_key)
+    .fetch_optional(pool)
     .await?;
-    sqlx::query_as(
-        "SELECT id, cutoff, status, last_order_id, chunks, orders_archived, items_archived \
-         FROM archive_runs WHERE run_key = ?",
+    Ok(row.map(Summary::from))
+}
+
+/// Jobs of the run that died (attempts exhausted): the run waits for an operator's retry.
+pub async fn dead_steps(pool: &MySqlPool, run_key: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE job_type = ? AND status = 'Killed' \
+         AND JSON_UNQUOTE(JSON_EXTRACT(CONVERT(job USING utf8mb4), '$.run_key')) = ?",
     )
-    .bind(&run.run_key)
-    .fetch_one(conn)
+    .bind(crate::queue::ARCHIVE_RUN)
+    .bind(run_key)
+    .fetch_one(pool)
     .await
 }
 
-/// Moves one chunk; returns (orders, items), or None when nothing eligible is left.
-async fn move_chunk(
+/// Step 1: fixes the run's cutoff (now − `older_than_days`) in its row, or finds the row a
+/// previous attempt (or a twin chain) made. If another run is RUNNING, this one is recorded
+/// as SKIPPED and its chain goes straight to the summary.
+pub async fn plan(
     pool: &MySqlPool,
-    run: &RunRow,
-    after: i64,
-    size: u32,
-) -> Result<Option<(i64, u64, u64)>, sqlx::Error> {
+    run: &ArchiveRun,
+    trace: TraceContext,
+) -> Result<ArchivePlan, sqlx::Error> {
+    let plan = ArchivePlan {
+        run_key: run.run_key.clone(),
+        chunk_size: run.chunk_size.max(1),
+        trace,
+    };
+    // Each unique-key conflict means another plan got in between; the next pass sees it.
+    for _ in 0..3 {
+        if summary(pool, &run.run_key).await?.is_some() {
+            return Ok(plan);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO archive_runs (run_key, cutoff, chunk_size, status, active) \
+             VALUES (?, CURRENT_TIMESTAMP(6) - INTERVAL ? DAY, ?, 'RUNNING', 1)",
+        )
+        .bind(&run.run_key)
+        .bind(run.older_than_days)
+        .bind(plan.chunk_size)
+        .execute(pool)
+        .await;
+        match inserted {
+            Ok(_) => {
+                tracing::info!(run_key = %run.run_key, older_than_days = run.older_than_days, "archive run planned");
+                return Ok(plan);
+            }
+            Err(e) if crate::is_unique_violation(&e) => {}
+            Err(e) => return Err(e),
+        }
+        let active: Option<String> =
+            sqlx::query_scalar("SELECT run_key FROM archive_runs WHERE active = 1")
+                .fetch_optional(pool)
+                .await?;
+        let Some(active) = active else { continue };
+        let skipped = sqlx::query(
+            "INSERT INTO archive_runs (run_key, cutoff, chunk_size, status, blocked_by, finished_at) \
+             VALUES (?, CURRENT_TIMESTAMP(6) - INTERVAL ? DAY, ?, 'SKIPPED', ?, CURRENT_TIMESTAMP(6))",
+        )
+        .bind(&run.run_key)
+        .bind(run.older_than_days)
+        .bind(plan.chunk_size)
+        .bind(&active)
+        .execute(pool)
+        .await;
+        match skipped {
+            Ok(_) => {
+                tracing::warn!(run_key = %run.run_key, blocked_by = %active, "another archive run is in progress; this one steps aside");
+                return Ok(plan);
+            }
+            Err(e) if crate::is_unique_violation(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(sqlx::Error::Protocol(format!(
+        "archive run {}: could not record its plan after three conflicting attempts",
+        run.run_key
+    )))
+}
+
+/// What one chunk job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Moved {
+        /// Orders the chunk took (a replayed one may find some already archived).
+        selected: usize,
+        orders: u64,
+        items: u64,
+        last_order_id: i64,
+    },
+    /// Nothing eligible is left (or the run is no longer RUNNING): on to the summary.
+    Finished,
+}
+
+#[derive(sqlx::FromRow)]
+struct Progress {
+    id: i64,
+    cutoff: DateTime<Utc>,
+    last_order_id: i64,
+}
+
+/// Step 2, once per chunk job: moves the next chunk of the run in one transaction.
+pub async fn move_chunk(pool: &MySqlPool, plan: &ArchivePlan) -> Result<Chunk, sqlx::Error> {
+    let started = Instant::now();
     let mut tx = pool.begin().await?;
+    // The run row's lock makes chunks of one run take turns, whichever chain queued them.
+    let progress: Option<Progress> = sqlx::query_as(
+        "SELECT id, cutoff, last_order_id FROM archive_runs \
+         WHERE run_key = ? AND status = 'RUNNING' FOR UPDATE",
+    )
+    .bind(&plan.run_key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(progress) = progress else {
+        tx.rollback().await?;
+        return Ok(Chunk::Finished);
+    };
     let ids: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM orders WHERE id > ? AND status IN ('COMPLETED', 'CANCELLED') AND updated_at < ? \
          ORDER BY id LIMIT ? FOR UPDATE",
     )
-    .bind(after)
-    .bind(run.cutoff)
-    .bind(size)
+    .bind(progress.last_order_id)
+    .bind(progress.cutoff)
+    .bind(plan.chunk_size.max(1))
     .fetch_all(&mut *tx)
     .await?;
     let Some(&last) = ids.last() else {
         tx.rollback().await?;
-        return Ok(None);
+        return Ok(Chunk::Finished);
     };
     let mut q = QueryBuilder::new(
         "INSERT INTO orders_archive (id, user_id, status, total_amount, created_at, updated_at) \
@@ -131,200 +262,51 @@ async fn move_chunk(
     .bind(last)
     .bind(orders as i64)
     .bind(items as i64)
-    .bind(run.id)
+    .bind(progress.id)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some((last, orders, items)))
+    metrics::counter!("archive_orders_total").increment(orders);
+    metrics::counter!("archive_chunks_total").increment(1);
+    metrics::histogram!("archive_chunk_duration_seconds").record(started.elapsed().as_secs_f64());
+    Ok(Chunk::Moved {
+        selected: ids.len(),
+        orders,
+        items,
+        last_order_id: last,
+    })
 }
 
-fn summary(run: &ArchiveRun, row: &RunRow, started: Instant) -> Summary {
-    Summary {
-        run_key: run.run_key.clone(),
-        cutoff: Some(row.cutoff),
-        orders: row.orders_archived,
-        items: row.items_archived,
-        chunks: row.chunks,
-        duration_ms: started.elapsed().as_millis() as u64,
-        skipped: false,
-    }
-}
-
-/// Runs (or resumes) the archive run `run.run_key`.
-pub async fn run(pool: &MySqlPool, run: &ArchiveRun) -> Result<Summary, sqlx::Error> {
-    let started = Instant::now();
-    let mut lock_conn = pool.connect_options().connect().await?;
-    let got: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({LOCK_NAME}, 0)"))
-        .fetch_one(&mut lock_conn)
-        .await?;
-    if got != Some(1) {
-        tracing::info!(run_key = %run.run_key, "another archive run is in progress; skipping");
-        return Ok(Summary {
-            run_key: run.run_key.clone(),
-            cutoff: None,
-            orders: 0,
-            items: 0,
-            chunks: 0,
-            duration_ms: 0,
-            skipped: true,
-        });
-    }
-    let result = run_locked(pool, &mut lock_conn, run, started).await;
-    let _ = sqlx::query(&format!("SELECT RELEASE_LOCK({LOCK_NAME})"))
-        .execute(&mut lock_conn)
-        .await;
-    let _ = lock_conn.close().await;
-    result
-}
-
-async fn run_locked(
-    pool: &MySqlPool,
-    conn: &mut MySqlConnection,
-    run: &ArchiveRun,
-    started: Instant,
-) -> Result<Summary, sqlx::Error> {
-    let mut row = start_or_resume(conn, run).await?;
-    if row.status == "DONE" {
-        return Ok(summary(run, &row, started));
-    }
-    let mut after = row.last_order_id;
-    loop {
-        let chunk_started = Instant::now();
-        let mut attempt = 0;
-        let moved = loop {
-            attempt += 1;
-            let span = tracing::info_span!(
-                "archive.chunk",
-                otel.name = "archive chunk",
-                "archive.run_key" = %run.run_key,
-                "archive.after_order_id" = after,
-                "archive.attempt" = attempt,
-                "archive.orders" = tracing::field::Empty,
-            );
-            let moved = move_chunk(pool, &row, after, run.chunk_size.max(1))
-                .instrument(span.clone())
-                .await;
-            if let Ok(Some((_, orders, _))) = &moved {
-                span.record("archive.orders", orders);
-            }
-            match moved {
-                Ok(m) => break m,
-                Err(e) if attempt < CHUNK_RETRIES => {
-                    tracing::warn!(error = %e, attempt, "archive chunk failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let Some((last, orders, items)) = moved else {
-            break;
-        };
-        after = last;
-        metrics::counter!("archive_orders_total").increment(orders);
-        metrics::counter!("archive_chunks_total").increment(1);
-        metrics::histogram!("archive_chunk_duration_seconds")
-            .record(chunk_started.elapsed().as_secs_f64());
-        tracing::debug!(run_key = %run.run_key, orders, items, last_order_id = last, "archive chunk committed");
-    }
-    sqlx::query(
-        "UPDATE archive_runs SET status = 'DONE', finished_at = CURRENT_TIMESTAMP(6) WHERE id = ?",
+/// Step 3: closes a RUNNING run (DONE, its duration recorded) and returns its summary. Only
+/// the call that closes it logs the summary line and records the run's duration metric, so
+/// a replayed or twin summary step is harmless.
+pub async fn finish(pool: &MySqlPool, plan: &ArchivePlan) -> Result<Summary, sqlx::Error> {
+    let closed = sqlx::query(
+        "UPDATE archive_runs SET status = 'DONE', active = NULL, finished_at = CURRENT_TIMESTAMP(6), \
+         duration_ms = TIMESTAMPDIFF(MICROSECOND, started_at, CURRENT_TIMESTAMP(6)) DIV 1000 \
+         WHERE run_key = ? AND status = 'RUNNING'",
     )
-    .bind(row.id)
-    .execute(&mut *conn)
-    .await?;
-    row = start_or_resume(conn, run).await?;
-    let s = summary(run, &row, started);
-    metrics::histogram!("archive_run_duration_seconds").record(started.elapsed().as_secs_f64());
-    tracing::info!(
-        run_key = %s.run_key,
-        cutoff = %row.cutoff,
-        orders_archived = s.orders,
-        items_archived = s.items,
-        chunks = s.chunks,
-        duration_ms = s.duration_ms,
-        "archive run finished"
-    );
+    .bind(&plan.run_key)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1;
+    let s = summary(pool, &plan.run_key)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    if closed {
+        if let Some(ms) = s.duration_ms {
+            metrics::histogram!("archive_run_duration_seconds").record(ms as f64 / 1e3);
+        }
+        tracing::info!(
+            run_key = %s.run_key,
+            cutoff = %s.cutoff,
+            orders_archived = s.orders,
+            items_archived = s.items,
+            chunks = s.chunks,
+            duration_ms = s.duration_ms,
+            "archive run finished"
+        );
+    }
     Ok(s)
-}
-
-/// Retention for what the pipeline leaves behind: PUBLISHED outbox rows and finished jobs
-/// older than `older_than`, deleted in bounded batches. Dead jobs and DEAD rows stay for the
-/// operators.
-pub async fn purge_finished(
-    pool: &MySqlPool,
-    older_than: Duration,
-) -> Result<(u64, u64), sqlx::Error> {
-    let secs = older_than.as_secs() as i64;
-    let mut outbox = 0;
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM outbox_events WHERE status = 'PUBLISHED' \
-             AND published_at < CURRENT_TIMESTAMP(6) - INTERVAL ? SECOND LIMIT 1000",
-        )
-        .bind(secs)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        outbox += n;
-        if n < 1000 {
-            break;
-        }
-    }
-    let mut jobs = 0;
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM jobs WHERE status = 'Done' AND done_at < CURRENT_TIMESTAMP - INTERVAL ? SECOND LIMIT 1000",
-        )
-        .bind(secs)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        jobs += n;
-        if n < 1000 {
-            break;
-        }
-    }
-    Ok((outbox, jobs))
-}
-
-pub struct ArchiveContext {
-    pub pool: MySqlPool,
-    /// Retention of PUBLISHED outbox rows and finished jobs, purged after each run.
-    pub retention: Duration,
-}
-
-/// The apalis handler of the archive-run queue: the run, then the retention purge.
-pub async fn handle(
-    job: ArchiveRun,
-    ctx: apalis::prelude::Data<std::sync::Arc<ArchiveContext>>,
-    id: apalis::prelude::TaskId<ulid::Ulid>,
-    attempt: apalis::prelude::Attempt,
-    task: apalis_mysql::MySqlContext,
-) -> Result<Summary, apalis::prelude::BoxDynError> {
-    let attempt = attempt.current();
-    // A scheduled run starts a trace of its own.
-    let span = trace::job_span(
-        ARCHIVE_RUN,
-        &id.to_string(),
-        attempt,
-        &TraceContext::default(),
-    );
-    let started = Instant::now();
-    let result = async {
-        let summary = run(&ctx.pool, &job).await?;
-        let (outbox, jobs) = purge_finished(&ctx.pool, ctx.retention).await?;
-        if outbox + jobs > 0 {
-            tracing::info!(outbox_rows = outbox, jobs, "retention purge done");
-        }
-        Ok::<_, sqlx::Error>(summary)
-    }
-    .instrument(span.clone())
-    .await;
-    let outcome = match &result {
-        Ok(_) => Outcome::Done,
-        Err(_) if crate::queue::is_last_attempt(attempt, task.max_attempts()) => Outcome::Dead,
-        Err(_) => Outcome::Retry,
-    };
-    trace::finish_job(&span, ARCHIVE_RUN, started, outcome);
-    Ok(result?)
 }

@@ -8,9 +8,12 @@
 //!   `reaper` — the job lease apalis-mysql rc.8 lacks;
 //! * `kafka` — producer, consumer and the embedded broker; `trace` — the trace context that
 //!   follows an order across these hops, and the span every job run gets;
-//! * `archive` — the archive-run job: finished orders to the archive tables, chunk by chunk.
+//! * `archive` and `archive_steps` — the archive workflow's steps (plan, chunk, summary) and
+//!   their SQL: finished orders to the archive tables, chunk by chunk;
+//! * `retention` — the retention job: expired rows of every kind, purged in batches.
 
 pub mod archive;
+pub mod archive_steps;
 pub mod kafka;
 pub mod notifications;
 pub mod notify;
@@ -19,6 +22,7 @@ pub mod outbox;
 pub mod publish;
 pub mod queue;
 pub mod reaper;
+pub mod retention;
 pub mod trace;
 
 /// Appends ` (?, ?, …)` binding `ids`, for `IN` lists.

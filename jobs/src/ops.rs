@@ -146,6 +146,24 @@ pub async fn retry_all_dead(pool: &MySqlPool, queue: Option<&str>) -> Result<usi
 }
 
 /// Dead jobs per queue (for the `jobs_dead` gauge).
+/// Retention: deletes up to `limit` jobs that finished (`Done`) more than `older_than` ago.
+/// Dead jobs stay for the operators.
+pub async fn purge_done(
+    pool: &MySqlPool,
+    older_than: std::time::Duration,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM jobs WHERE status = 'Done' \
+         AND done_at < CURRENT_TIMESTAMP - INTERVAL ? SECOND LIMIT ?",
+    )
+    .bind(older_than.as_secs() as i64)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 pub async fn dead_counts(pool: &MySqlPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT job_type, COUNT(*) FROM jobs WHERE {DEAD} GROUP BY job_type"

@@ -224,6 +224,24 @@ pub async fn assign_job(pool: &MySqlPool, ids: &[i64], job_id: &str) -> Result<(
 }
 
 /// NEW rows: the backlog the publisher has not drained yet.
+/// Retention: deletes up to `limit` PUBLISHED rows published more than `older_than` ago
+/// (NEW and DEAD rows stay: they are work, or the operators' to look at).
+pub async fn purge_published(
+    pool: &MySqlPool,
+    older_than: std::time::Duration,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM outbox_events WHERE status = 'PUBLISHED' \
+         AND published_at < CURRENT_TIMESTAMP(6) - INTERVAL ? SECOND LIMIT ?",
+    )
+    .bind(older_than.as_secs() as i64)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 pub async fn backlog(pool: &MySqlPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events WHERE status = 'NEW'")
         .fetch_one(pool)

@@ -22,8 +22,10 @@ use crate::trace::TraceContext;
 
 pub const PUBLISH_OUTBOX: &str = "publish-outbox";
 pub const CONSUME_NOTIFICATION: &str = "consume-notification";
+/// The archive workflow: its plan, chunk and summary jobs.
 pub const ARCHIVE_RUN: &str = "archive-run";
-pub const QUEUES: [&str; 3] = [PUBLISH_OUTBOX, CONSUME_NOTIFICATION, ARCHIVE_RUN];
+pub const RETENTION: &str = "retention";
+pub const QUEUES: [&str; 4] = [PUBLISH_OUTBOX, CONSUME_NOTIFICATION, ARCHIVE_RUN, RETENTION];
 
 pub type Storage<T> = MySqlStorage<T, JsonCodec<Vec<u8>>, MySqlFetcher>;
 
@@ -181,8 +183,8 @@ where
     }
 }
 
-/// Queues an archive run; the run key is the job's idempotency key, so the schedule's ticks
-/// on several replicas queue it once.
+/// Starts an archive run (the first job of its workflow: the plan); the run key is the job's
+/// idempotency key, so the schedule's ticks on several replicas queue it once.
 pub async fn push_archive(
     pool: &MySqlPool,
     settings: &QueueSettings,
@@ -194,6 +196,20 @@ pub async fn push_archive(
         .with_idempotency_key(key)
         .build();
     push_once(storage(pool, ARCHIVE_RUN, settings), task).await
+}
+
+/// Queues the retention purge of one schedule tick (once, however many replicas tick).
+pub async fn push_retention(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    purge: crate::retention::Purge,
+) -> Result<Pushed, BoxDynError> {
+    let key = purge.key();
+    let task = TaskBuilder::new(purge)
+        .max_attempts(settings.max_attempts)
+        .with_idempotency_key(key)
+        .build();
+    push_once(storage(pool, RETENTION, settings), task).await
 }
 
 /// Whether the attempt that just failed was the job's last (apalis then marks it Killed).

@@ -14,7 +14,7 @@ mod purge;
 mod repo;
 
 pub use key::{parse_key, IDEMPOTENCY_KEY};
-pub use purge::{purge_all, purge_loop};
+pub use purge::{purge_all, ExpiredIdempotencyKeys};
 pub use repo::{complete, delete_expired, find, insert, Claim, StoredResponse};
 
 use sha2::{Digest, Sha256};

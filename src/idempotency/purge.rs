@@ -1,10 +1,10 @@
-//! Periodic removal of expired idempotency records (a plain task until the job engine runs
-//! it). Deletes go in bounded batches so the purge never holds long locks.
+//! Expired idempotency records, one of the kinds the retention job purges (on the job
+//! engine's schedule, `RETENTION_CRON`), in bounded batches so the purge never holds long
+//! locks.
 
-use std::time::Duration;
-
+use futures_util::future::BoxFuture;
+use orderflow_jobs::retention::Expiring;
 use sqlx::MySqlPool;
-use tokio_util::sync::CancellationToken;
 
 use super::repo;
 use crate::telemetry::names;
@@ -15,7 +15,7 @@ const BATCH: u32 = 1000;
 pub async fn purge_all(pool: &MySqlPool) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
-        let n = repo::purge_expired(pool, BATCH).await?;
+        let n = ExpiredIdempotencyKeys.purge_batch(pool, BATCH).await?;
         total += n;
         if n < u64::from(BATCH) {
             return Ok(total);
@@ -23,19 +23,22 @@ pub async fn purge_all(pool: &MySqlPool) -> Result<u64, sqlx::Error> {
     }
 }
 
-pub async fn purge_loop(pool: MySqlPool, every: Duration, stop: CancellationToken) {
-    loop {
-        match purge_all(&pool).await {
-            Ok(0) => {}
-            Ok(n) => {
-                metrics::counter!(names::IDEMPOTENCY_PURGED).increment(n);
-                tracing::info!(purged = n, "expired idempotency keys purged");
-            }
-            Err(e) => tracing::warn!(error = %e, "idempotency purge failed; will retry"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
+pub struct ExpiredIdempotencyKeys;
+
+impl Expiring for ExpiredIdempotencyKeys {
+    fn kind(&self) -> &'static str {
+        "idempotency_keys"
+    }
+
+    fn purge_batch<'a>(
+        &'a self,
+        pool: &'a MySqlPool,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(async move {
+            let n = repo::purge_expired(pool, limit).await?;
+            metrics::counter!(names::IDEMPOTENCY_PURGED).increment(n);
+            Ok(n)
+        })
     }
 }

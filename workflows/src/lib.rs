@@ -6,8 +6,10 @@
 //!      └ outbox_events (NEW → PUBLISHED | DEAD)      notifications ◀── consume-notification worker
 //! ```
 //!
-//! plus the job reaper (the lease apalis-mysql rc.8 lacks) and the gauges operators watch.
+//! plus the job reaper (the lease apalis-mysql rc.8 lacks), the gauges operators watch, and
+//! the schedules (apalis-cron) of the archive workflow and of the retention job.
 
+mod archive;
 mod consumer;
 mod schedule;
 mod sweeper;
@@ -16,22 +18,23 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use orderflow_jobs::{
-    archive::{self, ArchiveContext, ArchiveRun},
     notify::{self, NotifyContext},
     publish::{self, PublishContext},
     queue::{
-        self, ConsumeNotification, PublishOutbox, QueueSettings, ARCHIVE_RUN, CONSUME_NOTIFICATION,
-        PUBLISH_OUTBOX,
+        self, ConsumeNotification, PublishOutbox, QueueSettings, CONSUME_NOTIFICATION,
+        PUBLISH_OUTBOX, RETENTION,
     },
     reaper,
+    retention::{self, Purge, RetentionContext},
 };
 use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
+pub use archive::run_archive_worker;
 pub use consumer::consume_events;
-pub use schedule::{daily_run_key, parse_schedule, ArchiveSchedule};
+pub use schedule::{daily_run_key, parse_schedule, ArchiveSchedule, RetentionSchedule};
 pub use sweeper::sweep_once;
 
 #[derive(Clone)]
@@ -51,6 +54,7 @@ pub struct Pipeline {
     pub sweep_grace: Duration,
     pub shutdown_timeout: Duration,
     pub archive: ArchiveSchedule,
+    pub retention: RetentionSchedule,
 }
 
 const RESTART_DELAY: Duration = Duration::from_secs(2);
@@ -155,27 +159,36 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
             })
             .shutdown_timeout(shutdown_timeout)
     });
-    let archive_ctx = Arc::new(ArchiveContext {
+    let archive_worker =
+        archive::run_archive_worker(p.pool.clone(), settings, shutdown_timeout, stop.clone());
+    let retention_ctx = Arc::new(RetentionContext {
         pool: p.pool.clone(),
-        retention: p.archive.retention,
+        settings,
+        kinds: p.retention.kinds.clone(),
     });
-    let archive_worker = supervise(ARCHIVE_RUN, stop.clone(), {
+    let retention_worker = supervise(RETENTION, stop.clone(), {
         let pool = p.pool.clone();
         move || {
-            let (pool, ctx) = (pool.clone(), archive_ctx.clone());
+            let (pool, ctx) = (pool.clone(), retention_ctx.clone());
             Monitor::new()
                 .register(move |_| {
-                    WorkerBuilder::new(format!("archive-{}", Ulid::new()))
-                        .backend(queue::storage::<ArchiveRun>(&pool, ARCHIVE_RUN, &settings))
+                    WorkerBuilder::new(format!("retention-{}", Ulid::new()))
+                        .backend(queue::storage::<Purge>(&pool, RETENTION, &settings))
                         .concurrency(1)
                         .data(ctx.clone())
-                        .build(archive::handle)
+                        .build(retention::handle)
                 })
                 .shutdown_timeout(shutdown_timeout)
         }
     });
-    let schedule = schedule::run_schedule(p.clone(), stop.clone());
-    tokio::join!(publish_worker, notify_worker, archive_worker, schedule);
+    let schedules = schedule::run_schedules(p.clone(), stop.clone());
+    tokio::join!(
+        publish_worker,
+        notify_worker,
+        archive_worker,
+        retention_worker,
+        schedules
+    );
     for task in background {
         let _ = task.await;
     }

@@ -1,8 +1,9 @@
-//! The daily archive schedule (apalis-cron). Every replica ticks; each tick queues the day's
-//! archive-run job under an idempotency key made of the date, so the run is queued once
-//! however many replicas tick (apalis-cron alone would run it once per replica).
+//! The schedules (apalis-cron): the daily archive run and the retention purge. Every replica
+//! ticks; each tick queues its job under an idempotency key made of the tick (the day for the
+//! archive run), so the job is queued once however many replicas tick (apalis-cron alone
+//! would run it once per replica, apalis issue 281).
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{str::FromStr, sync::Arc};
 
 use apalis::prelude::{BoxDynError, Data, Monitor, WorkerBuilder};
 use apalis_cron::{CronStream, Tick};
@@ -10,6 +11,7 @@ use chrono::{DateTime, Utc};
 use orderflow_jobs::{
     archive::ArchiveRun,
     queue::{self, Pushed},
+    retention::{Expiring, Purge},
 };
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
@@ -22,8 +24,14 @@ pub struct ArchiveSchedule {
     pub cron: String,
     pub older_than_days: u32,
     pub chunk_size: u32,
-    /// Retention of PUBLISHED outbox rows and finished jobs.
-    pub retention: Duration,
+}
+
+#[derive(Clone)]
+pub struct RetentionSchedule {
+    /// Cron expression with seconds, in UTC.
+    pub cron: String,
+    /// What each run purges (each kind knows its own retention).
+    pub kinds: Vec<Arc<dyn Expiring>>,
 }
 
 pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
@@ -35,48 +43,93 @@ pub fn daily_run_key(at: DateTime<Utc>) -> String {
     format!("archive-{}", at.format("%Y-%m-%d"))
 }
 
-struct TickContext {
-    pipeline: Pipeline,
+fn tick_time(tick: &Tick) -> DateTime<Utc> {
+    tick.get_timestamp().with_timezone(&Utc)
 }
 
-async fn on_tick(tick: Tick, ctx: Data<Arc<TickContext>>) -> Result<(), BoxDynError> {
-    let p = &ctx.pipeline;
+fn log_push(what: &'static str, key: &str, pushed: Pushed) {
+    match pushed {
+        Pushed::Queued => tracing::info!(key, "{what} queued"),
+        Pushed::Duplicate => tracing::debug!(key, "{what} already queued by another replica"),
+    }
+}
+
+async fn on_archive_tick(tick: Tick, p: Data<Arc<Pipeline>>) -> Result<(), BoxDynError> {
     let run = ArchiveRun {
-        run_key: daily_run_key(tick.get_timestamp().with_timezone(&Utc)),
+        run_key: daily_run_key(tick_time(&tick)),
         older_than_days: p.archive.older_than_days,
         chunk_size: p.archive.chunk_size,
     };
     let key = run.run_key.clone();
-    match queue::push_archive(&p.pool, &p.settings, run).await? {
-        Pushed::Queued => tracing::info!(run_key = %key, "archive run queued"),
-        Pushed::Duplicate => {
-            tracing::debug!(run_key = %key, "archive run already queued by another replica")
-        }
-    }
+    log_push(
+        "archive run",
+        &key,
+        queue::push_archive(&p.pool, &p.settings, run).await?,
+    );
     Ok(())
 }
 
-pub(crate) async fn run_schedule(p: Pipeline, stop: CancellationToken) {
-    let schedule = match parse_schedule(&p.archive.cron) {
+async fn on_retention_tick(tick: Tick, p: Data<Arc<Pipeline>>) -> Result<(), BoxDynError> {
+    let purge = Purge {
+        tick: tick_time(&tick).format("%Y%m%dT%H%M%S").to_string(),
+    };
+    let key = purge.key();
+    log_push(
+        "retention purge",
+        &key,
+        queue::push_retention(&p.pool, &p.settings, purge).await?,
+    );
+    Ok(())
+}
+
+/// Ticks `expr` until `stop`, calling `on_tick` for each tick.
+async fn run_schedule<F, Fut>(
+    name: &'static str,
+    expr: &str,
+    p: Arc<Pipeline>,
+    stop: CancellationToken,
+    on_tick: F,
+) where
+    F: Fn(Tick, Data<Arc<Pipeline>>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), BoxDynError>> + Send + 'static,
+{
+    let schedule = match parse_schedule(expr) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "archive schedule disabled");
+            tracing::error!(schedule = name, error = %e, "schedule disabled");
             return;
         }
     };
-    let ctx = Arc::new(TickContext {
-        pipeline: p.clone(),
-    });
-    supervise("archive-schedule", stop, move || {
-        let (schedule, ctx) = (schedule.clone(), ctx.clone());
+    supervise(name, stop, move || {
+        let (schedule, p, on_tick) = (schedule.clone(), p.clone(), on_tick.clone());
         Monitor::new().register(move |_| {
-            WorkerBuilder::new(format!("cron-{}", Ulid::new()))
+            WorkerBuilder::new(format!("{name}-{}", Ulid::new()))
                 .backend(CronStream::new(schedule.clone()))
-                .data(ctx.clone())
-                .build(on_tick)
+                .data(p.clone())
+                .build(on_tick.clone())
         })
     })
     .await;
+}
+
+pub(crate) async fn run_schedules(p: Pipeline, stop: CancellationToken) {
+    let p = Arc::new(p);
+    tokio::join!(
+        run_schedule(
+            "archive-schedule",
+            &p.archive.cron,
+            p.clone(),
+            stop.clone(),
+            on_archive_tick,
+        ),
+        run_schedule(
+            "retention-schedule",
+            &p.retention.cron,
+            p.clone(),
+            stop,
+            on_retention_tick,
+        ),
+    );
 }
 
 #[cfg(test)]

@@ -1,0 +1,144 @@
+//! Retention on the job engine: each tick of the retention schedule queues one `retention`
+//! job (keyed by the tick, so that replicas ticking together queue it once), which purges
+//! every kind of expired row in bounded batches, so no purge holds long locks.
+//!
+//! The kinds are supplied by their owners (idempotency records live in the service crate),
+//! which keeps the SQL with the module that owns the table.
+
+use std::{sync::Arc, time::Duration, time::Instant};
+
+use apalis::prelude::{Attempt, BoxDynError, Data, TaskId};
+use apalis_mysql::MySqlContext;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sqlx::MySqlPool;
+use tracing::Instrument;
+use ulid::Ulid;
+
+use crate::{
+    ops, outbox,
+    queue::{self, QueueSettings, RETENTION},
+    trace::{self, Outcome, TraceContext},
+};
+
+const BATCH: u32 = 1000;
+
+/// One kind of row that expires.
+pub trait Expiring: Send + Sync {
+    /// The `kind` label of `retention_purged_rows_total` and of the log line.
+    fn kind(&self) -> &'static str;
+    /// Deletes up to `limit` expired rows; returns how many it deleted.
+    fn purge_batch<'a>(
+        &'a self,
+        pool: &'a MySqlPool,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+}
+
+/// PUBLISHED outbox rows older than the retention.
+pub struct PublishedOutboxRows(pub Duration);
+
+impl Expiring for PublishedOutboxRows {
+    fn kind(&self) -> &'static str {
+        "outbox_published"
+    }
+    fn purge_batch<'a>(
+        &'a self,
+        pool: &'a MySqlPool,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(outbox::purge_published(pool, self.0, limit))
+    }
+}
+
+/// Finished (`Done`) jobs older than the retention.
+pub struct FinishedJobs(pub Duration);
+
+impl Expiring for FinishedJobs {
+    fn kind(&self) -> &'static str {
+        "jobs_done"
+    }
+    fn purge_batch<'a>(
+        &'a self,
+        pool: &'a MySqlPool,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(ops::purge_done(pool, self.0, limit))
+    }
+}
+
+/// The payload of a retention job: the tick that queued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purge {
+    pub tick: String,
+}
+
+impl Purge {
+    /// The job's idempotency key: one job per tick, however many replicas tick.
+    pub fn key(&self) -> String {
+        format!("retention-{}", self.tick)
+    }
+}
+
+pub struct RetentionContext {
+    pub pool: MySqlPool,
+    pub settings: QueueSettings,
+    pub kinds: Vec<Arc<dyn Expiring>>,
+}
+
+/// Purges every kind to the end; returns the rows deleted per kind.
+pub async fn purge_all(
+    pool: &MySqlPool,
+    kinds: &[Arc<dyn Expiring>],
+) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+    let mut purged = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        let mut total = 0;
+        loop {
+            let n = kind.purge_batch(pool, BATCH).await?;
+            total += n;
+            metrics::counter!("retention_purged_rows_total", "kind" => kind.kind()).increment(n);
+            if n < u64::from(BATCH) {
+                break;
+            }
+        }
+        purged.push((kind.kind(), total));
+    }
+    Ok(purged)
+}
+
+/// The handler of the `retention` queue.
+pub async fn handle(
+    job: Purge,
+    ctx: Data<Arc<RetentionContext>>,
+    id: TaskId<Ulid>,
+    attempt: Attempt,
+    task: MySqlContext,
+) -> Result<u64, BoxDynError> {
+    let (id, attempt) = (id.to_string(), attempt.current());
+    let span = trace::job_span(RETENTION, &id, attempt, &TraceContext::default());
+    let started = Instant::now();
+    let result = purge_all(&ctx.pool, &ctx.kinds)
+        .instrument(span.clone())
+        .await;
+    let outcome = match &result {
+        Ok(purged) => {
+            if purged.iter().any(|(_, n)| *n > 0) {
+                let purged = purged
+                    .iter()
+                    .map(|(kind, n)| format!("{kind}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                tracing::info!(parent: &span, tick = %job.tick, %purged, "retention purge done");
+            }
+            Outcome::Done
+        }
+        Err(_) if queue::is_last_attempt(attempt, task.max_attempts()) => Outcome::Dead,
+        Err(_) => {
+            queue::retry_later(&ctx.pool, &ctx.settings, &id, attempt).await?;
+            Outcome::Retry
+        }
+    };
+    trace::finish_job(&span, RETENTION, started, outcome);
+    Ok(result?.iter().map(|(_, n)| n).sum())
+}

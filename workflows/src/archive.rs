@@ -1,0 +1,63 @@
+//! The archive run as an apalis-workflow on the `archive-run` queue:
+//!
+//! ```text
+//! plan ──▶ chunk ──▶ chunk ──▶ … ──▶ summary
+//!          (one job per chunk: `repeat_until` queues the next while a full chunk moved)
+//! ```
+//!
+//! Each step is a job of its own in the job table, so a run's progress, failures and retries
+//! are visible per chunk, and a dead chunk job is retried by operators like any other.
+//! The fan-out combinators (`filter_map`, DAG fan-in) are not used: their collector waits
+//! through `wait_for`, whose `CAST(? AS JSON)` MariaDB rejects (docs/adr/0007-archive.md).
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis_workflow::Workflow;
+use orderflow_jobs::{
+    archive::ArchiveRun,
+    archive_steps::{self, ArchiveContext},
+    queue::{self, QueueSettings, ARCHIVE_RUN},
+};
+use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+
+use crate::supervise;
+
+fn monitor(ctx: Arc<ArchiveContext>, shutdown_timeout: Duration) -> Monitor {
+    Monitor::new()
+        .register(move |_| {
+            let workflow =
+                Workflow::<ArchiveRun, ArchiveRun, queue::Storage<Vec<u8>>>::new(ARCHIVE_RUN)
+                    .and_then(archive_steps::plan)
+                    .repeat_until(archive_steps::chunk)
+                    .and_then(archive_steps::summarize);
+            // One job at a time per replica: chunks are meant to trickle, not to compete with
+            // orders for the database.
+            WorkerBuilder::new(format!("archive-{}", Ulid::new()))
+                .backend(queue::storage::<Vec<u8>>(
+                    &ctx.pool,
+                    ARCHIVE_RUN,
+                    &ctx.settings,
+                ))
+                .concurrency(1)
+                .data(ctx.clone())
+                .build(workflow)
+        })
+        .shutdown_timeout(shutdown_timeout)
+}
+
+/// Runs the archive workflow's worker until `stop` (restarting it if it ends on its own).
+pub async fn run_archive_worker(
+    pool: MySqlPool,
+    settings: QueueSettings,
+    shutdown_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let ctx = Arc::new(ArchiveContext { pool, settings });
+    supervise(ARCHIVE_RUN, stop, move || {
+        monitor(ctx.clone(), shutdown_timeout)
+    })
+    .await;
+}
