@@ -234,6 +234,8 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         shutdown_timeout: cfg.shutdown_timeout,
         archive: state.config.archive.clone(),
         retention: retention_schedule(&state.config),
+        publish_wake: state.events.publish_wake.clone(),
+        notify_wake: Default::default(),
     }
 }
 

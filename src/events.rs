@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use orderflow_jobs::kafka::{self, EmbeddedKafka};
+use orderflow_jobs::{
+    kafka::{self, EmbeddedKafka},
+    queue::Wake,
+};
 use rdkafka::producer::FutureProducer;
 
 use crate::config::EventsConfig;
@@ -13,6 +16,8 @@ pub struct Events {
     pub producer: FutureProducer,
     /// Kept alive for the life of the service when in use.
     pub embedded: Option<EmbeddedKafka>,
+    /// Wakes this process's publish-outbox worker after an order commits.
+    pub publish_wake: Wake,
 }
 
 pub async fn connect(cfg: &EventsConfig) -> anyhow::Result<Events> {
@@ -47,5 +52,6 @@ pub async fn connect(cfg: &EventsConfig) -> anyhow::Result<Events> {
         bootstrap,
         producer,
         embedded,
+        publish_wake: Wake::default(),
     })
 }

@@ -6,16 +6,19 @@
 //! one per worker start); and a failed job is fetched again at once, so the backoff between
 //! attempts is ours: the handler moves `run_at` forward before it reports the failure.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{
     BoxDynError, IntervalStrategy, StrategyBuilder, TaskBuilder, TaskId, TaskSink,
 };
 use apalis_codec::json::JsonCodec;
+use apalis_core::backend::poll_strategy::{PollContext, PollStrategy};
 use apalis_mysql::{fetcher::MySqlFetcher, Config, MySqlStorage, TaskBuilderExt};
+use futures_util::{stream::BoxStream, StreamExt};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
+use tokio::sync::Notify;
 use ulid::Ulid;
 
 use crate::trace::TraceContext;
@@ -89,19 +92,55 @@ impl QueueSettings {
     }
 }
 
-pub fn config(queue: &str, settings: &QueueSettings) -> Config {
+/// Wakes a queue's worker in this process when this process pushes a job to it, so the job
+/// does not wait out the poll interval that follows an empty fetch (a worker fetches again
+/// at once while it finds jobs). Workers in other processes still find it by polling.
+/// A wake that arrives while the worker is busy is kept (one permit), so none is lost.
+#[derive(Debug, Clone, Default)]
+pub struct Wake(Arc<Notify>);
+
+impl Wake {
+    pub fn now(&self) {
+        self.0.notify_one();
+    }
+}
+
+impl PollStrategy for Wake {
+    type Stream = BoxStream<'static, ()>;
+
+    fn poll_strategy(self: Box<Self>, _: &PollContext) -> Self::Stream {
+        futures_util::stream::unfold(self.0, |notify| async move {
+            notify.notified().await;
+            Some(((), notify))
+        })
+        .boxed()
+    }
+}
+
+pub fn config(queue: &str, settings: &QueueSettings, wake: Option<&Wake>) -> Config {
+    let mut poll = StrategyBuilder::new().apply(IntervalStrategy::new(settings.poll_interval));
+    if let Some(wake) = wake {
+        poll = poll.apply(wake.clone());
+    }
     Config::new(queue)
         .set_buffer_size(16)
         .set_keep_alive(settings.keep_alive)
-        .with_poll_interval(
-            StrategyBuilder::new()
-                .apply(IntervalStrategy::new(settings.poll_interval))
-                .build(),
-        )
+        .with_poll_interval(poll.build())
 }
 
+/// A storage to push with.
 pub fn storage<T>(pool: &MySqlPool, queue: &str, settings: &QueueSettings) -> Storage<T> {
-    MySqlStorage::new_with_config(pool, &config(queue, settings))
+    MySqlStorage::new_with_config(pool, &config(queue, settings, None))
+}
+
+/// A worker's storage: it polls every `poll_interval` after an empty fetch, or when woken.
+pub fn worker_storage<T>(
+    pool: &MySqlPool,
+    queue: &str,
+    settings: &QueueSettings,
+    wake: &Wake,
+) -> Storage<T> {
+    MySqlStorage::new_with_config(pool, &config(queue, settings, Some(wake)))
 }
 
 /// A new job id, chosen before the push so that it can be recorded (e.g. on outbox rows).

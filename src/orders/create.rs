@@ -3,7 +3,7 @@
 //! of it commits or none of it does.
 
 use chrono::{SubsecRound, Utc};
-use orderflow_jobs::queue::{self, QueueSettings};
+use orderflow_jobs::queue::{self, QueueSettings, Wake};
 use serde_json::json;
 use sqlx::{Connection, MySqlPool};
 use thiserror::Error;
@@ -79,6 +79,7 @@ pub struct Settings {
     pub idempotency: IdempotencyConfig,
     pub stock_retry: StockRetry,
     pub queue: QueueSettings,
+    pub publish_wake: Wake,
 }
 
 fn replay(stored: StoredResponse, fingerprint: &str) -> Result<Reply, CreateError> {
@@ -120,7 +121,7 @@ pub async fn create(
         {
             Ok(Some(reply)) => {
                 if let Some(event) = &reply.event {
-                    enqueue_publish(pool, &settings.queue, event).await;
+                    enqueue_publish(pool, &settings.queue, &settings.publish_wake, event).await;
                 }
                 return Ok(reply);
             }
@@ -292,8 +293,13 @@ async fn try_create(
 /// Pushes the publish-outbox job for an event just committed, for low latency; the job
 /// continues the event's trace. A failure here loses nothing: the row stays NEW and the
 /// sweeper enqueues it after its grace period.
-pub async fn enqueue_publish(pool: &MySqlPool, settings: &QueueSettings, event: &Appended) {
-    if let Err(e) = queue::push_publish(
+pub async fn enqueue_publish(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    wake: &Wake,
+    event: &Appended,
+) {
+    match queue::push_publish(
         pool,
         settings,
         &event.job_id,
@@ -302,7 +308,10 @@ pub async fn enqueue_publish(pool: &MySqlPool, settings: &QueueSettings, event: 
     )
     .await
     {
-        tracing::warn!(error = %e, outbox_id = event.id, "could not enqueue publish-outbox; the sweeper will");
+        Ok(()) => wake.now(),
+        Err(e) => {
+            tracing::warn!(error = %e, outbox_id = event.id, "could not enqueue publish-outbox; the sweeper will")
+        }
     }
 }
 

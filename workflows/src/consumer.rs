@@ -123,7 +123,10 @@ async fn store(p: &Pipeline, msg: &OwnedMessage, stop: &CancellationToken) -> bo
         loop {
             attempt += 1;
             match queue::push_notification(&p.pool, &p.settings, job.clone()).await {
-                Ok(_) => return true,
+                Ok(_) => {
+                    p.notify_wake.now();
+                    return true;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "could not enqueue a received event; retrying");
                     tokio::select! {

@@ -21,7 +21,7 @@ use orderflow_jobs::{
     notify::{self, NotifyContext},
     publish::{self, PublishContext},
     queue::{
-        self, ConsumeNotification, PublishOutbox, QueueSettings, CONSUME_NOTIFICATION,
+        self, ConsumeNotification, PublishOutbox, QueueSettings, Wake, CONSUME_NOTIFICATION,
         PUBLISH_OUTBOX, RETENTION,
     },
     reaper,
@@ -55,6 +55,10 @@ pub struct Pipeline {
     pub shutdown_timeout: Duration,
     pub archive: ArchiveSchedule,
     pub retention: RetentionSchedule,
+    /// Wake the local publish-outbox worker (orders committed by this process's API).
+    pub publish_wake: Wake,
+    /// Wake the local consume-notification worker (messages this process's consumer stored).
+    pub notify_wake: Wake,
 }
 
 const RESTART_DELAY: Duration = Duration::from_secs(2);
@@ -123,18 +127,19 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
     let (pool, settings, concurrency) = (p.pool.clone(), p.settings, p.concurrency);
     let shutdown_timeout = p.shutdown_timeout;
     let publish_worker = supervise(PUBLISH_OUTBOX, stop.clone(), {
-        let pool = pool.clone();
+        let (pool, wake) = (pool.clone(), p.publish_wake.clone());
         move || {
-            let (pool, ctx) = (pool.clone(), publish_ctx.clone());
+            let (pool, ctx, wake) = (pool.clone(), publish_ctx.clone(), wake.clone());
             // A fresh storage per start: an apalis poll schedule is single-use. Worker names
             // are unique per start (they are workers.id, which jobs' lock_by points at).
             Monitor::new()
                 .register(move |_| {
                     WorkerBuilder::new(format!("publish-{}", Ulid::new()))
-                        .backend(queue::storage::<PublishOutbox>(
+                        .backend(queue::worker_storage::<PublishOutbox>(
                             &pool,
                             PUBLISH_OUTBOX,
                             &settings,
+                            &wake,
                         ))
                         .concurrency(concurrency)
                         .data(ctx.clone())
@@ -143,15 +148,17 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                 .shutdown_timeout(shutdown_timeout)
         }
     });
+    let notify_wake = p.notify_wake.clone();
     let notify_worker = supervise(CONSUME_NOTIFICATION, stop.clone(), move || {
-        let (pool, ctx) = (pool.clone(), notify_ctx.clone());
+        let (pool, ctx, wake) = (pool.clone(), notify_ctx.clone(), notify_wake.clone());
         Monitor::new()
             .register(move |_| {
                 WorkerBuilder::new(format!("notify-{}", Ulid::new()))
-                    .backend(queue::storage::<ConsumeNotification>(
+                    .backend(queue::worker_storage::<ConsumeNotification>(
                         &pool,
                         CONSUME_NOTIFICATION,
                         &settings,
+                        &wake,
                     ))
                     .concurrency(concurrency)
                     .data(ctx.clone())

@@ -27,6 +27,7 @@ pub async fn sweep_once(p: &Pipeline) -> Result<usize, Box<dyn std::error::Error
             Default::default(),
         )
         .await?;
+        p.publish_wake.now();
         tracing::info!(rows = ids.len(), job_id = %job_id, "re-enqueued outbox rows whose job was lost");
         total += ids.len();
         if ids.len() < BATCH as usize {
