@@ -474,3 +474,52 @@ async fn a_lost_publish_job_is_swept_up() {
         "a new job carried it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_another_transaction_held_is_still_published_by_its_own_job() {
+    // No sweeper rescue within the test: only the row's own job can publish it.
+    let app = TestApp::spawn_with(|c| c.events.sweep_grace = Duration::from_secs(3600)).await;
+    let mut tx = app.db().begin().await.unwrap();
+    let appended = orderflow_jobs::outbox::append(
+        &mut tx,
+        orderflow_jobs::outbox::EventType::OrderCreated,
+        515151,
+        &json!({"orderId": 515151, "userId": 1, "totalAmount": 1}),
+        &Default::default(),
+        &orderflow_jobs::queue::new_job_id(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // Another transaction holds the row without publishing it (as a backlog claim's locking
+    // scan may), while the row's job runs.
+    let mut holder = app.db().begin().await.unwrap();
+    sqlx::query("SELECT id FROM outbox_events WHERE id = ? FOR UPDATE")
+        .bind(appended.id)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    orderflow_jobs::queue::push_publish(
+        app.db(),
+        &app.state.config.events.queue,
+        &appended.job_id,
+        vec![appended.id],
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!all_published(&app).await, "held: not published yet");
+    holder.rollback().await.unwrap();
+    assert!(
+        app.eventually(Duration::from_secs(10), || all_published(&app))
+            .await,
+        "its own job published it once the holder let go"
+    );
+    let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
+        .bind(&appended.job_id)
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+    assert_eq!(status, "Done");
+}

@@ -85,6 +85,9 @@ struct Opts {
     rate: Option<f64>,
     #[arg(long, global = true, default_value_t = 0.5)]
     pipeline_fraction: f64,
+    /// Keep the service's log even when the run had no errors (for profiling).
+    #[arg(long, global = true)]
+    keep_log: bool,
     /// Old orders the archive scenario seeds.
     #[arg(long, global = true, default_value_t = 100_000)]
     archive_orders: u64,
@@ -274,7 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<u64> {
             eprintln!("bench: wrote {}", path.display());
         }
     }
-    if errors == 0 {
+    if errors == 0 && !opts.keep_log {
         let _ = std::fs::remove_file(&service.log_path);
     } else {
         eprintln!("bench: the service's log is {}", service.log_path.display());

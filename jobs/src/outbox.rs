@@ -103,9 +103,22 @@ impl OutboxRow {
     }
 }
 
-/// Locks the rows among `ids` that are still NEW. Rows another worker holds are skipped, not
-/// waited for: that worker is publishing them, so two workers never publish one row at once.
-pub async fn claim(conn: &mut MySqlConnection, ids: &[i64]) -> Result<Vec<OutboxRow>, sqlx::Error> {
+/// How `claim` treats rows another transaction holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Skip them: that worker is most likely publishing them.
+    Skip,
+    /// Wait for it, then take whatever it left NEW.
+    Wait,
+}
+
+/// Locks the rows among `ids` that are still NEW, so two workers never publish one row at
+/// once; rows another transaction holds are skipped or waited for, as `held` says.
+pub async fn claim(
+    conn: &mut MySqlConnection,
+    ids: &[i64],
+    held: Held,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -114,7 +127,10 @@ pub async fn claim(conn: &mut MySqlConnection, ids: &[i64]) -> Result<Vec<Outbox
          FROM outbox_events WHERE status = 'NEW' AND id IN",
     );
     crate::push_id_list(&mut q, ids);
-    q.push(" ORDER BY id FOR UPDATE SKIP LOCKED");
+    q.push(match held {
+        Held::Skip => " ORDER BY id FOR UPDATE SKIP LOCKED",
+        Held::Wait => " ORDER BY id FOR UPDATE",
+    });
     q.build_query_as().fetch_all(conn).await
 }
 
