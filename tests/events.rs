@@ -523,3 +523,80 @@ async fn a_row_another_transaction_held_is_still_published_by_its_own_job() {
         .unwrap();
     assert_eq!(status, "Done");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_workers_jobs_are_released_at_once_and_a_silent_workers_after_the_lease() {
+    // No pipeline: the rows below are the whole job table.
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    for (id, status, worker, seen_secs_ago) in [
+        ("01JENDEDQUEUED000000000000", "Queued", "ended", 0),
+        ("01JENDEDRUNNING00000000000", "Running", "ended", 0),
+        ("01JLIVERUNNING000000000000", "Running", "live", 0),
+        ("01JSILENTRUNNING0000000000", "Running", "silent", 120),
+    ] {
+        sqlx::query(
+            "INSERT IGNORE INTO workers (id, worker_type, storage_name, last_seen) \
+             VALUES (?, 'publish-outbox', 'MySqlStorage', CURRENT_TIMESTAMP - INTERVAL ? SECOND)",
+        )
+        .bind(worker)
+        .bind(seen_secs_ago)
+        .execute(app.db())
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (id, job_type, status, attempts, job, lock_by, lock_at) \
+             VALUES (?, 'publish-outbox', ?, 1, '{}', ?, CURRENT_TIMESTAMP - INTERVAL ? SECOND)",
+        )
+        .bind(id)
+        .bind(status)
+        .bind(worker)
+        .bind(seen_secs_ago)
+        .execute(app.db())
+        .await
+        .unwrap();
+    }
+    let db = app.db().clone();
+    let state = |id: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query_as::<_, (String, i32, Option<String>)>(
+                "SELECT status, attempts, lock_by FROM jobs WHERE id = ?",
+            )
+            .bind(id)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    // The supervisor saw the worker "ended" stop: its jobs go back now, the interrupted
+    // attempt counted.
+    assert_eq!(
+        orderflow_jobs::reaper::release_worker(app.db(), "ended")
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        state("01JENDEDQUEUED000000000000").await,
+        ("Pending".into(), 1, None)
+    );
+    assert_eq!(
+        state("01JENDEDRUNNING00000000000").await,
+        ("Pending".into(), 2, None)
+    );
+    // The reaper takes only the job of the worker silent for longer than the lease.
+    assert_eq!(
+        orderflow_jobs::reaper::reap_orphans(app.db(), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        state("01JSILENTRUNNING0000000000").await,
+        ("Pending".into(), 2, None)
+    );
+    assert_eq!(
+        state("01JLIVERUNNING000000000000").await,
+        ("Running".into(), 1, Some("live".into()))
+    );
+}

@@ -7,20 +7,46 @@ use std::time::Duration;
 
 use sqlx::MySqlPool;
 
+/// Puts a job back in its queue if `lock_by` still holds it (an interrupted attempt counts).
+const RELEASE: &str = "UPDATE jobs SET attempts = attempts + IF(status = 'Running', 1, 0), \
+     status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL \
+     WHERE lock_by = ? AND status IN ('Queued', 'Running')";
+
 pub async fn reap_orphans(pool: &MySqlPool, lease: Duration) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE jobs j LEFT JOIN workers w ON j.lock_by = w.id \
-         SET j.attempts = j.attempts + IF(j.status = 'Running', 1, 0), j.status = 'Pending', \
-             j.lock_by = NULL, j.lock_at = NULL, j.done_at = NULL \
-         WHERE j.status IN ('Queued', 'Running') \
+    // Find them with a plain read, then release each by primary key: one UPDATE joining the
+    // workers took locks across the jobs table and deadlocked with fetches under load.
+    let orphaned: Vec<(String, String)> = sqlx::query_as(
+        "SELECT j.id, j.lock_by FROM jobs j LEFT JOIN workers w ON j.lock_by = w.id \
+         WHERE j.status IN ('Queued', 'Running') AND j.lock_by IS NOT NULL \
          AND (w.id IS NULL OR w.last_seen < CURRENT_TIMESTAMP - INTERVAL ? SECOND) \
-         AND COALESCE(j.lock_at, j.run_at) < CURRENT_TIMESTAMP - INTERVAL ? SECOND",
+         AND COALESCE(j.lock_at, j.run_at) < CURRENT_TIMESTAMP - INTERVAL ? SECOND \
+         LIMIT 1000",
     )
     .bind(lease.as_secs().max(1) as i64)
     .bind(lease.as_secs().max(1) as i64)
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(done.rows_affected())
+    let mut released = 0;
+    for (id, worker) in orphaned {
+        released += sqlx::query(&format!("{RELEASE} AND id = ?"))
+            .bind(worker)
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    }
+    Ok(released)
+}
+
+/// Puts every job a worker of this process held back in its queue, once that worker has
+/// ended (apalis ends a worker whose heartbeat query fails, e.g. on a deadlock): its jobs
+/// are nobody's, and waiting out the lease would delay them all by `JOB_LEASE_SECS`.
+pub async fn release_worker(pool: &MySqlPool, worker: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(RELEASE)
+        .bind(worker)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 pub async fn reap_loop(

@@ -21,11 +21,10 @@ use orderflow_jobs::{
 };
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
-use ulid::Ulid;
 
 use crate::supervise;
 
-fn monitor(ctx: Arc<ArchiveContext>, shutdown_timeout: Duration) -> Monitor {
+fn monitor(name: String, ctx: Arc<ArchiveContext>, shutdown_timeout: Duration) -> Monitor {
     Monitor::new()
         .register(move |_| {
             let workflow =
@@ -35,7 +34,7 @@ fn monitor(ctx: Arc<ArchiveContext>, shutdown_timeout: Duration) -> Monitor {
                     .and_then(archive_steps::summarize);
             // One job at a time per replica: chunks are meant to trickle, not to compete with
             // orders for the database.
-            WorkerBuilder::new(format!("archive-{}", Ulid::new()))
+            WorkerBuilder::new(name.clone())
                 .backend(queue::storage::<Vec<u8>>(
                     &ctx.pool,
                     ARCHIVE_RUN,
@@ -55,9 +54,12 @@ pub async fn run_archive_worker(
     shutdown_timeout: Duration,
     stop: CancellationToken,
 ) {
-    let ctx = Arc::new(ArchiveContext { pool, settings });
-    supervise(ARCHIVE_RUN, stop, move || {
-        monitor(ctx.clone(), shutdown_timeout)
+    let ctx = Arc::new(ArchiveContext {
+        pool: pool.clone(),
+        settings,
+    });
+    supervise(ARCHIVE_RUN, "archive", Some(pool), stop, move |name| {
+        monitor(name, ctx.clone(), shutdown_timeout)
     })
     .await;
 }

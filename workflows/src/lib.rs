@@ -61,16 +61,28 @@ pub struct Pipeline {
     pub notify_wake: Wake,
 }
 
-const RESTART_DELAY: Duration = Duration::from_secs(2);
+/// The pause before restarting a worker that ended on its own: short the first time (a
+/// deadlocked heartbeat, which apalis ends the worker for), doubling while it keeps ending
+/// soon after each start (a database outage must not become a busy loop).
+const RESTART_DELAY: Duration = Duration::from_millis(250);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
+const STABLE_AFTER: Duration = Duration::from_secs(30);
 
-/// Runs one queue's worker until `stop`, starting it again (after a pause, so a database
-/// outage does not become a busy loop) whenever it ends on its own, e.g. on a fetch error.
+/// Runs one queue's worker until `stop`, starting it again whenever it ends on its own, e.g.
+/// on a fetch or heartbeat error. `make` builds the worker under the name it is given (a
+/// fresh one per start: names are `workers.id`, which jobs' `lock_by` points at); with a
+/// `pool`, the jobs the ended worker held go straight back to the queue.
 pub(crate) async fn supervise(
     queue: &'static str,
+    prefix: &'static str,
+    pool: Option<MySqlPool>,
     stop: CancellationToken,
-    make: impl Fn() -> Monitor,
+    make: impl Fn(String) -> Monitor,
 ) {
+    let mut delay = RESTART_DELAY;
     loop {
+        let name = format!("{prefix}-{}", Ulid::new());
+        let started = std::time::Instant::now();
         let signal = {
             let stop = stop.clone();
             async move {
@@ -78,17 +90,35 @@ pub(crate) async fn supervise(
                 Ok(())
             }
         };
-        let result = make().run_with_signal(signal).await;
+        let result = make(name.clone()).run_with_signal(signal).await;
         if stop.is_cancelled() {
             return;
         }
         match result {
-            Ok(()) => tracing::warn!(queue, "job worker ended; restarting"),
-            Err(e) => tracing::warn!(queue, error = %e, "job worker failed; restarting"),
+            Ok(()) => tracing::warn!(queue, worker = %name, "job worker ended; restarting"),
+            Err(e) => {
+                tracing::warn!(queue, worker = %name, error = %e, "job worker failed; restarting")
+            }
         }
+        if let Some(pool) = &pool {
+            match reaper::release_worker(pool, &name).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(queue, worker = %name, jobs = n, "re-queued the ended worker's jobs")
+                }
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "could not re-queue the ended worker's jobs; the lease will")
+                }
+            }
+        }
+        delay = if started.elapsed() >= STABLE_AFTER {
+            RESTART_DELAY
+        } else {
+            (delay * 2).min(RESTART_DELAY_MAX)
+        };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(RESTART_DELAY) => {}
+            () = tokio::time::sleep(delay) => {}
         }
     }
 }
@@ -126,46 +156,57 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
 
     let (pool, settings, concurrency) = (p.pool.clone(), p.settings, p.concurrency);
     let shutdown_timeout = p.shutdown_timeout;
-    let publish_worker = supervise(PUBLISH_OUTBOX, stop.clone(), {
-        let (pool, wake) = (pool.clone(), p.publish_wake.clone());
-        move || {
-            let (pool, ctx, wake) = (pool.clone(), publish_ctx.clone(), wake.clone());
-            // A fresh storage per start: an apalis poll schedule is single-use. Worker names
-            // are unique per start (they are workers.id, which jobs' lock_by points at).
+    let publish_worker = supervise(
+        PUBLISH_OUTBOX,
+        "publish",
+        Some(pool.clone()),
+        stop.clone(),
+        {
+            let (pool, wake) = (pool.clone(), p.publish_wake.clone());
+            move |name| {
+                let (pool, ctx, wake) = (pool.clone(), publish_ctx.clone(), wake.clone());
+                // A fresh storage per start: an apalis poll schedule is single-use.
+                Monitor::new()
+                    .register(move |_| {
+                        WorkerBuilder::new(name.clone())
+                            .backend(queue::worker_storage::<PublishOutbox>(
+                                &pool,
+                                PUBLISH_OUTBOX,
+                                &settings,
+                                &wake,
+                            ))
+                            .concurrency(concurrency)
+                            .data(ctx.clone())
+                            .build(publish::handle)
+                    })
+                    .shutdown_timeout(shutdown_timeout)
+            }
+        },
+    );
+    let notify_wake = p.notify_wake.clone();
+    let notify_worker = supervise(
+        CONSUME_NOTIFICATION,
+        "notify",
+        Some(pool.clone()),
+        stop.clone(),
+        move |name| {
+            let (pool, ctx, wake) = (pool.clone(), notify_ctx.clone(), notify_wake.clone());
             Monitor::new()
                 .register(move |_| {
-                    WorkerBuilder::new(format!("publish-{}", Ulid::new()))
-                        .backend(queue::worker_storage::<PublishOutbox>(
+                    WorkerBuilder::new(name.clone())
+                        .backend(queue::worker_storage::<ConsumeNotification>(
                             &pool,
-                            PUBLISH_OUTBOX,
+                            CONSUME_NOTIFICATION,
                             &settings,
                             &wake,
                         ))
                         .concurrency(concurrency)
                         .data(ctx.clone())
-                        .build(publish::handle)
+                        .build(notify::handle)
                 })
                 .shutdown_timeout(shutdown_timeout)
-        }
-    });
-    let notify_wake = p.notify_wake.clone();
-    let notify_worker = supervise(CONSUME_NOTIFICATION, stop.clone(), move || {
-        let (pool, ctx, wake) = (pool.clone(), notify_ctx.clone(), notify_wake.clone());
-        Monitor::new()
-            .register(move |_| {
-                WorkerBuilder::new(format!("notify-{}", Ulid::new()))
-                    .backend(queue::worker_storage::<ConsumeNotification>(
-                        &pool,
-                        CONSUME_NOTIFICATION,
-                        &settings,
-                        &wake,
-                    ))
-                    .concurrency(concurrency)
-                    .data(ctx.clone())
-                    .build(notify::handle)
-            })
-            .shutdown_timeout(shutdown_timeout)
-    });
+        },
+    );
     let archive_worker =
         archive::run_archive_worker(p.pool.clone(), settings, shutdown_timeout, stop.clone());
     let retention_ctx = Arc::new(RetentionContext {
@@ -173,21 +214,27 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
         settings,
         kinds: p.retention.kinds.clone(),
     });
-    let retention_worker = supervise(RETENTION, stop.clone(), {
-        let pool = p.pool.clone();
-        move || {
-            let (pool, ctx) = (pool.clone(), retention_ctx.clone());
-            Monitor::new()
-                .register(move |_| {
-                    WorkerBuilder::new(format!("retention-{}", Ulid::new()))
-                        .backend(queue::storage::<Purge>(&pool, RETENTION, &settings))
-                        .concurrency(1)
-                        .data(ctx.clone())
-                        .build(retention::handle)
-                })
-                .shutdown_timeout(shutdown_timeout)
-        }
-    });
+    let retention_worker = supervise(
+        RETENTION,
+        "retention",
+        Some(p.pool.clone()),
+        stop.clone(),
+        {
+            let pool = p.pool.clone();
+            move |name| {
+                let (pool, ctx) = (pool.clone(), retention_ctx.clone());
+                Monitor::new()
+                    .register(move |_| {
+                        WorkerBuilder::new(name.clone())
+                            .backend(queue::storage::<Purge>(&pool, RETENTION, &settings))
+                            .concurrency(1)
+                            .data(ctx.clone())
+                            .build(retention::handle)
+                    })
+                    .shutdown_timeout(shutdown_timeout)
+            }
+        },
+    );
     let schedules = schedule::run_schedules(p.clone(), stop.clone());
     tokio::join!(
         publish_worker,

@@ -14,7 +14,6 @@ use orderflow_jobs::{
     retention::{Expiring, Purge},
 };
 use tokio_util::sync::CancellationToken;
-use ulid::Ulid;
 
 use crate::{supervise, Pipeline};
 
@@ -100,10 +99,10 @@ async fn run_schedule<F, Fut>(
             return;
         }
     };
-    supervise(name, stop, move || {
+    supervise(name, "cron", None, stop, move |worker| {
         let (schedule, p, on_tick) = (schedule.clone(), p.clone(), on_tick.clone());
         Monitor::new().register(move |_| {
-            WorkerBuilder::new(format!("{name}-{}", Ulid::new()))
+            WorkerBuilder::new(worker.clone())
                 .backend(CronStream::new(schedule.clone()))
                 .data(p.clone())
                 .build(on_tick.clone())
