@@ -278,7 +278,10 @@ impl Config {
                 ArchiveSchedule {
                     cron: cron_var("ARCHIVE_CRON", "0 0 3 * * *")?,
                     older_than_days: var("ARCHIVE_OLDER_THAN_DAYS", 30u32)?,
-                    chunk_size: positive("ARCHIVE_CHUNK_SIZE", var("ARCHIVE_CHUNK_SIZE", 500u32)?)?,
+                    chunk_size: positive(
+                        "ARCHIVE_CHUNK_SIZE",
+                        var("ARCHIVE_CHUNK_SIZE", 4000u32)?,
+                    )?,
                 }
             },
             retention: RetentionConfig {

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{MySqlPool, QueryBuilder};
+use sqlx::MySqlPool;
 
 use crate::trace::TraceContext;
 
@@ -235,26 +235,45 @@ pub async fn move_chunk(pool: &MySqlPool, plan: &ArchivePlan) -> Result<Chunk, s
         tx.rollback().await?;
         return Ok(Chunk::Finished);
     };
-    let mut q = QueryBuilder::new(
+    // The chunk is the eligible orders in (after, last], all locked above: the statements
+    // below select them by that range and predicate (a range scan; an IN list of the ids was
+    // a point lookup per order, and a statement as long as the chunk).
+    macro_rules! chunk {
+        ($sql:literal $(,)?) => {
+            sqlx::query(concat!(
+                $sql,
+                " o.id > ? AND o.id <= ? AND o.status IN ('COMPLETED', 'CANCELLED') AND o.updated_at < ?"
+            ))
+        };
+    }
+    let bind = |q: sqlx::query::Query<'static, sqlx::MySql, sqlx::mysql::MySqlArguments>| {
+        q.bind(progress.last_order_id)
+            .bind(last)
+            .bind(progress.cutoff)
+    };
+    let orders = bind(chunk!(
         "INSERT INTO orders_archive (id, user_id, status, total_amount, created_at, updated_at) \
-         SELECT id, user_id, status, total_amount, created_at, updated_at FROM orders WHERE id IN",
-    );
-    crate::push_id_list(&mut q, &ids);
-    q.push(" ON DUPLICATE KEY UPDATE id = orders_archive.id");
-    let orders = q.build().execute(&mut *tx).await?.rows_affected();
-    let mut q = QueryBuilder::new(
+         SELECT o.id, o.user_id, o.status, o.total_amount, o.created_at, o.updated_at FROM orders o WHERE",
+    ))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let items = bind(chunk!(
         "INSERT INTO order_items_archive (order_id, product_id, quantity, unit_price) \
-         SELECT order_id, product_id, quantity, unit_price FROM order_items WHERE order_id IN",
-    );
-    crate::push_id_list(&mut q, &ids);
-    q.push(" ON DUPLICATE KEY UPDATE order_id = order_items_archive.order_id");
-    let items = q.build().execute(&mut *tx).await?.rows_affected();
-    let mut q = QueryBuilder::new("DELETE FROM order_items WHERE order_id IN");
-    crate::push_id_list(&mut q, &ids);
-    q.build().execute(&mut *tx).await?;
-    let mut q = QueryBuilder::new("DELETE FROM orders WHERE id IN");
-    crate::push_id_list(&mut q, &ids);
-    q.build().execute(&mut *tx).await?;
+         SELECT i.order_id, i.product_id, i.quantity, i.unit_price \
+         FROM orders o JOIN order_items i ON i.order_id = o.id WHERE",
+    ))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    bind(chunk!(
+        "DELETE i FROM orders o JOIN order_items i ON i.order_id = o.id WHERE",
+    ))
+    .execute(&mut *tx)
+    .await?;
+    bind(chunk!("DELETE o FROM orders o WHERE"))
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "UPDATE archive_runs SET last_order_id = ?, chunks = chunks + 1, \
          orders_archived = orders_archived + ?, items_archived = items_archived + ? WHERE id = ?",
