@@ -4,7 +4,7 @@
 //!   publish-outbox);
 //! * `publish` — the publish-outbox job: NEW rows → Kafka → PUBLISHED (or DEAD);
 //! * `notifications` and `notify` — the consume-notification job and the table it fills;
-//! * `queue` — apalis storages and pushing jobs; `ops` — operators' dead-job actions;
+//! * `queue` — apalis storages and pushing jobs; `backend` — the storage workers run on; `ops` — operators' dead-job actions;
 //!   `reaper` — the job lease apalis-mysql rc.8 lacks;
 //! * `kafka` — producer, consumer and the embedded broker; `trace` — the trace context that
 //!   follows an order across these hops, and the span every job run gets;
@@ -14,6 +14,7 @@
 
 pub mod archive;
 pub mod archive_steps;
+pub mod backend;
 pub mod kafka;
 pub mod notifications;
 pub mod notify;

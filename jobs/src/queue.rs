@@ -21,7 +21,7 @@ use sqlx::MySqlPool;
 use tokio::sync::Notify;
 use ulid::Ulid;
 
-use crate::trace::TraceContext;
+use crate::{backend::WorkerStorage, trace::TraceContext};
 
 pub const PUBLISH_OUTBOX: &str = "publish-outbox";
 pub const CONSUME_NOTIFICATION: &str = "consume-notification";
@@ -133,14 +133,18 @@ pub fn storage<T>(pool: &MySqlPool, queue: &str, settings: &QueueSettings) -> St
     MySqlStorage::new_with_config(pool, &config(queue, settings, None))
 }
 
-/// A worker's storage: it polls every `poll_interval` after an empty fetch, or when woken.
+/// A worker's storage: it polls every `poll_interval` after an empty fetch, or when woken,
+/// and its heartbeat only keeps the worker alive (`backend`).
 pub fn worker_storage<T>(
     pool: &MySqlPool,
     queue: &str,
     settings: &QueueSettings,
-    wake: &Wake,
-) -> Storage<T> {
-    MySqlStorage::new_with_config(pool, &config(queue, settings, Some(wake)))
+    wake: Option<&Wake>,
+) -> WorkerStorage<T> {
+    WorkerStorage(MySqlStorage::new_with_config(
+        pool,
+        &config(queue, settings, wake),
+    ))
 }
 
 /// A new job id, chosen before the push so that it can be recorded (e.g. on outbox rows).

@@ -17,6 +17,7 @@ use apalis_workflow::Workflow;
 use orderflow_jobs::{
     archive::ArchiveRun,
     archive_steps::{self, ArchiveContext},
+    backend::WorkerStorage,
     queue::{self, QueueSettings, ARCHIVE_RUN},
 };
 use sqlx::MySqlPool;
@@ -28,17 +29,18 @@ fn monitor(name: String, ctx: Arc<ArchiveContext>, shutdown_timeout: Duration) -
     Monitor::new()
         .register(move |_| {
             let workflow =
-                Workflow::<ArchiveRun, ArchiveRun, queue::Storage<Vec<u8>>>::new(ARCHIVE_RUN)
+                Workflow::<ArchiveRun, ArchiveRun, WorkerStorage<Vec<u8>>>::new(ARCHIVE_RUN)
                     .and_then(archive_steps::plan)
                     .repeat_until(archive_steps::chunk)
                     .and_then(archive_steps::summarize);
             // One job at a time per replica: chunks are meant to trickle, not to compete with
             // orders for the database.
             WorkerBuilder::new(name.clone())
-                .backend(queue::storage::<Vec<u8>>(
+                .backend(queue::worker_storage::<Vec<u8>>(
                     &ctx.pool,
                     ARCHIVE_RUN,
                     &ctx.settings,
+                    None,
                 ))
                 .concurrency(1)
                 .data(ctx.clone())

@@ -173,7 +173,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                                 &pool,
                                 PUBLISH_OUTBOX,
                                 &settings,
-                                &wake,
+                                Some(&wake),
                             ))
                             .concurrency(concurrency)
                             .data(ctx.clone())
@@ -198,7 +198,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                             &pool,
                             CONSUME_NOTIFICATION,
                             &settings,
-                            &wake,
+                            Some(&wake),
                         ))
                         .concurrency(concurrency)
                         .data(ctx.clone())
@@ -226,7 +226,9 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                 Monitor::new()
                     .register(move |_| {
                         WorkerBuilder::new(name.clone())
-                            .backend(queue::storage::<Purge>(&pool, RETENTION, &settings))
+                            .backend(queue::worker_storage::<Purge>(
+                                &pool, RETENTION, &settings, None,
+                            ))
                             .concurrency(1)
                             .data(ctx.clone())
                             .build(retention::handle)
