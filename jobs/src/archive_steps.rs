@@ -1,8 +1,8 @@
 //! The archive workflow's job handlers (composed in the workflows crate): each run of a step
-//! gets a job span in the run's trace, its outcome counted, and, when it failed with
-//! attempts left, its next attempt pushed out by the backoff.
+//! is a job attempt (`queue::JobAttempt`: span in the run's trace, outcome counted, backoff
+//! on failure) with an `archive <step>` span of its own.
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{future::Future, sync::Arc};
 
 use apalis::prelude::{Attempt, BoxDynError, Data, TaskId};
 use apalis_mysql::MySqlContext;
@@ -11,8 +11,8 @@ use ulid::Ulid;
 
 use crate::{
     archive::{self, ArchivePlan, ArchiveRun, Chunk, Summary},
-    queue::{self, QueueSettings, ARCHIVE_RUN},
-    trace::{self, Outcome, TraceContext},
+    queue::{JobAttempt, QueueSettings, ARCHIVE_RUN},
+    trace::TraceContext,
 };
 
 pub struct ArchiveContext {
@@ -22,57 +22,25 @@ pub struct ArchiveContext {
 
 type Ctx = Data<Arc<ArchiveContext>>;
 
-/// The job a step runs as.
-struct Job {
-    id: String,
-    attempt: usize,
-    max_attempts: i32,
-}
-
-impl Job {
-    fn new(id: TaskId<Ulid>, attempt: Attempt, task: &MySqlContext) -> Self {
-        Job {
-            id: id.to_string(),
-            attempt: attempt.current(),
-            max_attempts: task.max_attempts(),
-        }
-    }
-}
-
-/// Runs one step of the workflow as a job.
+/// Runs one step of the workflow as this job attempt.
 async fn step<T>(
     name: &'static str,
     ctx: &ArchiveContext,
     (run_key, parent): (&str, &TraceContext),
-    Job {
-        id,
-        attempt,
-        max_attempts,
-    }: Job,
+    job: JobAttempt,
     work: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, BoxDynError> {
-    let job = trace::job_span(ARCHIVE_RUN, &id, attempt, parent);
-    let started = Instant::now();
-    let inner = tracing::info_span!(
-        parent: &job,
-        "archive.step",
-        otel.name = format!("archive {name}"),
-        "archive.step" = name,
-        "archive.run_key" = run_key,
-        "archive.orders" = tracing::field::Empty,
-    );
-    let result = work.instrument(inner).instrument(job.clone()).await;
-    let outcome = match &result {
-        Ok(_) => Outcome::Done,
-        Err(_) if queue::is_last_attempt(attempt, max_attempts) => Outcome::Dead,
-        Err(e) => {
-            tracing::warn!(parent: &job, error = %e, step = name, run_key, "archive step failed; will retry");
-            queue::retry_later(&ctx.pool, &ctx.settings, &id, attempt).await?;
-            Outcome::Retry
-        }
-    };
-    trace::finish_job(&job, ARCHIVE_RUN, started, outcome);
-    Ok(result?)
+    job.run(&ctx.pool, &ctx.settings, parent, |job_span| {
+        work.instrument(tracing::info_span!(
+            parent: job_span,
+            "archive.step",
+            otel.name = format!("archive {name}"),
+            "archive.step" = name,
+            "archive.run_key" = run_key,
+            "archive.orders" = tracing::field::Empty,
+        ))
+    })
+    .await
 }
 
 /// Plan: the run's row and cutoff. A scheduled run starts a trace of its own, which every
@@ -89,7 +57,7 @@ pub async fn plan(
         let here = TraceContext::of_span(&tracing::Span::current()).unwrap_or_default();
         archive::plan(&ctx.pool, &run, here).await
     };
-    let job = Job::new(id, attempt, &task);
+    let job = JobAttempt::new(ARCHIVE_RUN, &id, &attempt, &task);
     step("plan", &ctx, (&run.run_key, &root), job, work).await
 }
 
@@ -116,7 +84,7 @@ pub async fn chunk(
         }
         Ok(moved)
     };
-    let job = Job::new(id, attempt, &task);
+    let job = JobAttempt::new(ARCHIVE_RUN, &id, &attempt, &task);
     let moved = step("chunk", &ctx, (&plan.run_key, &plan.trace), job, work).await?;
     Ok(match moved {
         // A short chunk was the last one: nothing eligible can appear behind it (only orders
@@ -135,6 +103,6 @@ pub async fn summarize(
     task: MySqlContext,
 ) -> Result<Summary, BoxDynError> {
     let work = archive::finish(&ctx.pool, &plan);
-    let job = Job::new(id, attempt, &task);
+    let job = JobAttempt::new(ARCHIVE_RUN, &id, &attempt, &task);
     step("summary", &ctx, (&plan.run_key, &plan.trace), job, work).await
 }

@@ -260,6 +260,63 @@ pub fn is_last_attempt(attempt: usize, max_attempts: i32) -> bool {
     attempt >= max_attempts.max(1) as usize
 }
 
+/// One attempt of a job, as its handler sees it.
+pub struct JobAttempt {
+    pub queue: &'static str,
+    pub id: String,
+    pub attempt: usize,
+    pub max_attempts: i32,
+}
+
+impl JobAttempt {
+    pub fn new(
+        queue: &'static str,
+        id: &TaskId<Ulid>,
+        attempt: &apalis::prelude::Attempt,
+        task: &apalis_mysql::MySqlContext,
+    ) -> Self {
+        JobAttempt {
+            queue,
+            id: id.to_string(),
+            attempt: attempt.current(),
+            max_attempts: task.max_attempts(),
+        }
+    }
+
+    /// Runs `work` as this attempt: inside the job's span (continuing `parent`; `work` gets
+    /// the span for spans of its own), its outcome recorded; a failure with attempts left
+    /// pushes the next attempt out by the backoff first.
+    pub async fn run<T, E, Fut>(
+        self,
+        pool: &MySqlPool,
+        settings: &QueueSettings,
+        parent: &TraceContext,
+        work: impl FnOnce(&tracing::Span) -> Fut,
+    ) -> Result<T, BoxDynError>
+    where
+        Fut: std::future::Future<Output = Result<T, E>>,
+        E: Into<BoxDynError> + std::fmt::Display,
+    {
+        use tracing::Instrument;
+        let span = crate::trace::job_span(self.queue, &self.id, self.attempt, parent);
+        let started = std::time::Instant::now();
+        let result = work(&span).instrument(span.clone()).await;
+        let outcome = match &result {
+            Ok(_) => crate::trace::Outcome::Done,
+            Err(_) if is_last_attempt(self.attempt, self.max_attempts) => {
+                crate::trace::Outcome::Dead
+            }
+            Err(e) => {
+                tracing::warn!(parent: &span, queue = self.queue, job_id = %self.id, attempt = self.attempt, error = %e, "job failed; will retry");
+                retry_later(pool, settings, &self.id, self.attempt).await?;
+                crate::trace::Outcome::Retry
+            }
+        };
+        crate::trace::finish_job(&span, self.queue, started, outcome);
+        result.map_err(Into::into)
+    }
+}
+
 /// After a failed attempt that was not the last: push the next one out by the backoff.
 pub async fn retry_later(
     pool: &MySqlPool,

@@ -5,20 +5,19 @@
 //! The kinds are supplied by their owners (idempotency records live in the service crate),
 //! which keeps the SQL with the module that owns the table.
 
-use std::{sync::Arc, time::Duration, time::Instant};
+use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Attempt, BoxDynError, Data, TaskId};
 use apalis_mysql::MySqlContext;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
-use tracing::Instrument;
 use ulid::Ulid;
 
 use crate::{
     ops, outbox,
-    queue::{self, QueueSettings, RETENTION},
-    trace::{self, Outcome, TraceContext},
+    queue::{JobAttempt, QueueSettings, RETENTION},
+    trace::TraceContext,
 };
 
 const BATCH: u32 = 1000;
@@ -115,30 +114,19 @@ pub async fn handle(
     attempt: Attempt,
     task: MySqlContext,
 ) -> Result<u64, BoxDynError> {
-    let (id, attempt) = (id.to_string(), attempt.current());
-    let span = trace::job_span(RETENTION, &id, attempt, &TraceContext::default());
-    let started = Instant::now();
-    let result = purge_all(&ctx.pool, &ctx.kinds)
-        .instrument(span.clone())
-        .await;
-    let outcome = match &result {
-        Ok(purged) => {
-            if purged.iter().any(|(_, n)| *n > 0) {
-                let purged = purged
-                    .iter()
-                    .map(|(kind, n)| format!("{kind}={n}"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                tracing::info!(parent: &span, tick = %job.tick, %purged, "retention purge done");
-            }
-            Outcome::Done
-        }
-        Err(_) if queue::is_last_attempt(attempt, task.max_attempts()) => Outcome::Dead,
-        Err(_) => {
-            queue::retry_later(&ctx.pool, &ctx.settings, &id, attempt).await?;
-            Outcome::Retry
-        }
-    };
-    trace::finish_job(&span, RETENTION, started, outcome);
-    Ok(result?.iter().map(|(_, n)| n).sum())
+    let run = JobAttempt::new(RETENTION, &id, &attempt, &task);
+    let purged = run
+        .run(&ctx.pool, &ctx.settings, &TraceContext::default(), |_| {
+            purge_all(&ctx.pool, &ctx.kinds)
+        })
+        .await?;
+    if purged.iter().any(|(_, n)| *n > 0) {
+        let purged = purged
+            .iter()
+            .map(|(kind, n)| format!("{kind}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        tracing::info!(tick = %job.tick, %purged, "retention purge done");
+    }
+    Ok(purged.iter().map(|(_, n)| n).sum())
 }
