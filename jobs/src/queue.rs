@@ -182,12 +182,13 @@ pub async fn push_publish(
         .map_err(|e| Box::new(e) as BoxDynError)
 }
 
-/// A received message's job; a well-formed event id is its idempotency key, so a
+/// Pushes a received message; a well-formed event id is the job's idempotency key, so a
 /// redelivered message does not even make a second job.
-fn notification_task(
+pub async fn push_notification(
+    pool: &MySqlPool,
     settings: &QueueSettings,
     job: ConsumeNotification,
-) -> apalis::prelude::Task<ConsumeNotification, apalis_mysql::MySqlContext, Ulid> {
+) -> Result<Pushed, BoxDynError> {
     let key = job
         .event_id
         .as_deref()
@@ -197,35 +198,11 @@ fn notification_task(
     if let Some(key) = key {
         builder = builder.with_idempotency_key(key);
     }
-    builder.build()
-}
-
-/// Pushes one received message.
-pub async fn push_notification(
-    pool: &MySqlPool,
-    settings: &QueueSettings,
-    job: ConsumeNotification,
-) -> Result<Pushed, BoxDynError> {
     push_once(
         storage(pool, CONSUME_NOTIFICATION, settings),
-        notification_task(settings, job),
+        builder.build(),
     )
     .await
-}
-
-/// Pushes received messages in one transaction: one commit for the batch instead of one per
-/// message. A redelivered message (its job already there) fails the whole transaction: the
-/// caller then pushes them one at a time.
-pub async fn push_notifications(
-    pool: &MySqlPool,
-    settings: &QueueSettings,
-    jobs: Vec<ConsumeNotification>,
-) -> Result<(), BoxDynError> {
-    let tasks = jobs.into_iter().map(|job| notification_task(settings, job));
-    storage(pool, CONSUME_NOTIFICATION, settings)
-        .push_all(&mut futures_util::stream::iter(tasks))
-        .await
-        .map_err(|e| Box::new(e) as BoxDynError)
 }
 
 /// Pushes a task; a duplicate idempotency key means it is already queued, not a failure.

@@ -109,23 +109,15 @@ async fn next_message(
     }
 }
 
-/// A received message's job, and its receive span (which the job's trace continues).
-fn receive(p: &Pipeline, msg: &OwnedMessage) -> (ConsumeNotification, Span) {
+/// Stores one message as a consume-notification job, retrying until it is stored; `false`
+/// when `stop` came first.
+async fn store(p: &Pipeline, msg: &OwnedMessage, stop: &CancellationToken) -> bool {
     record_lag(msg);
     let mut job = to_job(msg, &p.topic_prefix);
     let span = receive_span(msg, &p.consumer_group, &job.trace());
+    // The job continues the trace from this span.
     let trace = TraceContext::of_span(&span).unwrap_or_else(|| job.trace());
     (job.traceparent, job.tracestate) = (trace.traceparent, trace.tracestate);
-    (job, span)
-}
-
-/// Stores one message as a consume-notification job, retrying until it is stored; `false`
-/// when `stop` came first.
-async fn store(
-    p: &Pipeline,
-    (job, span): (ConsumeNotification, Span),
-    stop: &CancellationToken,
-) -> bool {
     async {
         let mut attempt = 0;
         loop {
@@ -200,25 +192,14 @@ pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
             }
         }
         // Hold the partitions until every job is stored: committing first could lose events.
-        let received: Vec<_> = batch.iter().map(|msg| receive(&p, msg)).collect();
-        let jobs = received.iter().map(|(job, _)| job.clone()).collect();
-        // One transaction for the batch; if it fails (a redelivered message's job is already
-        // there, or the database is away), one at a time with retries.
-        if received.len() == 1
-            || queue::push_notifications(&p.pool, &p.settings, jobs)
-                .await
-                .is_err()
-        {
-            let stores: Vec<_> = received.into_iter().map(|r| store(&p, r, &stop)).collect();
-            let stored: Vec<bool> = futures_util::stream::iter(stores)
-                .buffered(STORE_CONCURRENCY)
-                .collect()
-                .await;
-            if stored.contains(&false) {
-                break;
-            }
+        let stores: Vec<_> = batch.iter().map(|msg| store(&p, msg, &stop)).collect();
+        let stored: Vec<bool> = futures_util::stream::iter(stores)
+            .buffered(STORE_CONCURRENCY)
+            .collect()
+            .await;
+        if stored.contains(&false) {
+            break;
         }
-        p.notify_wake.now();
         commit(&consumer, &batch);
     }
     tracing::info!("kafka consumer stopped");
