@@ -90,14 +90,31 @@ pub(crate) async fn supervise(
                 Ok(())
             }
         };
-        let result = make(name.clone()).run_with_signal(signal).await;
+        // A monitor with a shutdown timeout returns Ok whatever its worker ended with: the
+        // only place apalis shows a worker's error is its restart callback. We restart here
+        // (a fresh name, its jobs released), so the callback only records why.
+        let ended_by: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let monitor = make(name.clone()).should_restart({
+            let ended_by = ended_by.clone();
+            move |_, error, _| {
+                if let Ok(mut slot) = ended_by.lock() {
+                    *slot = Some(error.to_string());
+                }
+                false
+            }
+        });
+        let result = monitor.run_with_signal(signal).await;
         if stop.is_cancelled() {
             return;
         }
-        match result {
-            Ok(()) => tracing::warn!(queue, worker = %name, "job worker ended; restarting"),
-            Err(e) => {
-                tracing::warn!(queue, worker = %name, error = %e, "job worker failed; restarting")
+        let error = match result {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => ended_by.lock().ok().and_then(|mut slot| slot.take()),
+        };
+        match error {
+            None => tracing::warn!(queue, worker = %name, "job worker ended; restarting"),
+            Some(error) => {
+                tracing::warn!(queue, worker = %name, %error, "job worker failed; restarting")
             }
         }
         if let Some(pool) = &pool {
