@@ -218,6 +218,102 @@ async fn a_poison_message_is_parked_dead_and_the_partition_moves_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_job_carries_several_events_notifies_each_once_and_refuses_only_its_poison() {
+    use orderflow_jobs::queue::{self, ConsumeNotification, ReceivedEvent};
+
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let (user_id, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 5).await;
+    app.order(&user, "batch-1", json!([{"productId": p, "quantity": 1}]))
+        .await;
+    assert!(
+        app.eventually(WAIT, || async {
+            notifications(&app, &user).await.len() == 1
+        })
+        .await
+    );
+    let (notified_id, notified_payload): (String, String) =
+        sqlx::query_as("SELECT event_id, payload FROM outbox_events")
+            .fetch_one(app.db())
+            .await
+            .unwrap();
+
+    let event = |event_id: Option<String>, payload: String| ReceivedEvent {
+        topic: app.topic("ORDER_CREATED"),
+        partition: 0,
+        offset: 0,
+        event_id,
+        event_type: Some("ORDER_CREATED".into()),
+        payload: Some(payload),
+        traceparent: None,
+        tracestate: None,
+    };
+    let fresh: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let mut events = vec![event(Some(notified_id.clone()), notified_payload)];
+    for (i, id) in fresh.iter().enumerate() {
+        let payload = json!({"orderId": 9000 + i, "userId": user_id, "totalAmount": 100});
+        events.push(event(Some(id.clone()), payload.to_string()));
+    }
+    // Never put in a batch by the consumer, but a handler must not lose the others for it.
+    events.push(event(None, "{}".into()));
+    queue::push_notification(
+        app.db(),
+        &app.state.config.events.queue,
+        ConsumeNotification { events },
+    )
+    .await
+    .unwrap();
+
+    let dead_jobs = "/api/v1/admin/jobs?status=dead&queue=consume-notification";
+    assert!(
+        app.eventually(WAIT, || async {
+            app.get(dead_jobs, Some(&admin)).await.body["totalItems"] == 1
+        })
+        .await,
+        "the job with a poison event is dead"
+    );
+    let job = app.get(dead_jobs, Some(&admin)).await.body["items"][0].clone();
+    assert!(
+        job["lastResult"].as_str().unwrap().contains("eventId"),
+        "{job}"
+    );
+    // Its well-formed events were stored before it was refused, each once.
+    assert_eq!(notifications(&app, &user).await.len(), 4);
+    let count_of = |id: &str| format!("SELECT COUNT(*) FROM notifications WHERE event_id = '{id}'");
+    assert_eq!(
+        app.count(&count_of(&notified_id)).await,
+        1,
+        "a redelivered event"
+    );
+    for id in &fresh {
+        assert_eq!(app.count(&count_of(id)).await, 1);
+    }
+
+    // An operator's retry runs the job again: nothing new, and the poison is refused again.
+    let job_id = job["id"].as_str().unwrap();
+    let r = app
+        .post(
+            &format!("/api/v1/admin/jobs/{job_id}/retry"),
+            Some(&admin),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert!(
+        app.eventually(WAIT, || async {
+            let refused_again = format!(
+                "SELECT COUNT(*) FROM jobs WHERE id = '{job_id}' AND status = 'Killed' AND last_result IS NOT NULL"
+            );
+            app.count(&refused_again).await == 1
+        })
+        .await,
+        "the retried job is refused again"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM notifications").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_retries_then_dead_then_an_operator_retry_publishes_once() {
     let app = TestApp::spawn_with(|c| {
         c.events.kafka_brokers = None; // embedded: this test stops the broker

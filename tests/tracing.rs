@@ -183,5 +183,72 @@ async fn one_order_is_one_trace_from_the_request_to_the_notification_insert() {
         stored,
         format!("00-{TRACE_ID}-{}-01", tx.span_context.span_id())
     );
+
+    // A job carrying two events keeps their traces apart: each event's span continues its
+    // own trace, with its own INSERT as its child.
+    let (user_id, _) = app.new_user().await;
+    let traces = [
+        ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"),
+        ("1bf7651916cd43dd8448eb211c80319d", "c7ad6b7169203332"),
+    ];
+    let events = traces
+        .iter()
+        .enumerate()
+        .map(|(i, (trace, span))| orderflow_jobs::queue::ReceivedEvent {
+            topic: topic.clone(),
+            partition: 0,
+            offset: i as i64,
+            event_id: Some(uuid::Uuid::now_v7().to_string()),
+            event_type: Some("ORDER_CREATED".into()),
+            payload: Some(json!({"orderId": 7000 + i, "userId": user_id}).to_string()),
+            traceparent: Some(format!("00-{trace}-{span}-01")),
+            tracestate: None,
+        })
+        .collect();
+    orderflow_jobs::queue::push_notification(
+        app.db(),
+        &app.state.config.events.queue,
+        orderflow_jobs::queue::ConsumeNotification { events },
+    )
+    .await
+    .unwrap();
+    let inserted_in = |spans: &[SpanData], trace: &str| {
+        spans.iter().any(|s| {
+            s.name == "INSERT notifications" && s.span_context.trace_id().to_string() == trace
+        })
+    };
+    let both = app
+        .eventually(Duration::from_secs(60), || {
+            spans = collected(&provider, &exporter);
+            let done = traces.iter().all(|(trace, _)| inserted_in(&spans, trace));
+            async move { done }
+        })
+        .await;
+    assert!(both, "each event of the batch is traced");
+    let mut job_ids = Vec::new();
+    for (trace, parent) in traces {
+        let in_trace: Vec<&SpanData> = spans
+            .iter()
+            .filter(|s| s.span_context.trace_id().to_string() == trace)
+            .collect();
+        let names: Vec<&str> = in_trace.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "{trace}: only its own job span and INSERT: {names:?}"
+        );
+        let job = in_trace
+            .iter()
+            .find(|s| s.name == "consume-notification process")
+            .expect("the event's job span");
+        assert_eq!(job.parent_span_id.to_string(), parent);
+        let insert = in_trace
+            .iter()
+            .find(|s| s.name == "INSERT notifications")
+            .unwrap();
+        assert_eq!(insert.parent_span_id, job.span_context.span_id());
+        job_ids.push(attr_str(job, "messaging.message.id"));
+    }
+    assert_eq!(job_ids[0], job_ids[1], "one job served both events");
     app.stop().await;
 }

@@ -26,8 +26,12 @@ pub struct NewNotification<'a> {
     pub message: &'a str,
 }
 
-/// Inserts the notification; false if this event already has one.
-pub async fn insert(pool: &MySqlPool, n: &NewNotification<'_>) -> Result<bool, sqlx::Error> {
+/// Inserts the notification; false if this event already has one. Inside a transaction, a
+/// duplicate undoes only this statement (InnoDB), so the other inserts of a batch stand.
+pub async fn insert(
+    db: impl sqlx::Executor<'_, Database = sqlx::MySql>,
+    n: &NewNotification<'_>,
+) -> Result<bool, sqlx::Error> {
     let res = sqlx::query(
         "INSERT INTO notifications (event_id, user_id, order_id, type, message) VALUES (?, ?, ?, ?, ?)",
     )
@@ -36,7 +40,7 @@ pub async fn insert(pool: &MySqlPool, n: &NewNotification<'_>) -> Result<bool, s
     .bind(n.order_id)
     .bind(n.kind)
     .bind(n.message)
-    .execute(pool)
+    .execute(db)
     .await;
     match res {
         Ok(_) => Ok(true),

@@ -1,5 +1,6 @@
-//! consume-notification: turns one ORDER_* event into one notification. A malformed message
-//! is refused for good (`AbortError`: the job is dead at once, the partition moves on); a
+//! consume-notification: turns each ORDER_* event of a job into one notification, the whole
+//! job in one transaction. A malformed message is refused for good (`AbortError`: the job is
+//! dead at once, the partition moves on; the consumer gives each one a job of its own); a
 //! database failure is retried with backoff; a redelivered event finds its notification
 //! already there and changes nothing.
 
@@ -9,13 +10,13 @@ use apalis::prelude::{AbortError, Attempt, BoxDynError, Data, TaskId};
 use apalis_mysql::MySqlContext;
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 use ulid::Ulid;
 
 use crate::{
     notifications::{self, NewNotification},
     outbox::EventType,
-    queue::{self, ConsumeNotification, QueueSettings, CONSUME_NOTIFICATION},
+    queue::{self, ConsumeNotification, QueueSettings, ReceivedEvent, CONSUME_NOTIFICATION},
     trace::{self, Outcome},
 };
 
@@ -33,10 +34,13 @@ struct OrderEvent {
     occurred_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub enum NotifyOutcome {
-    Created,
-    AlreadyNotified,
+/// What a job did (its `last_result`).
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Notified {
+    pub created: usize,
+    /// Redelivered events, whose notification was already there.
+    pub already_notified: usize,
 }
 
 /// Why a message can never become a notification.
@@ -50,6 +54,18 @@ pub enum Poison {
     BadPayload(String),
 }
 
+/// The refusal of a job's poison messages (the job's `last_result` when it is dead).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+impl Refused {
+    fn of(poison: &[&Poison]) -> Self {
+        let reasons: Vec<String> = poison.iter().map(ToString::to_string).collect();
+        Refused(reasons.join("; "))
+    }
+}
+
 pub struct Parsed {
     pub occurred_at: Option<chrono::DateTime<chrono::Utc>>,
     pub event_id: String,
@@ -59,35 +75,39 @@ pub struct Parsed {
     pub message: String,
 }
 
-pub fn parse(job: &ConsumeNotification) -> Result<Parsed, Poison> {
-    let event_id = job
-        .event_id
-        .as_deref()
-        .filter(|id| uuid::Uuid::parse_str(id).is_ok())
-        .ok_or(Poison::NoEventId)?;
-    let kind = job
+pub fn parse(event: &ReceivedEvent) -> Result<Parsed, Poison> {
+    let event_id = event.valid_event_id().ok_or(Poison::NoEventId)?;
+    let kind = event
         .event_type
         .as_deref()
         .and_then(EventType::parse)
-        .ok_or_else(|| Poison::UnknownType(job.event_type.clone()))?;
-    let event: OrderEvent = serde_json::from_str(job.payload.as_deref().unwrap_or(""))
+        .ok_or_else(|| Poison::UnknownType(event.event_type.clone()))?;
+    let order: OrderEvent = serde_json::from_str(event.payload.as_deref().unwrap_or(""))
         .map_err(|e| Poison::BadPayload(e.to_string()))?;
     let message = match kind {
         EventType::OrderCreated => format!(
             "Your order {} was placed (total {}).",
-            event.order_id,
-            event.total_amount.unwrap_or_default()
+            order.order_id,
+            order.total_amount.unwrap_or_default()
         ),
-        EventType::OrderCancelled => format!("Your order {} was cancelled.", event.order_id),
+        EventType::OrderCancelled => format!("Your order {} was cancelled.", order.order_id),
     };
     Ok(Parsed {
-        occurred_at: event.occurred_at,
+        occurred_at: order.occurred_at,
         event_id: event_id.to_owned(),
         kind,
-        user_id: event.user_id,
-        order_id: event.order_id,
+        user_id: order.user_id,
+        order_id: order.order_id,
         message,
     })
+}
+
+/// One event of a job run, with the span that continues its own trace: a batch does not
+/// merge the traces of the orders it serves, each still runs down to its notification.
+struct Event<'a> {
+    received: &'a ReceivedEvent,
+    parsed: Result<Parsed, Poison>,
+    span: Span,
 }
 
 pub async fn handle(
@@ -96,36 +116,56 @@ pub async fn handle(
     id: TaskId<Ulid>,
     attempt: Attempt,
     task: MySqlContext,
-) -> Result<NotifyOutcome, BoxDynError> {
+) -> Result<Notified, BoxDynError> {
     let attempt = attempt.current();
     let last = queue::is_last_attempt(attempt, task.max_attempts());
-    let span = trace::job_span(CONSUME_NOTIFICATION, &id.to_string(), attempt, &job.trace());
+    let job_id = id.to_string();
     let started = Instant::now();
-    let result = run(&ctx, &job, &id, attempt, last)
-        .instrument(span.clone())
-        .await;
+    let events: Vec<Event> = job
+        .events
+        .iter()
+        .map(|received| Event {
+            received,
+            parsed: parse(received),
+            span: trace::job_span(CONSUME_NOTIFICATION, &job_id, attempt, &received.trace()),
+        })
+        .collect();
+    let result = run(&ctx, &events, &job_id, attempt, last).await;
+    let db_outcome = match &result {
+        Err(Failure::Db(_)) if last => Outcome::Dead,
+        Err(Failure::Db(_)) => Outcome::Retry,
+        _ => Outcome::Done,
+    };
+    for event in &events {
+        let outcome = if event.parsed.is_err() {
+            Outcome::Dead
+        } else {
+            db_outcome
+        };
+        trace::record_outcome(&event.span, outcome);
+    }
     let outcome = match &result {
         Ok(_) => Outcome::Done,
         Err(Failure::Poison(_)) => Outcome::Dead,
-        Err(Failure::Db(_)) if last => Outcome::Dead,
-        Err(Failure::Db(_)) => Outcome::Retry,
+        Err(Failure::Db(_)) => db_outcome,
     };
-    trace::finish_job(&span, CONSUME_NOTIFICATION, started, outcome);
+    trace::count_job(CONSUME_NOTIFICATION, started, outcome);
     result.map_err(|f| match f {
-        Failure::Poison(poison) => AbortError::new(poison).into(),
+        Failure::Poison(refused) => AbortError::new(refused).into(),
         Failure::Db(e) => e,
     })
 }
 
 enum Failure {
-    /// Never retried: the job is dead at once.
-    Poison(Poison),
+    /// Never retried: the job is dead at once (after its well-formed events are stored).
+    Poison(Refused),
     Db(BoxDynError),
 }
 
-/// The INSERT of the notification, as a client span of the database.
-fn insert_span() -> tracing::Span {
+/// The INSERT of one event's notification, as a client span of the database.
+fn insert_span(event: &Span) -> Span {
     tracing::info_span!(
+        parent: event,
         "db.query",
         otel.name = "INSERT notifications",
         otel.kind = "client",
@@ -137,49 +177,90 @@ fn insert_span() -> tracing::Span {
 
 async fn run(
     ctx: &NotifyContext,
-    job: &ConsumeNotification,
-    id: &TaskId<Ulid>,
+    events: &[Event<'_>],
+    job_id: &str,
     attempt: usize,
     last: bool,
-) -> Result<NotifyOutcome, Failure> {
-    let parsed = match parse(job) {
-        Ok(p) => p,
-        Err(poison) => {
-            tracing::warn!(job_id = %id, topic = %job.topic, partition = job.partition, offset = job.offset,
-                error = %poison, "poison message parked as a dead job");
-            return Err(Failure::Poison(poison));
-        }
-    };
-    tracing::Span::current().record("orderId", parsed.order_id);
-    let new = NewNotification {
-        event_id: &parsed.event_id,
-        user_id: parsed.user_id,
-        order_id: parsed.order_id,
-        kind: parsed.kind.as_str(),
-        message: &parsed.message,
-    };
-    match notifications::insert(&ctx.pool, &new)
-        .instrument(insert_span())
-        .await
-    {
-        Ok(true) => {
-            if let Some(at) = parsed.occurred_at {
-                let lag = (chrono::Utc::now() - at).num_milliseconds().max(0);
-                metrics::histogram!("notification_lag_seconds").record(lag as f64 / 1e3);
+) -> Result<Notified, Failure> {
+    let mut good = Vec::with_capacity(events.len());
+    let mut poison = Vec::new();
+    for event in events {
+        match &event.parsed {
+            Ok(parsed) => {
+                event.span.record("orderId", parsed.order_id);
+                good.push((event, parsed));
             }
-            tracing::info!(orderId = parsed.order_id, userId = parsed.user_id, eventId = %parsed.event_id, "notification created");
-            Ok(NotifyOutcome::Created)
+            Err(refused) => {
+                let r = event.received;
+                // In scope, not `parent:`: the JSON log lists the entered spans only.
+                event.span.in_scope(|| {
+                    tracing::warn!(job_id, topic = %r.topic, partition = r.partition,
+                        offset = r.offset, error = %refused, "poison message parked as a dead job");
+                });
+                poison.push(refused);
+            }
         }
-        Ok(false) => Ok(NotifyOutcome::AlreadyNotified),
+    }
+    // In one order, so that two runs holding the same events (a retried job fetched twice)
+    // wait for each other's row locks instead of deadlocking.
+    good.sort_by(|a, b| a.1.event_id.cmp(&b.1.event_id));
+    let created = match insert_all(&ctx.pool, &good).await {
+        Ok(created) => created,
         Err(e) => {
             if !last {
-                queue::retry_later(&ctx.pool, &ctx.settings, &id.to_string(), attempt)
+                queue::retry_later(&ctx.pool, &ctx.settings, job_id, attempt)
                     .await
                     .map_err(|e| Failure::Db(e.into()))?;
             }
-            Err(Failure::Db(e.into()))
+            return Err(Failure::Db(e.into()));
         }
+    };
+    let mut notified = Notified::default();
+    for ((event, parsed), new) in good.iter().zip(created) {
+        if !new {
+            notified.already_notified += 1;
+            continue;
+        }
+        notified.created += 1;
+        if let Some(at) = parsed.occurred_at {
+            let lag = (chrono::Utc::now() - at).num_milliseconds().max(0);
+            metrics::histogram!("notification_lag_seconds").record(lag as f64 / 1e3);
+        }
+        event.span.in_scope(|| {
+            tracing::info!(orderId = parsed.order_id, userId = parsed.user_id,
+                eventId = %parsed.event_id, "notification created");
+        });
     }
+    if poison.is_empty() {
+        Ok(notified)
+    } else {
+        Err(Failure::Poison(Refused::of(&poison)))
+    }
+}
+
+/// Inserts the events' notifications in one transaction; for each, whether it is new.
+async fn insert_all(
+    pool: &MySqlPool,
+    events: &[(&Event<'_>, &Parsed)],
+) -> Result<Vec<bool>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tx = pool.begin().await?;
+    let mut created = Vec::with_capacity(events.len());
+    for (event, parsed) in events {
+        let new = NewNotification {
+            event_id: &parsed.event_id,
+            user_id: parsed.user_id,
+            order_id: parsed.order_id,
+            kind: parsed.kind.as_str(),
+            message: &parsed.message,
+        };
+        let insert = notifications::insert(&mut *tx, &new).instrument(insert_span(&event.span));
+        created.push(insert.await?);
+    }
+    tx.commit().await?;
+    Ok(created)
 }
 
 #[cfg(test)]
@@ -190,8 +271,8 @@ mod tests {
         event_id: Option<&str>,
         event_type: Option<&str>,
         payload: Option<&str>,
-    ) -> ConsumeNotification {
-        ConsumeNotification {
+    ) -> ReceivedEvent {
+        ReceivedEvent {
             topic: "ORDER_CREATED".into(),
             partition: 0,
             offset: 1,

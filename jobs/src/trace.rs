@@ -148,10 +148,20 @@ impl Outcome {
 
 /// Ends a job run: the outcome on its span, and the per-queue metrics.
 pub fn finish_job(span: &Span, queue: &'static str, started: Instant, outcome: Outcome) {
+    record_outcome(span, outcome);
+    count_job(queue, started, outcome);
+}
+
+/// The outcome of a job run on one of its spans.
+pub fn record_outcome(span: &Span, outcome: Outcome) {
     span.record("job.outcome", outcome.as_str());
     if outcome != Outcome::Done {
         span.record("otel.status_code", "ERROR");
     }
+}
+
+/// The per-queue metrics of one job run.
+pub fn count_job(queue: &'static str, started: Instant, outcome: Outcome) {
     metrics::counter!("jobs_total", "queue" => queue, "outcome" => outcome.as_str()).increment(1);
     metrics::histogram!("job_duration_seconds", "queue" => queue)
         .record(started.elapsed().as_secs_f64());

@@ -1,16 +1,18 @@
-//! The notification consumer group: each Kafka message is handed to a consume-notification
-//! job, and its offset is committed only after the job is durably in the job table (messages
-//! already received are stored as a batch, then their offsets committed together). A
-//! redelivered message maps to the same job idempotency key (its event id) and is dropped
-//! by the queue itself; a poison message still becomes a job, which parks it as dead.
+//! The notification consumer group: the messages already received are handed together to a
+//! consume-notification job, and their offsets are committed only after the job is durably
+//! in the job table. A redelivered event maps to the same job idempotency key (its event id,
+//! or its batch's) and is dropped by the queue itself, or else by `notifications.event_id`;
+//! a poison message becomes a job of its own, which parks it as dead.
 
-use std::{collections::HashMap, time::Duration};
-
-use futures_util::StreamExt;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use orderflow_jobs::{
     kafka::{self, headers},
-    queue::{self, ConsumeNotification},
+    notify,
+    queue::{self, ConsumeNotification, ReceivedEvent},
     trace::TraceContext,
 };
 use rdkafka::{
@@ -20,7 +22,7 @@ use rdkafka::{
     Offset, TopicPartitionList,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use crate::Pipeline;
 
@@ -32,8 +34,8 @@ fn header(msg: &impl Message, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-fn to_job(msg: &impl Message, prefix: &str) -> ConsumeNotification {
-    ConsumeNotification {
+fn to_event(msg: &impl Message, prefix: &str) -> ReceivedEvent {
+    ReceivedEvent {
         topic: msg.topic().to_owned(),
         partition: msg.partition(),
         offset: msg.offset(),
@@ -75,10 +77,9 @@ fn record_lag(msg: &impl Message) {
 }
 
 /// Messages taken from the consumer's queue at once (only those already there: waiting for
-/// a full batch would delay the first event).
+/// a full batch would delay the first event). They become one job, so under load the cost
+/// of a job is shared by up to this many events.
 const BATCH: usize = 64;
-/// Jobs stored at once; each holds a pooled connection while it is written.
-const STORE_CONCURRENCY: usize = 8;
 
 /// The next message, or `None` once `stop` is cancelled.
 async fn next_message(
@@ -109,36 +110,60 @@ async fn next_message(
     }
 }
 
-/// Stores one message as a consume-notification job, retrying until it is stored; `false`
-/// when `stop` came first.
-async fn store(p: &Pipeline, msg: &OwnedMessage, stop: &CancellationToken) -> bool {
+/// The received event, continuing the producer's trace in a receive span (kept open until
+/// the event is stored); the job continues the trace from that span.
+fn receive(p: &Pipeline, msg: &impl Message) -> (ReceivedEvent, Span) {
     record_lag(msg);
-    let mut job = to_job(msg, &p.topic_prefix);
-    let span = receive_span(msg, &p.consumer_group, &job.trace());
-    // The job continues the trace from this span.
-    let trace = TraceContext::of_span(&span).unwrap_or_else(|| job.trace());
-    (job.traceparent, job.tracestate) = (trace.traceparent, trace.tracestate);
-    async {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match queue::push_notification(&p.pool, &p.settings, job.clone()).await {
-                Ok(_) => {
-                    p.notify_wake.now();
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "could not enqueue a received event; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return false,
-                        () = tokio::time::sleep(p.settings.backoff(attempt)) => {}
-                    }
+    let mut event = to_event(msg, &p.topic_prefix);
+    let span = receive_span(msg, &p.consumer_group, &event.trace());
+    let trace = TraceContext::of_span(&span).unwrap_or_else(|| event.trace());
+    (event.traceparent, event.tracestate) = (trace.traceparent, trace.tracestate);
+    (event, span)
+}
+
+/// The jobs of a batch of received events: one for the well-formed events (each once: a
+/// redelivery can arrive beside its original), and one for each poison message, so that an
+/// operator finds every refused message as a dead job of its own.
+fn jobs_of(events: Vec<ReceivedEvent>) -> Vec<ConsumeNotification> {
+    let mut seen = HashSet::new();
+    let mut good = Vec::new();
+    let mut jobs = Vec::new();
+    for event in events {
+        if notify::parse(&event).is_err() {
+            jobs.push(ConsumeNotification {
+                events: vec![event],
+            });
+        } else if seen.insert(event.event_id.clone()) {
+            good.push(event);
+        }
+    }
+    if !good.is_empty() {
+        jobs.push(ConsumeNotification { events: good });
+    }
+    jobs
+}
+
+/// Stores a consume-notification job, retrying until it is stored; `false` when `stop` came
+/// first.
+async fn store(p: &Pipeline, job: ConsumeNotification, stop: &CancellationToken) -> bool {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match queue::push_notification(&p.pool, &p.settings, job.clone()).await {
+            Ok(_) => {
+                p.notify_wake.now();
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, events = job.events.len(),
+                    "could not enqueue received events; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return false,
+                    () = tokio::time::sleep(p.settings.backoff(attempt)) => {}
                 }
             }
         }
     }
-    .instrument(span)
-    .await
 }
 
 /// Commits, per partition, the offset after the last message of the batch.
@@ -177,9 +202,9 @@ pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
         tracing::error!(error = %e, "cannot subscribe to the event topics");
         return;
     }
-    while let Some(first) = next_message(&consumer, &stop).await {
+    'consume: while let Some(first) = next_message(&consumer, &stop).await {
         // Under load, the messages already received are stored together: one at a time,
-        // each waiting for its INSERT, the consumer fell behind the producer (bench/).
+        // each waiting for its own job, the consumer fell behind the producer (bench/).
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
@@ -191,16 +216,65 @@ pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
                 Err(_) => break,
             }
         }
+        let (events, receive_spans): (Vec<_>, Vec<_>) =
+            batch.iter().map(|msg| receive(&p, msg)).unzip();
         // Hold the partitions until every job is stored: committing first could lose events.
-        let stores: Vec<_> = batch.iter().map(|msg| store(&p, msg, &stop)).collect();
-        let stored: Vec<bool> = futures_util::stream::iter(stores)
-            .buffered(STORE_CONCURRENCY)
-            .collect()
-            .await;
-        if stored.contains(&false) {
-            break;
+        for job in jobs_of(events) {
+            if !store(&p, job, &stop).await {
+                break 'consume;
+            }
         }
+        drop(receive_spans);
         commit(&consumer, &batch);
     }
     tracing::info!("kafka consumer stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_id: Option<&str>, payload: &str) -> ReceivedEvent {
+        ReceivedEvent {
+            topic: "ORDER_CREATED".into(),
+            partition: 0,
+            offset: 0,
+            event_id: event_id.map(str::to_owned),
+            event_type: Some("ORDER_CREATED".into()),
+            payload: Some(payload.into()),
+            traceparent: None,
+            tracestate: None,
+        }
+    }
+
+    const A: &str = "0192f3a4-5b6c-7d8e-9f00-11223344556a";
+    const B: &str = "0192f3a4-5b6c-7d8e-9f00-11223344556b";
+    const ORDER: &str = r#"{"orderId":7,"userId":3}"#;
+
+    #[test]
+    fn well_formed_events_share_a_job_and_each_poison_message_has_its_own() {
+        let jobs = jobs_of(vec![
+            event(Some(A), ORDER),
+            event(None, ORDER),
+            event(Some(B), ORDER),
+            event(Some(A), "{not json"),
+        ]);
+        let sizes: Vec<usize> = jobs.iter().map(|j| j.events.len()).collect();
+        assert_eq!(sizes, [1, 1, 2]);
+        let ids: Vec<_> = jobs[2].events.iter().map(|e| e.event_id.clone()).collect();
+        assert_eq!(ids, [Some(A.to_owned()), Some(B.to_owned())]);
+    }
+
+    #[test]
+    fn a_redelivery_beside_its_original_is_carried_once() {
+        let jobs = jobs_of(vec![event(Some(A), ORDER), event(Some(A), ORDER)]);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].events.len(), 1);
+        assert_eq!(jobs[0].idempotency_key().as_deref(), Some(A));
+    }
+
+    #[test]
+    fn nothing_received_is_no_job() {
+        assert!(jobs_of(Vec::new()).is_empty());
+    }
 }
