@@ -27,6 +27,32 @@ async fn all_published(app: &TestApp) -> bool {
         == 0
 }
 
+/// Places the user's first order and waits for its notification: (order id, event id, payload).
+async fn first_order_notified(
+    app: &TestApp,
+    user: &str,
+    product: i64,
+    key: &str,
+) -> (i64, String, String) {
+    let order_id = app
+        .order(user, key, json!([{"productId": product, "quantity": 1}]))
+        .await
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        app.eventually(WAIT, || async { notifications(app, user).await.len() == 1 })
+            .await
+    );
+    let (event_id, payload) =
+        sqlx::query_as("SELECT event_id, payload FROM outbox_events WHERE aggregate_id = ?")
+            .bind(order_id)
+            .fetch_one(app.db())
+            .await
+            .unwrap();
+    (order_id, event_id, payload)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_and_its_cancellation_each_reach_kafka_and_notify_once() {
     let app = TestApp::spawn().await;
@@ -112,25 +138,7 @@ async fn the_same_event_delivered_twice_notifies_once() {
     let admin = app.admin_token().await;
     let (_, user) = app.new_user().await;
     let p = app.new_product(&admin, 100, 5).await;
-    let order_id = app
-        .order(&user, "dup-1", json!([{"productId": p, "quantity": 1}]))
-        .await
-        .body["id"]
-        .as_i64()
-        .unwrap();
-    assert!(
-        app.eventually(WAIT, || async {
-            notifications(&app, &user).await.len() == 1
-        })
-        .await
-    );
-
-    let (event_id, payload): (String, String) =
-        sqlx::query_as("SELECT event_id, payload FROM outbox_events WHERE aggregate_id = ?")
-            .bind(order_id)
-            .fetch_one(app.db())
-            .await
-            .unwrap();
+    let (order_id, event_id, payload) = first_order_notified(&app, &user, p, "dup-1").await;
     let topic = app.topic("ORDER_CREATED");
     for _ in 0..3 {
         kafka::produce(
@@ -225,19 +233,7 @@ async fn one_job_carries_several_events_notifies_each_once_and_refuses_only_its_
     let admin = app.admin_token().await;
     let (user_id, user) = app.new_user().await;
     let p = app.new_product(&admin, 100, 5).await;
-    app.order(&user, "batch-1", json!([{"productId": p, "quantity": 1}]))
-        .await;
-    assert!(
-        app.eventually(WAIT, || async {
-            notifications(&app, &user).await.len() == 1
-        })
-        .await
-    );
-    let (notified_id, notified_payload): (String, String) =
-        sqlx::query_as("SELECT event_id, payload FROM outbox_events")
-            .fetch_one(app.db())
-            .await
-            .unwrap();
+    let (_, notified_id, notified_payload) = first_order_notified(&app, &user, p, "batch-1").await;
 
     let event = |event_id: Option<String>, payload: String| ReceivedEvent {
         topic: app.topic("ORDER_CREATED"),
