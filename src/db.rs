@@ -1,5 +1,5 @@
-//! Connection pool, database creation and migrations, and the classification of MySQL
-//! errors that the service reacts to (duplicate key, lock wait, deadlock, unreachable).
+//! Connection pool, database creation and migrations. The classification of MySQL errors
+//! (duplicate key, lock wait, deadlock, unreachable) lives with the jobs, which share it.
 
 use std::{str::FromStr, time::Duration};
 
@@ -8,10 +8,11 @@ use sqlx::{
     ConnectOptions, Connection, Executor, MySqlPool,
 };
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub use orderflow_jobs::sql_error::{
+    is_deadlock, is_lock_wait_timeout, is_unavailable, is_unique_violation,
+};
 
-const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
-const ER_LOCK_DEADLOCK: u16 = 1213;
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -130,45 +131,6 @@ impl PoolSettings {
 
 pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
-}
-
-fn mysql_code(err: &sqlx::Error) -> Option<u16> {
-    match err {
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .map(|e| e.number()),
-        _ => None,
-    }
-}
-
-/// A UNIQUE or PRIMARY KEY violation.
-pub fn is_unique_violation(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => db.is_unique_violation(),
-        _ => false,
-    }
-}
-
-pub fn is_lock_wait_timeout(err: &sqlx::Error) -> bool {
-    mysql_code(err) == Some(ER_LOCK_WAIT_TIMEOUT)
-}
-
-pub fn is_deadlock(err: &sqlx::Error) -> bool {
-    mysql_code(err) == Some(ER_LOCK_DEADLOCK)
-}
-
-/// The database cannot be reached or the pool is exhausted: "try again later", not a bug.
-pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed
-    ) || is_lock_wait_timeout(err)
-        || is_deadlock(err)
 }
 
 /// Readiness: one round trip on a pooled connection.

@@ -292,3 +292,61 @@ fn random_concurrent_order_cancel_adjust_conserve_stock() {
     });
     runtime.block_on(async move { app.stop().await });
 }
+
+/// A deadlocked order transaction is run again, and a job worker fetches again after its
+/// fetch lost a deadlock: both read InnoDB's error through `sql_error`. Checked here on a real
+/// deadlock between two transactions that each hold the row the other one wants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_innodb_deadlock_reads_as_a_deadlock_worth_repeating() {
+    use orderflow_jobs::sql_error::{is_deadlock, is_transient};
+
+    let app = TestApp::spawn().await;
+    let db = app.db();
+    sqlx::query("CREATE TABLE deadlock_probe (id INT PRIMARY KEY, n INT NOT NULL)")
+        .execute(db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO deadlock_probe VALUES (1, 0), (2, 0)")
+        .execute(db)
+        .await
+        .unwrap();
+    let bump = "UPDATE deadlock_probe SET n = n + 1 WHERE id = ?";
+
+    let mut first = db.begin().await.unwrap();
+    let mut second = db.begin().await.unwrap();
+    sqlx::query(bump)
+        .bind(1)
+        .execute(&mut *first)
+        .await
+        .unwrap();
+    sqlx::query(bump)
+        .bind(2)
+        .execute(&mut *second)
+        .await
+        .unwrap();
+    // The first now waits for row 2; the second then asks for row 1 and closes the cycle.
+    let waiting = tokio::spawn(async move {
+        let result = sqlx::query(bump).bind(2).execute(&mut *first).await;
+        (result, first)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let closing = sqlx::query(bump).bind(1).execute(&mut *second).await;
+    let (waited, first) = waiting.await.unwrap();
+    // Both end here: an open transaction keeps a metadata lock that the database drop at
+    // the end of the test would wait for.
+    first.rollback().await.unwrap();
+    second.rollback().await.unwrap();
+
+    let errors: Vec<sqlx::Error> = [waited.err(), closing.err()]
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(errors.len(), 1, "InnoDB rolls back exactly one of the two");
+    assert!(
+        is_deadlock(&errors[0]),
+        "read as a deadlock: {:?}",
+        errors[0]
+    );
+    assert!(is_transient(&errors[0]));
+    app.stop().await;
+}

@@ -1,5 +1,5 @@
 //! The job storage workers run on: apalis-mysql's, with a heartbeat that only keeps the
-//! worker's row alive.
+//! worker's row alive and a fetch loop that survives a failed fetch.
 //!
 //! apalis-mysql rc.8's heartbeat also runs its orphan re-enqueue, an `UPDATE jobs … WHERE id
 //! IN (SELECT … FROM jobs JOIN workers …)` that never matches (it compares a TIMESTAMP with a
@@ -7,21 +7,43 @@
 //! deadlocked with fetches and acknowledgements, and apalis ends a worker whose heartbeat
 //! fails: in the pipeline bench a worker ended every few seconds, and each restart stalled
 //! its queue (notification p99 12 s). Our reaper does that job without the locks.
+//!
+//! apalis-mysql's fetch stream ends at its first failed fetch, and the worker ends with it.
+//! A fetch (`SELECT … FOR UPDATE SKIP LOCKED`, then `UPDATE`) still loses an occasional
+//! deadlock to the pushes beside it under load (seen in bench/: `1213 Deadlock found`, a
+//! restart each time, its jobs released). InnoDB rolled that fetch back whole, so nothing
+//! was taken: [`fetch_loop`] fetches again at the next poll tick instead.
 
 use std::{
+    collections::VecDeque,
+    future::Future,
     pin::Pin,
+    sync::{atomic::AtomicUsize, Arc},
     task::{Context, Poll},
 };
 
+use apalis_codec::json::JsonCodec;
 use apalis_core::{
-    backend::{queue::Queue, Backend, BackendExt},
+    backend::{
+        codec::Codec,
+        poll_strategy::{PollContext, PollStrategyExt},
+        queue::Queue,
+        Backend, BackendExt, TaskStream,
+    },
     worker::context::WorkerContext,
 };
-use apalis_mysql::{queries::keep_alive::keep_alive_stream, MySqlContext, MySqlTask};
-use futures_util::{stream::BoxStream, Sink, StreamExt};
+use apalis_mysql::{
+    fetcher::fetch_next,
+    queries::keep_alive::{initial_heartbeat, keep_alive_stream},
+    CompactType, MySqlContext, MySqlTask,
+};
+use futures_util::{
+    stream::{self, BoxStream},
+    FutureExt, Sink, Stream, StreamExt,
+};
 use ulid::Ulid;
 
-use crate::queue::Storage;
+use crate::{queue::Storage, sql_error};
 
 pub struct WorkerStorage<T>(pub Storage<T>);
 
@@ -31,15 +53,105 @@ impl<T> Clone for WorkerStorage<T> {
     }
 }
 
+impl<T> WorkerStorage<T> {
+    /// Registers the worker (as apalis-mysql does), then fetches in a [`fetch_loop`] paced by
+    /// the storage's poll strategy.
+    fn fetches(self, worker: &WorkerContext) -> TaskStream<MySqlTask<CompactType>, sqlx::Error> {
+        let (pool, config, worker) = (
+            self.0.pool().clone(),
+            self.0.config().clone(),
+            worker.clone(),
+        );
+        let register = stream::once(
+            initial_heartbeat(pool.clone(), config.clone(), worker.clone(), "MySqlStorage")
+                .map(|_| Ok(None)),
+        );
+        let ticks = config
+            .poll_strategy()
+            .clone()
+            .build_stream(&PollContext::new(
+                worker.clone(),
+                Arc::new(AtomicUsize::new(0)),
+            ));
+        let queue = config.queue().to_string();
+        let fetch = move || fetch_next(pool.clone(), config.clone(), worker.clone());
+        register.chain(fetch_loop(queue, ticks, fetch)).boxed()
+    }
+}
+
+/// Fetches while there are jobs, and after an empty fetch waits for the next tick of
+/// `ticks` (the poll interval, or a local push's wake). A fetch that failed for a transient
+/// reason (deadlock victim, lock wait timeout, busy pool, dropped connection) took nothing,
+/// so it is repeated at the next tick; any other error ends the stream, as apalis' own does.
+pub fn fetch_loop<J, F, Fut>(
+    queue: String,
+    ticks: Pin<Box<dyn Stream<Item = ()> + Send>>,
+    fetch: F,
+) -> impl Stream<Item = Result<Option<J>, sqlx::Error>> + Send + 'static
+where
+    J: Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Vec<J>, sqlx::Error>> + Send + 'static,
+{
+    struct State<J, F> {
+        queue: String,
+        ticks: Pin<Box<dyn Stream<Item = ()> + Send>>,
+        fetch: F,
+        fetched: VecDeque<J>,
+        wait: bool,
+        ended: bool,
+    }
+    let state = State {
+        queue,
+        ticks,
+        fetch,
+        fetched: VecDeque::new(),
+        wait: false,
+        ended: false,
+    };
+    stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(job) = s.fetched.pop_front() {
+                return Some((Ok(Some(job)), s));
+            }
+            if s.ended {
+                return None;
+            }
+            if s.wait {
+                s.ticks.next().await?;
+            }
+            match (s.fetch)().await {
+                Ok(jobs) => {
+                    s.wait = jobs.is_empty();
+                    s.fetched.extend(jobs);
+                }
+                Err(e) if sql_error::is_transient(&e) => {
+                    tracing::warn!(queue = %s.queue, error = %e, "job fetch failed; fetching again at the next poll");
+                    metrics::counter!("job_fetch_retries_total", "queue" => s.queue.clone())
+                        .increment(1);
+                    s.wait = true;
+                }
+                Err(e) => {
+                    s.ended = true;
+                    return Some((Err(e), s));
+                }
+            }
+        }
+    })
+}
+
 impl<T> Backend for WorkerStorage<T>
 where
     Storage<T>: Backend<Args = T, IdType = Ulid, Context = MySqlContext, Error = sqlx::Error>,
+    T: Send + Unpin + 'static,
+    JsonCodec<CompactType>: Codec<T, Compact = CompactType>,
+    <JsonCodec<CompactType> as Codec<T>>::Error: std::error::Error + Send + Sync + 'static,
 {
     type Args = T;
     type IdType = Ulid;
     type Context = MySqlContext;
     type Error = sqlx::Error;
-    type Stream = <Storage<T> as Backend>::Stream;
+    type Stream = TaskStream<MySqlTask<T>, sqlx::Error>;
     type Beat = BoxStream<'static, Result<(), sqlx::Error>>;
     type Layer = <Storage<T> as Backend>::Layer;
 
@@ -57,24 +169,33 @@ where
     }
 
     fn poll(self, worker: &WorkerContext) -> Self::Stream {
-        self.0.poll(worker)
+        self.fetches(worker)
+            .map(|fetched| match fetched? {
+                Some(task) => Ok(Some(
+                    task.try_map(|args| JsonCodec::<CompactType>::decode(&args))
+                        .map_err(|e| sqlx::Error::Decode(e.into()))?,
+                )),
+                None => Ok(None),
+            })
+            .boxed()
     }
 }
 
 impl<T> BackendExt for WorkerStorage<T>
 where
-    Storage<T>: BackendExt<Args = T, IdType = Ulid, Context = MySqlContext, Error = sqlx::Error>,
+    WorkerStorage<T>: Backend<Args = T, IdType = Ulid, Context = MySqlContext, Error = sqlx::Error>,
+    JsonCodec<CompactType>: Codec<T, Compact = CompactType>,
 {
-    type Codec = <Storage<T> as BackendExt>::Codec;
-    type Compact = <Storage<T> as BackendExt>::Compact;
-    type CompactStream = <Storage<T> as BackendExt>::CompactStream;
+    type Codec = JsonCodec<CompactType>;
+    type Compact = CompactType;
+    type CompactStream = TaskStream<MySqlTask<CompactType>, sqlx::Error>;
 
     fn get_queue(&self) -> Queue {
-        self.0.get_queue()
+        self.0.config().queue().clone()
     }
 
     fn poll_compact(self, worker: &WorkerContext) -> Self::CompactStream {
-        self.0.poll_compact(worker)
+        self.fetches(worker)
     }
 }
 
@@ -99,5 +220,100 @@ where
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Pin::new(&mut self.get_mut().0).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{atomic::Ordering, Mutex};
+
+    use super::*;
+
+    type Script = Arc<Mutex<VecDeque<Result<Vec<u32>, sqlx::Error>>>>;
+
+    /// A fetch that answers from a script, then fails for good (which ends the loop).
+    fn scripted(
+        answers: Vec<Result<Vec<u32>, sqlx::Error>>,
+    ) -> (
+        Script,
+        impl FnMut() -> futures_util::future::Ready<Result<Vec<u32>, sqlx::Error>> + Send + 'static,
+    ) {
+        let script: Script = Arc::new(Mutex::new(answers.into()));
+        let fetch = {
+            let script = script.clone();
+            move || {
+                let next = script.lock().unwrap().pop_front();
+                futures_util::future::ready(
+                    next.unwrap_or_else(|| Err(sqlx::Error::Protocol("script ended".into()))),
+                )
+            }
+        };
+        (script, fetch)
+    }
+
+    fn counted_ticks() -> (Arc<AtomicUsize>, Pin<Box<dyn Stream<Item = ()> + Send>>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let ticks = stream::repeat(()).map({
+            let count = count.clone();
+            move |()| {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        (count, Box::pin(ticks))
+    }
+
+    #[tokio::test]
+    async fn a_transient_fetch_failure_is_fetched_again_at_the_next_tick() {
+        let (script, fetch) = scripted(vec![
+            Ok(vec![]),
+            Err(sqlx::Error::PoolTimedOut),
+            Ok(vec![1, 2]),
+            Ok(vec![3]),
+            Ok(vec![]),
+        ]);
+        let (ticks_taken, ticks) = counted_ticks();
+        let items: Vec<_> = fetch_loop("q".into(), ticks, fetch).collect().await;
+
+        let jobs: Vec<u32> = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok().copied().flatten())
+            .collect();
+        assert_eq!(
+            jobs,
+            vec![1, 2, 3],
+            "every fetched job is handed on, in order"
+        );
+        assert_eq!(
+            items.len(),
+            4,
+            "the jobs, then the one error that ends the loop"
+        );
+        assert!(matches!(items[3], Err(sqlx::Error::Protocol(_))));
+        // A wait after the empty fetch, after the failure and after the last empty fetch;
+        // none between fetches that found jobs.
+        assert_eq!(ticks_taken.load(Ordering::SeqCst), 3);
+        assert!(script.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_error_that_is_not_transient_ends_the_loop_at_once() {
+        let (script, fetch) = scripted(vec![Err(sqlx::Error::PoolClosed), Ok(vec![7])]);
+        let (ticks_taken, ticks) = counted_ticks();
+        let items: Vec<_> = fetch_loop("q".into(), ticks, fetch).collect().await;
+
+        assert_eq!(items.len(), 1);
+        assert!(matches!(items[0], Err(sqlx::Error::PoolClosed)));
+        assert_eq!(ticks_taken.load(Ordering::SeqCst), 0);
+        assert_eq!(script.lock().unwrap().len(), 1, "nothing fetched after it");
+    }
+
+    #[tokio::test]
+    async fn the_loop_ends_when_its_poll_schedule_does() {
+        let (_, fetch) = scripted(vec![Ok(vec![])]);
+        let items: Vec<Result<Option<u32>, _>> =
+            fetch_loop("q".into(), Box::pin(stream::empty()), fetch)
+                .collect()
+                .await;
+        assert!(items.is_empty());
     }
 }

@@ -10,7 +10,8 @@
 //!   follows an order across these hops, and the span every job run gets;
 //! * `archive` and `archive_steps` — the archive workflow's steps (plan, chunk, summary) and
 //!   their SQL: finished orders to the archive tables, chunk by chunk;
-//! * `retention` — the retention job: expired rows of every kind, purged in batches.
+//! * `retention` — the retention job: expired rows of every kind, purged in batches;
+//! * `sql_error` — which database errors are worth trying again.
 
 pub mod archive;
 pub mod archive_steps;
@@ -24,6 +25,7 @@ pub mod publish;
 pub mod queue;
 pub mod reaper;
 pub mod retention;
+pub mod sql_error;
 pub mod trace;
 
 /// Appends ` (?, ?, …)` binding `ids`, for `IN` lists.
@@ -36,7 +38,4 @@ pub(crate) fn push_id_list(q: &mut sqlx::QueryBuilder<'_, sqlx::MySql>, ids: &[i
     q.push(")");
 }
 
-/// Whether a database error is a UNIQUE/PRIMARY KEY violation.
-pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
-}
+pub(crate) use sql_error::is_unique_violation;
