@@ -115,16 +115,35 @@ pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .expect("static bucket list is non-empty")
                 .install_recorder()
-                .expect("the metrics recorder is installed once per process")
+                .expect("the metrics recorder is installed once per process");
+            record_build_info();
+            handle
         })
         .clone()
 }
 
+/// `orderflow_build_info{version, profile} 1`, the Prometheus convention for what is running:
+/// a dashboard (or bench/) can tell a debug build from a release one without guessing.
+fn record_build_info() {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    metrics::gauge!(
+        names::BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "profile" => profile
+    )
+    .set(1.0);
+}
+
 pub mod names {
+    pub const BUILD_INFO: &str = "orderflow_build_info";
     pub const HTTP_REQUESTS: &str = "http_requests_total";
     pub const HTTP_DURATION: &str = "http_request_duration_seconds";
     pub const CACHE_REQUESTS: &str = "cache_requests_total";

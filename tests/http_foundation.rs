@@ -216,6 +216,12 @@ async fn prometheus_exposes_request_metrics_by_route_template() {
     );
     assert!(text.contains("http_request_duration_seconds_bucket"));
     assert!(text.contains("db_pool_connections"));
+    // What is running: the tests run a debug build of this version.
+    let build = format!(
+        "orderflow_build_info{{version=\"{}\",profile=\"debug\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.lines().any(|l| l == build), "no {build} in:\n{text}");
 
     let names = app.get("/actuator/metrics", None).await.body;
     let names: Vec<&str> = names["names"]

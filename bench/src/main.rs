@@ -209,6 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<u64> {
             pipeline_secs: opts.duration_secs,
             products: plan.products,
             service_bin: bin.display().to_string(),
+            // A guess from the path until the service reports its build (`build_profile`).
             service_profile: if bin.components().any(|c| c.as_os_str() == "release") {
                 "release".into()
             } else {
@@ -241,6 +242,9 @@ async fn run(cli: Cli) -> anyhow::Result<u64> {
                 return Err(e);
             }
         };
+    if let Some(profile) = service.build_profile().await {
+        results.settings.service_profile = profile;
+    }
     results.startup.start_to_ready_ms = round(service.startup.as_secs_f64() * 1000.0, 0);
     results.startup.rss_ready_mib = service.rss_mib().map(|m| round(m, 1));
     eprintln!(

@@ -184,6 +184,22 @@ impl Service {
         }
     }
 
+    /// The build profile the service reports (`orderflow_build_info`), so a copied release
+    /// binary is not labelled by its path. None for a build that does not report it.
+    pub async fn build_profile(&self) -> Option<String> {
+        let text = reqwest::get(format!("{}/actuator/prometheus", self.base))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("orderflow_build_info{"))?;
+        let (_, rest) = line.split_once("profile=\"")?;
+        rest.split_once('"').map(|(profile, _)| profile.to_owned())
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
