@@ -32,7 +32,10 @@ use crate::{
     http::{error_body, metrics as http_metrics, openapi, request_id},
     idempotency, jobs, notifications, orders, outbox, telemetry,
 };
-use orderflow_jobs::trace;
+use orderflow_jobs::{
+    publish_batch::{BatchSettings, PublishBatcher},
+    trace,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -43,6 +46,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub events: Arc<Events>,
     pub login_throttle: auth::LoginThrottle,
+    /// Committed outbox rows on their way to a shared publish-outbox job.
+    pub publisher: PublishBatcher,
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {
@@ -97,7 +102,17 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         tracing::info!(email = %email, "admin account ensured from ADMIN_EMAIL");
     }
     let events = events::connect(&config.events).await?;
+    let publisher = PublishBatcher::start(
+        pool.clone(),
+        config.events.queue,
+        events.publish_wake.clone(),
+        BatchSettings {
+            linger: config.events.publish_linger,
+            max_rows: config.events.publish_batch as usize,
+        },
+    );
     Ok(AppState {
+        publisher,
         events: Arc::new(events),
         cache: Cache::new(
             &config.redis_url,
@@ -277,6 +292,7 @@ pub async fn serve(
     } else {
         Vec::new()
     };
+    let publisher = state.publisher.clone();
     let app = router(state, role);
     let stop = shutdown.clone();
     // The peer address feeds the per-client login throttle (auth::throttle).
@@ -289,6 +305,8 @@ pub async fn serve(
             }
         })
         .await;
+    // The last requests are answered: their rows get their publish jobs before we stop.
+    publisher.close().await;
     shutdown.cancel();
     for w in workers {
         let _ = w.await;

@@ -95,6 +95,8 @@ pub struct EventsConfig {
     pub worker_concurrency: usize,
     /// NEW outbox rows a publish job carries along with its own (0: only its own).
     pub publish_batch: u32,
+    /// How long a committed row waits for others to share its publish job.
+    pub publish_linger: Duration,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
     pub shutdown_timeout: Duration,
@@ -258,6 +260,7 @@ impl Config {
                     var("WORKER_CONCURRENCY", 8usize)?,
                 )?,
                 publish_batch: var("PUBLISH_BATCH_SIZE", 100u32)?,
+                publish_linger: Duration::from_millis(var("PUBLISH_LINGER_MS", 10u64)?),
                 sweep_interval: Duration::from_secs(positive(
                     "OUTBOX_SWEEP_INTERVAL_SECS",
                     var("OUTBOX_SWEEP_INTERVAL_SECS", 5u64)?,

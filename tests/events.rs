@@ -692,3 +692,94 @@ async fn an_ended_workers_jobs_are_released_at_once_and_a_silent_workers_after_t
         ("Running".into(), 1, Some("live".into()))
     );
 }
+
+/// Orders committed within `PUBLISH_LINGER_MS` of each other share one publish-outbox job, and
+/// every row names the job that carries it: when that job dies (Kafka down), an operator's
+/// retry of it revives all of its rows, and each event reaches Kafka once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_committed_together_share_one_publish_job_and_its_retry() {
+    let app = TestApp::spawn_with(|c| {
+        c.events.kafka_brokers = None; // embedded: this test stops the broker
+        c.events.publish_linger = Duration::from_millis(500);
+        c.events.delivery_timeout = Duration::from_millis(1500);
+        c.events.queue.max_attempts = 2;
+        c.events.queue.backoff_base = Duration::from_millis(200);
+        c.events.queue.backoff_max = Duration::from_millis(500);
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 50).await;
+    let embedded = app.state.events.embedded.as_ref().expect("embedded broker");
+    const ORDERS: i64 = 6;
+
+    embedded.broker_down();
+    let keys: Vec<String> = (0..ORDERS).map(|i| format!("together-{i}")).collect();
+    let calls = keys
+        .iter()
+        .map(|key| app.order(&user, key, json!([{"productId": p, "quantity": 1}])));
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let all_dead = app
+        .eventually(Duration::from_secs(60), || async {
+            app.count(
+                "SELECT COUNT(*) FROM outbox_events e JOIN jobs j ON j.id = e.job_id \
+                 WHERE e.status = 'DEAD' AND j.status = 'Killed'",
+            )
+            .await
+                == ORDERS
+        })
+        .await;
+    assert!(
+        all_dead,
+        "every row DEAD, each with the dead job that carried it"
+    );
+    let jobs = app
+        .count("SELECT COUNT(DISTINCT job_id) FROM outbox_events")
+        .await;
+    assert!(
+        jobs < ORDERS,
+        "{ORDERS} orders committed together took {jobs} jobs"
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM jobs WHERE job_type = 'publish-outbox'")
+            .await,
+        jobs,
+        "no job was pushed that carries no row"
+    );
+
+    embedded.broker_up();
+    let dead: Vec<String> = sqlx::query_scalar("SELECT DISTINCT job_id FROM outbox_events")
+        .fetch_all(app.db())
+        .await
+        .unwrap();
+    for job_id in &dead {
+        let r = app
+            .post(
+                &format!("/api/v1/admin/jobs/{job_id}/retry"),
+                Some(&admin),
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    }
+    assert!(
+        app.eventually(WAIT, || all_published(&app)).await,
+        "the retry published every row of the job"
+    );
+    let events = kafka::read_all(
+        &app.state.events.bootstrap,
+        &app.topic("ORDER_CREATED"),
+        ORDERS as usize,
+        Duration::from_secs(3),
+    )
+    .await;
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        *per_event.entry(e.event_id.clone().unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_event.len(), ORDERS as usize, "every event on the topic");
+    assert!(per_event.values().all(|n| *n == 1), "{per_event:?}");
+    app.stop().await;
+}

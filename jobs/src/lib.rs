@@ -3,6 +3,7 @@
 //! * `outbox` — the transactional outbox table (appended by the order transaction, drained by
 //!   publish-outbox);
 //! * `publish` — the publish-outbox job: NEW rows → Kafka → PUBLISHED (or DEAD);
+//!   `publish_batch` — rows committed together get one publish-outbox job;
 //! * `notifications` and `notify` — the consume-notification job and the table it fills;
 //! * `queue` — apalis storages and pushing jobs; `backend` — the storage workers run on; `ops` — operators' dead-job actions;
 //!   `reaper` — the job lease apalis-mysql rc.8 lacks;
@@ -22,6 +23,7 @@ pub mod notify;
 pub mod ops;
 pub mod outbox;
 pub mod publish;
+pub mod publish_batch;
 pub mod queue;
 pub mod reaper;
 pub mod retention;

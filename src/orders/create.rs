@@ -3,7 +3,7 @@
 //! of it commits or none of it does.
 
 use chrono::{SubsecRound, Utc};
-use orderflow_jobs::queue::{self, QueueSettings, Wake};
+use orderflow_jobs::{publish_batch::PublishBatcher, queue};
 use serde_json::json;
 use sqlx::{Connection, MySqlPool};
 use thiserror::Error;
@@ -78,8 +78,7 @@ pub struct NewOrder<'a> {
 pub struct Settings {
     pub idempotency: IdempotencyConfig,
     pub stock_retry: StockRetry,
-    pub queue: QueueSettings,
-    pub publish_wake: Wake,
+    pub publisher: PublishBatcher,
 }
 
 fn replay(stored: StoredResponse, fingerprint: &str) -> Result<Reply, CreateError> {
@@ -121,7 +120,7 @@ pub async fn create(
         {
             Ok(Some(reply)) => {
                 if let Some(event) = &reply.event {
-                    enqueue_publish(pool, &settings.queue, &settings.publish_wake, event).await;
+                    settings.publisher.enqueue(event.clone());
                 }
                 return Ok(reply);
             }
@@ -288,31 +287,6 @@ async fn try_create(
         order_id: Some(order_id),
         event: Some(event),
     }))
-}
-
-/// Pushes the publish-outbox job for an event just committed, for low latency; the job
-/// continues the event's trace. A failure here loses nothing: the row stays NEW and the
-/// sweeper enqueues it after its grace period.
-pub async fn enqueue_publish(
-    pool: &MySqlPool,
-    settings: &QueueSettings,
-    wake: &Wake,
-    event: &Appended,
-) {
-    match queue::push_publish(
-        pool,
-        settings,
-        &event.job_id,
-        vec![event.id],
-        event.trace.clone(),
-    )
-    .await
-    {
-        Ok(()) => wake.now(),
-        Err(e) => {
-            tracing::warn!(error = %e, outbox_id = event.id, "could not enqueue publish-outbox; the sweeper will")
-        }
-    }
 }
 
 /// What a consumer needs to act on the event without calling back.

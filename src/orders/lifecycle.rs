@@ -3,12 +3,12 @@
 //! nothing. Repeating a transition that already happened answers with the order as it is.
 
 use chrono::{SubsecRound, Utc};
-use orderflow_jobs::queue::{self, QueueSettings, Wake};
+use orderflow_jobs::{publish_batch::PublishBatcher, queue};
 use sqlx::MySqlPool;
 use thiserror::Error;
 
 use super::{
-    create::{enqueue_publish, event_payload},
+    create::event_payload,
     model::{Order, OrderStatus},
     repo,
 };
@@ -86,7 +86,7 @@ async fn begin_transition(
 
 pub async fn cancel(
     pool: &MySqlPool,
-    (queue_settings, publish_wake): (&QueueSettings, &Wake),
+    publisher: &PublishBatcher,
     owner: i64,
     order_id: i64,
     trace: &TraceContext,
@@ -117,7 +117,7 @@ pub async fn cancel(
     )
     .await?;
     tx.commit().await?;
-    enqueue_publish(pool, queue_settings, publish_wake, &event).await;
+    publisher.enqueue(event);
     Ok(Transitioned {
         restocked: items.iter().map(|it| it.product_id).collect(),
         order,

@@ -103,8 +103,7 @@ async fn create_order_inner(
     let settings = Settings {
         idempotency: state.config.idempotency,
         stock_retry: state.config.stock_retry,
-        queue: state.config.events.queue,
-        publish_wake: state.events.publish_wake.clone(),
+        publisher: state.publisher.clone(),
     };
     let reply = create::create(
         &state.db,
@@ -220,14 +219,7 @@ async fn cancel(
 ) -> Result<axum::Json<Order>, ApiError> {
     tracing::Span::current().record("orderId", id);
     let trace = outbox::trace_context(&headers);
-    let done = lifecycle::cancel(
-        &state.db,
-        (&state.config.events.queue, &state.events.publish_wake),
-        user.id,
-        id,
-        &trace,
-    )
-    .await?;
+    let done = lifecycle::cancel(&state.db, &state.publisher, user.id, id, &trace).await?;
     if !done.restocked.is_empty() {
         state.cache.invalidate_products(&done.restocked).await;
         tracing::info!(orderId = id, "order cancelled; stock restored");
