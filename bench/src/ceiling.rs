@@ -8,8 +8,10 @@
 //!    (`orders::repo::prices`), take stock in a savepoint (`catalog::stock::take`: optimistic
 //!    attempts, then the guarded decrement), insert the order and its items, append the
 //!    outbox row, store the response (`idempotency::complete`), commit;
-//! 3. push the publish-outbox job (apalis' own INSERT into `jobs`, in its own transaction),
-//!    so the service's workers publish these orders as they do the service's own.
+//! 3. hand the committed row to a publish batcher, the service's own
+//!    (`orderflow_jobs::publish_batch`, ADR 0011): rows committed within the linger share one
+//!    publish-outbox job (an UPDATE of the outbox rows, then apalis' push), so the service's
+//!    workers publish these orders as they do the service's own.
 //!
 //! Keep it in step with src/orders/create.rs when the order transaction changes.
 
@@ -22,6 +24,12 @@ use std::{
 };
 
 use chrono::{SubsecRound, Utc};
+use orderflow_jobs::{
+    outbox::Appended,
+    publish_batch::{BatchSettings, PublishBatcher},
+    queue::{QueueSettings, Wake},
+    trace::TraceContext,
+};
 use rand::Rng;
 use serde::Serialize;
 use serde_json::json;
@@ -38,13 +46,15 @@ use crate::{
 };
 
 /// The service's defaults (DATABASE_MAX_CONNECTIONS, STOCK_RETRY_*, IDEMPOTENCY_*,
-/// JOB_MAX_ATTEMPTS), which the bench does not change.
+/// JOB_MAX_ATTEMPTS, PUBLISH_LINGER_MS, PUBLISH_BATCH_SIZE), which the bench does not change.
 const POOL_SIZE: u32 = 32;
 const LOCK_WAIT_SECS: u64 = 5;
 const STOCK_ATTEMPTS: u32 = 4;
 const STOCK_BACKOFF_BASE: Duration = Duration::from_millis(2);
 const RETENTION_SECS: i64 = 24 * 3600;
-const JOB_MAX_ATTEMPTS: i32 = 5;
+const JOB_MAX_ATTEMPTS: u32 = 5;
+const PUBLISH_LINGER: Duration = Duration::from_millis(10);
+const PUBLISH_BATCH_SIZE: usize = 100;
 const DEADLOCK_RETRIES: u32 = 3;
 const ER_LOCK_DEADLOCK: u16 = 1213;
 
@@ -136,6 +146,7 @@ async fn take(
 /// One order of `qty` units of `product` for `user`, as the service's `create` runs it.
 async fn order(
     pool: &MySqlPool,
+    publisher: &PublishBatcher,
     user: i64,
     product: i64,
     qty: i64,
@@ -163,6 +174,12 @@ async fn order(
     let mut attempt = 1;
     loop {
         match transaction(pool, user, &key, &fingerprint, product, qty, conflicts).await {
+            // As the service does after the commit: the row goes to its shared job.
+            Ok((outcome, Some(row))) => {
+                publisher.enqueue(row);
+                return Ok(outcome);
+            }
+            Ok((outcome, None)) => return Ok(outcome),
             // InnoDB rolled the whole transaction back; the service runs it again, so do we.
             Err(sqlx::Error::Database(e))
                 if e.try_downcast_ref::<MySqlDatabaseError>()
@@ -171,7 +188,7 @@ async fn order(
             {
                 attempt += 1;
             }
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -184,7 +201,7 @@ async fn transaction(
     product: i64,
     qty: i64,
     conflicts: &AtomicU64,
-) -> sqlx::Result<Outcome> {
+) -> sqlx::Result<(Outcome, Option<Appended>)> {
     let mut tx = pool.begin().await?;
     let record = sqlx::query(
         "INSERT INTO idempotency_keys (user_id, idem_key, request_fingerprint, expires_at) \
@@ -204,7 +221,7 @@ async fn transaction(
     let prices: Vec<(i64, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
     let Some(&(_, price)) = prices.first() else {
         tx.rollback().await?;
-        return Ok(Outcome::Refused("VALIDATION_ERROR".into()));
+        return Ok((Outcome::Refused("VALIDATION_ERROR".into()), None));
     };
 
     let mut taking = tx.begin().await?;
@@ -213,7 +230,7 @@ async fn transaction(
         let body = json!({"code": "OUT_OF_STOCK", "message": format!("not enough stock for product {product}")});
         complete(&mut tx, record, 409, &body.to_string(), None).await?;
         tx.commit().await?;
-        return Ok(Outcome::Refused("OUT_OF_STOCK".into()));
+        return Ok((Outcome::Refused("OUT_OF_STOCK".into()), None));
     }
     taking.commit().await?;
 
@@ -246,12 +263,13 @@ async fn transaction(
     let payload = json!({"eventType": "ORDER_CREATED", "orderId": order_id, "userId": user,
         "status": "CREATED", "items": items, "totalAmount": total, "createdAt": now, "occurredAt": now});
     let job_id = ulid::Ulid::new().to_string();
+    let event_id = uuid::Uuid::now_v7();
     let outbox_id = sqlx::query(
         "INSERT INTO outbox_events \
          (event_id, aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate, job_id) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(event_id.to_string())
     .bind("ORDER")
     .bind(order_id)
     .bind("ORDER_CREATED")
@@ -265,8 +283,13 @@ async fn transaction(
     complete(&mut tx, record, 201, &order.to_string(), Some(order_id)).await?;
     tx.commit().await?;
 
-    push_publish(pool, &job_id, outbox_id).await?;
-    Ok(Outcome::Ok)
+    let row = Appended {
+        id: outbox_id,
+        event_id,
+        job_id,
+        trace: TraceContext::default(),
+    };
+    Ok((Outcome::Ok, Some(row)))
 }
 
 async fn complete(
@@ -288,28 +311,9 @@ async fn complete(
     Ok(())
 }
 
-/// apalis-mysql's push (queries/task/sink.sql): its own transaction, one INSERT.
-async fn push_publish(pool: &MySqlPool, job_id: &str, outbox_id: i64) -> sqlx::Result<()> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO jobs (job, id, job_type, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key) \
-         VALUES (?, ?, ?, 'Pending', 0, ?, ?, ?, ?, ?)",
-    )
-    .bind(json!({"outbox_ids": [outbox_id]}).to_string().into_bytes())
-    .bind(job_id)
-    .bind("publish-outbox")
-    .bind(JOB_MAX_ATTEMPTS)
-    .bind(Utc::now().trunc_subsecs(0))
-    .bind(0i32)
-    .bind("{}")
-    .bind(None::<String>)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
-}
-
 fn op(
     pool: MySqlPool,
+    publisher: PublishBatcher,
     ctx: &Ctx,
     hot_product: Option<i64>,
     conflicts: Arc<AtomicU64>,
@@ -323,10 +327,10 @@ fn op(
         let product = hot_product
             .unwrap_or_else(|| products[rand::thread_rng().gen_range(0..products.len())]);
         let user = users[slot.worker % users.len()];
-        let pool = pool.clone();
+        let (pool, publisher) = (pool.clone(), publisher.clone());
         let conflicts = conflicts.clone();
         Box::pin(async move {
-            match order(&pool, user, product, 1, &conflicts).await {
+            match order(&pool, &publisher, user, product, 1, &conflicts).await {
                 Ok(outcome) => outcome,
                 Err(e) => Outcome::ServerError(format!("database: {e}")),
             }
@@ -338,13 +342,32 @@ fn op(
 /// scenario, so that both see the same tables and the same machine.
 pub struct Ceiling {
     pool: MySqlPool,
+    publisher: PublishBatcher,
 }
 
 impl Ceiling {
     pub async fn connect(opts: MySqlConnectOptions) -> anyhow::Result<Self> {
-        Ok(Self {
-            pool: pool(opts).await?,
-        })
+        let pool = pool(opts).await?;
+        // Only `max_attempts` matters for a push; the rest is the workers' business.
+        let queue = QueueSettings {
+            poll_interval: Duration::from_millis(100),
+            keep_alive: Duration::from_secs(10),
+            lease: Duration::from_secs(60),
+            max_attempts: JOB_MAX_ATTEMPTS,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        };
+        let publisher = PublishBatcher::start(
+            pool.clone(),
+            queue,
+            // The service's workers are in another process: they find the jobs by polling.
+            Wake::default(),
+            BatchSettings {
+                linger: PUBLISH_LINGER,
+                max_rows: PUBLISH_BATCH_SIZE,
+            },
+        );
+        Ok(Self { pool, publisher })
     }
 
     /// spread as raw SQL: a random product of the catalogue per order.
@@ -352,7 +375,13 @@ impl Ceiling {
         let cpu = CpuMeter::start(Some(ctx.service_pid));
         let (rec, elapsed) = load::run(
             Spec::closed(concurrency, duration),
-            op(self.pool.clone(), ctx, None, Arc::default()),
+            op(
+                self.pool.clone(),
+                self.publisher.clone(),
+                ctx,
+                None,
+                Arc::default(),
+            ),
         )
         .await;
         CeilingSpread {
@@ -376,6 +405,7 @@ impl Ceiling {
             Spec::closed(concurrency, duration),
             op(
                 self.pool.clone(),
+                self.publisher.clone(),
                 ctx,
                 Some(ctx.hot_product),
                 conflicts.clone(),
@@ -396,6 +426,7 @@ impl Ceiling {
     }
 
     pub async fn close(self) {
+        self.publisher.close().await;
         self.pool.close().await;
     }
 }

@@ -322,6 +322,11 @@ pub fn markdown(r: &Results) -> String {
             "orders / published / notified",
             format!("{} / {} / {}", p.orders, p.published, p.notified),
         );
+        t.row(
+            "pipeline",
+            "publish-outbox jobs pushed",
+            p.publish_jobs.to_string(),
+        );
         t.cpu("pipeline", Some(&p.cpu), None);
     }
     if let Some(a) = &r.archive {

@@ -45,6 +45,9 @@ pub struct PipelineResult {
     pub orders: i64,
     pub published: i64,
     pub notified: i64,
+    /// publish-outbox jobs pushed from the start of the load to the end of the drain (rows
+    /// committed together share one, ADR 0011; the sweeper's count too).
+    pub publish_jobs: i64,
     /// Commit (outbox row written) → Kafka acknowledged (row marked PUBLISHED).
     pub commit_to_kafka_ack: Spread,
     /// Order created → its notification row written.
@@ -55,6 +58,14 @@ pub struct PipelineResult {
 async fn backlog(pool: &MySqlPool) -> anyhow::Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events WHERE status = 'NEW'")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+async fn publish_jobs(pool: &MySqlPool) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE job_type = 'publish-outbox'")
             .fetch_one(pool)
             .await?,
     )
@@ -82,6 +93,7 @@ pub async fn run(
     load::run(warm_up, ctx.order_op(Pick::Spread, None)).await;
     drain(&ctx.pool, DRAIN_BOUND).await?;
     let first_id = max_order_id(&ctx.pool).await?;
+    let jobs_before = publish_jobs(&ctx.pool).await?;
 
     // Backlog sampler: once a second until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -134,6 +146,7 @@ pub async fn run(
     .bind(last_id)
     .fetch_all(&ctx.pool)
     .await?;
+    let publish_jobs = publish_jobs(&ctx.pool).await? - jobs_before;
     let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE id > ? AND id <= ?")
         .bind(first_id)
         .bind(last_id)
@@ -172,6 +185,7 @@ pub async fn run(
         orders,
         published,
         notified: notified_count,
+        publish_jobs,
         commit_to_kafka_ack: Spread::of_micros(kafka),
         commit_to_notification: Spread::of_micros(notified),
         cpu,
