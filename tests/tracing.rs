@@ -3,7 +3,8 @@
 //! in-memory one instead of OTLP. An order sent with a `traceparent` must produce one trace,
 //! continuing the caller's, from the HTTP server span through the order transaction, the
 //! publish-outbox job, the Kafka produce and receive, and the consume-notification job, down
-//! to the notification INSERT — each span the child of the one before.
+//! to the notification INSERT — each span the child of the one before. Also when one job
+//! carries the events of several orders, on either side of Kafka.
 
 mod common;
 
@@ -52,7 +53,8 @@ async fn one_order_is_one_trace_from_the_request_to_the_notification_insert() {
     let provider = telemetry::tracer_provider(exporter.clone());
     telemetry::install(None, Some(provider.clone()));
 
-    let app = TestApp::spawn().await;
+    // A long linger, so that the two orders sent together below share a publish job.
+    let app = TestApp::spawn_with(|c| c.events.publish_linger = Duration::from_millis(400)).await;
     let admin = app.admin_token().await;
     let product = app.new_product(&admin, 500, 10).await;
     let (_, token) = app.new_user().await;
@@ -250,5 +252,89 @@ async fn one_order_is_one_trace_from_the_request_to_the_notification_insert() {
         job_ids.push(attr_str(job, "messaging.message.id"));
     }
     assert_eq!(job_ids[0], job_ids[1], "one job served both events");
+
+    // Two orders committed together share a publish job (ADR 0011), and each still makes one
+    // trace from its request to its notification: the job's span is in the first order's
+    // trace only, and each order's Kafka produce continues its own order's transaction.
+    let callers = [
+        ("2cf7651916cd43dd8448eb211c80319e", "d7ad6b7169203333"),
+        ("3df7651916cd43dd8448eb211c80319f", "e7ad6b7169203334"),
+    ];
+    let sends = callers.iter().map(|(trace, span)| {
+        let traceparent = format!("00-{trace}-{span}-01");
+        let token = token.clone();
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                "/api/v1/orders",
+                Some(&token),
+                &[
+                    ("Idempotency-Key", trace),
+                    ("traceparent", traceparent.as_str()),
+                ],
+                Some(json!({"items": [{"productId": product, "quantity": 1}]})),
+            )
+            .await
+        }
+    });
+    for r in futures::future::join_all(sends).await {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let both = app
+        .eventually(Duration::from_secs(60), || {
+            spans = collected(&provider, &exporter);
+            let done = callers.iter().all(|(trace, _)| inserted_in(&spans, trace));
+            async move { done }
+        })
+        .await;
+    assert!(both, "each order of the shared job is notified and traced");
+    // Read after the publish: the batcher hands the second row to the first row's job
+    // only when the linger is over, after both answers.
+    let shared: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT job_id) FROM outbox_events WHERE aggregate_id <> ?",
+    )
+    .bind(order_id)
+    .fetch_one(app.db())
+    .await
+    .unwrap();
+    assert_eq!(shared, 1, "the two orders' rows name one publish job");
+    let mut with_job_span = 0;
+    for (trace, _) in callers {
+        let in_trace: Vec<&SpanData> = spans
+            .iter()
+            .filter(|s| s.span_context.trace_id().to_string() == trace)
+            .collect();
+        let by_id: HashMap<String, &SpanData> = in_trace
+            .iter()
+            .map(|s| (s.span_context.span_id().to_string(), *s))
+            .collect();
+        let insert = in_trace
+            .iter()
+            .find(|s| s.name == "INSERT notifications")
+            .unwrap();
+        let chain: Vec<String> = ancestry(insert, &by_id)
+            .iter()
+            .rev()
+            .map(|s| s.name.to_string())
+            .filter(|name| name != "publish-outbox process")
+            .collect();
+        assert_eq!(
+            chain,
+            [
+                "POST /api/v1/orders".to_string(),
+                "TRANSACTION create_order".into(),
+                format!("publish {topic}"),
+                format!("receive {topic}"),
+                "consume-notification process".into(),
+                "INSERT notifications".into(),
+            ],
+            "{trace}: its own chain from its request to its notification"
+        );
+        if in_trace.iter().any(|s| s.name == "publish-outbox process") {
+            with_job_span += 1;
+        }
+    }
+    assert_eq!(with_job_span, 1, "the shared job's span is in one trace");
     app.stop().await;
 }
