@@ -13,7 +13,7 @@
 //! Nothing here is needed for correctness: a row whose job is never pushed (a crash within
 //! `linger`, a failed push) stays NEW and the sweeper gives it a job after its grace period.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use sqlx::MySqlPool;
 use tokio::{
@@ -50,15 +50,31 @@ pub struct PublishBatcher {
 }
 
 impl PublishBatcher {
-    /// Starts the collecting task on the current runtime.
+    /// Starts the collecting task on the current runtime; each batch becomes one job, and
+    /// wakes this process's publish worker.
     pub fn start(
         pool: MySqlPool,
         queue: QueueSettings,
         wake: Wake,
         settings: BatchSettings,
     ) -> Self {
+        Self::with_push(settings, move |rows| {
+            let (pool, wake) = (pool.clone(), wake.clone());
+            async move {
+                push(&pool, &queue, rows).await;
+                wake.now();
+            }
+        })
+    }
+
+    /// The collecting task with what to do with each batch.
+    fn with_push<F, Fut>(settings: BatchSettings, push: F) -> Self
+    where
+        F: FnMut(Vec<Appended>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let (sender, received) = mpsc::unbounded_channel();
-        let task = tokio::spawn(collect(received, pool, queue, wake, settings));
+        let task = tokio::spawn(collect(received, settings, push));
         Self {
             sender,
             task: Arc::new(Mutex::new(Some(task))),
@@ -88,13 +104,14 @@ impl PublishBatcher {
     }
 }
 
-async fn collect(
+async fn collect<F, Fut>(
     mut received: mpsc::UnboundedReceiver<Message>,
-    pool: MySqlPool,
-    queue: QueueSettings,
-    wake: Wake,
     settings: BatchSettings,
-) {
+    mut push: F,
+) where
+    F: FnMut(Vec<Appended>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let max_rows = settings.max_rows.max(1);
     while let Some(Message::Row(first)) = received.recv().await {
         let until = Instant::now() + settings.linger;
@@ -118,8 +135,7 @@ async fn collect(
                 None => break,
             }
         }
-        push(&pool, &queue, rows).await;
-        wake.now();
+        push(rows).await;
         if closing {
             return;
         }
@@ -138,5 +154,104 @@ async fn push(pool: &MySqlPool, queue: &QueueSettings, rows: Vec<Appended>) {
     }
     if let Err(e) = queue::push_publish(pool, queue, &job_id, ids, trace).await {
         tracing::warn!(error = %e, job_id, "could not enqueue publish-outbox; the sweeper will");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64) -> Appended {
+        Appended {
+            id,
+            event_id: uuid::Uuid::now_v7(),
+            job_id: format!("job-{id}"),
+            trace: Default::default(),
+        }
+    }
+
+    /// A batcher that records the ids of each batch instead of pushing jobs.
+    fn recording(
+        settings: BatchSettings,
+    ) -> (PublishBatcher, Arc<std::sync::Mutex<Vec<Vec<i64>>>>) {
+        let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let batcher = PublishBatcher::with_push(settings, {
+            let batches = batches.clone();
+            move |rows: Vec<Appended>| {
+                batches
+                    .lock()
+                    .unwrap()
+                    .push(rows.iter().map(|r| r.id).collect());
+                std::future::ready(())
+            }
+        });
+        (batcher, batches)
+    }
+
+    const LINGER: BatchSettings = BatchSettings {
+        linger: Duration::from_millis(10),
+        max_rows: 100,
+    };
+
+    // Paused time: the linger runs on tokio's virtual clock, so no test depends on timing.
+    #[tokio::test(start_paused = true)]
+    async fn rows_within_the_linger_share_a_job_and_a_later_one_gets_its_own() {
+        let (batcher, batches) = recording(LINGER);
+        batcher.enqueue(row(1));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        batcher.enqueue(row(2));
+        batcher.enqueue(row(3));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        batcher.enqueue(row(4));
+        batcher.close().await;
+        assert_eq!(*batches.lock().unwrap(), vec![vec![1, 2, 3], vec![4]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_holds_at_most_max_rows() {
+        let (batcher, batches) = recording(BatchSettings {
+            max_rows: 2,
+            ..LINGER
+        });
+        for id in 1..=5 {
+            batcher.enqueue(row(id));
+        }
+        batcher.close().await;
+        assert_eq!(
+            *batches.lock().unwrap(),
+            vec![vec![1, 2], vec![3, 4], vec![5]]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_pushes_what_is_queued_without_waiting_out_the_linger() {
+        let (batcher, batches) = recording(BatchSettings {
+            linger: Duration::from_secs(3600),
+            max_rows: 100,
+        });
+        batcher.enqueue(row(1));
+        batcher.enqueue(row(2));
+        let started = Instant::now();
+        batcher.close().await;
+        assert!(started.elapsed() < Duration::from_secs(3600));
+        assert_eq!(*batches.lock().unwrap(), vec![vec![1, 2]]);
+        // After close a row is left to the sweeper; the batcher does not push it.
+        batcher.enqueue(row(3));
+        batcher.close().await;
+        assert_eq!(batches.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_no_linger_only_rows_already_queued_go_along() {
+        let (batcher, batches) = recording(BatchSettings {
+            linger: Duration::ZERO,
+            max_rows: 100,
+        });
+        batcher.enqueue(row(1));
+        batcher.enqueue(row(2));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        batcher.enqueue(row(3));
+        batcher.close().await;
+        assert_eq!(*batches.lock().unwrap(), vec![vec![1, 2], vec![3]]);
     }
 }
