@@ -49,7 +49,8 @@ pub struct Appended {
 }
 
 /// Appends a NEW event. `job_id` names the publish-outbox job that will be pushed for it
-/// after the transaction commits.
+/// after the transaction commits, unless the row joins the job of a row committed just
+/// before it (`publish_batch`), which then takes its place here (`assign_job`).
 pub async fn append(
     conn: &mut MySqlConnection,
     event_type: EventType,
