@@ -27,6 +27,35 @@ async fn all_published(app: &TestApp) -> bool {
         == 0
 }
 
+/// Outbox rows DEAD whose job is dead too (the handler marks the rows, then apalis the job).
+async fn dead_rows_of_dead_jobs(app: &TestApp) -> i64 {
+    app.count(
+        "SELECT COUNT(*) FROM outbox_events e JOIN jobs j ON j.id = e.job_id \
+         WHERE e.status = 'DEAD' AND j.status = 'Killed'",
+    )
+    .await
+}
+
+/// Reads `expected` events of the topic and asserts each one is there exactly once.
+async fn assert_each_event_once(app: &TestApp, topic: &str, expected: usize) {
+    let events = kafka::read_all(
+        &app.state.events.bootstrap,
+        &app.topic(topic),
+        expected,
+        Duration::from_secs(3),
+    )
+    .await;
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        *per_event.entry(e.event_id.clone().unwrap()).or_default() += 1;
+    }
+    assert_eq!(per_event.len(), expected, "every event on the topic");
+    assert!(
+        per_event.values().all(|n| *n == 1),
+        "no event published twice: {per_event:?}"
+    );
+}
+
 /// Places the user's first order and waits for its notification: (order id, event id, payload).
 async fn first_order_notified(
     app: &TestApp,
@@ -342,12 +371,7 @@ async fn broker_down_retries_then_dead_then_an_operator_retry_publishes_once() {
     // The handler marks the row DEAD, then apalis records the job as Killed: wait for both.
     let dead = app
         .eventually(Duration::from_secs(60), || async {
-            app.count(
-                "SELECT COUNT(*) FROM outbox_events e JOIN jobs j ON j.id = e.job_id \
-                 WHERE e.status = 'DEAD' AND j.status = 'Killed'",
-            )
-            .await
-                == 1
+            dead_rows_of_dead_jobs(&app).await == 1
         })
         .await;
     assert!(
@@ -456,22 +480,7 @@ async fn two_instances_publish_every_event_exactly_once() {
         a.eventually(2 * WAIT, || all_published(&a)).await,
         "every row published"
     );
-    let events = kafka::read_all(
-        &a.state.events.bootstrap,
-        &a.topic("ORDER_CREATED"),
-        40,
-        Duration::from_secs(3),
-    )
-    .await;
-    let mut per_event: HashMap<String, usize> = HashMap::new();
-    for e in &events {
-        *per_event.entry(e.event_id.clone().unwrap()).or_default() += 1;
-    }
-    assert_eq!(per_event.len(), 40, "every event on the topic");
-    assert!(
-        per_event.values().all(|n| *n == 1),
-        "no event published twice: {per_event:?}"
-    );
+    assert_each_event_once(&a, "ORDER_CREATED", 40).await;
     assert!(
         a.eventually(2 * WAIT, || async {
             a.count("SELECT COUNT(*) FROM notifications").await == 40
@@ -723,12 +732,7 @@ async fn orders_committed_together_share_one_publish_job_and_its_retry() {
     }
     let all_dead = app
         .eventually(Duration::from_secs(60), || async {
-            app.count(
-                "SELECT COUNT(*) FROM outbox_events e JOIN jobs j ON j.id = e.job_id \
-                 WHERE e.status = 'DEAD' AND j.status = 'Killed'",
-            )
-            .await
-                == ORDERS
+            dead_rows_of_dead_jobs(&app).await == ORDERS
         })
         .await;
     assert!(
@@ -768,18 +772,6 @@ async fn orders_committed_together_share_one_publish_job_and_its_retry() {
         app.eventually(WAIT, || all_published(&app)).await,
         "the retry published every row of the job"
     );
-    let events = kafka::read_all(
-        &app.state.events.bootstrap,
-        &app.topic("ORDER_CREATED"),
-        ORDERS as usize,
-        Duration::from_secs(3),
-    )
-    .await;
-    let mut per_event: HashMap<String, usize> = HashMap::new();
-    for e in &events {
-        *per_event.entry(e.event_id.clone().unwrap()).or_default() += 1;
-    }
-    assert_eq!(per_event.len(), ORDERS as usize, "every event on the topic");
-    assert!(per_event.values().all(|n| *n == 1), "{per_event:?}");
+    assert_each_event_once(&app, "ORDER_CREATED", ORDERS as usize).await;
     app.stop().await;
 }

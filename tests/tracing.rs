@@ -31,6 +31,21 @@ fn attr_str(span: &SpanData, key: &str) -> String {
     attr(span, key).map(|v| v.to_string()).unwrap_or_default()
 }
 
+/// The spans of one trace.
+fn of_trace<'a>(spans: &'a [SpanData], trace: &str) -> Vec<&'a SpanData> {
+    spans
+        .iter()
+        .filter(|s| s.span_context.trace_id().to_string() == trace)
+        .collect()
+}
+
+fn by_span_id<'a>(spans: &[&'a SpanData]) -> HashMap<String, &'a SpanData> {
+    spans
+        .iter()
+        .map(|s| (s.span_context.span_id().to_string(), *s))
+        .collect()
+}
+
 /// The chain from `leaf` up to the root of its trace, leaf first.
 fn ancestry<'a>(leaf: &'a SpanData, by_id: &HashMap<String, &'a SpanData>) -> Vec<&'a SpanData> {
     let mut chain = vec![leaf];
@@ -88,14 +103,8 @@ async fn one_order_is_one_trace_from_the_request_to_the_notification_insert() {
         .await;
     assert!(complete, "the consume-notification span never arrived");
 
-    let ours: Vec<&SpanData> = spans
-        .iter()
-        .filter(|s| s.span_context.trace_id().to_string() == TRACE_ID)
-        .collect();
-    let by_id: HashMap<String, &SpanData> = ours
-        .iter()
-        .map(|s| (s.span_context.span_id().to_string(), *s))
-        .collect();
+    let ours = of_trace(&spans, TRACE_ID);
+    let by_id = by_span_id(&ours);
     let insert = ours
         .iter()
         .find(|s| s.name == "INSERT notifications")
@@ -229,10 +238,7 @@ async fn one_order_is_one_trace_from_the_request_to_the_notification_insert() {
     assert!(both, "each event of the batch is traced");
     let mut job_ids = Vec::new();
     for (trace, parent) in traces {
-        let in_trace: Vec<&SpanData> = spans
-            .iter()
-            .filter(|s| s.span_context.trace_id().to_string() == trace)
-            .collect();
+        let in_trace = of_trace(&spans, trace);
         let names: Vec<&str> = in_trace.iter().map(|s| s.name.as_ref()).collect();
         assert_eq!(
             names.len(),
@@ -301,14 +307,8 @@ async fn one_order_is_one_trace_from_the_request_to_the_notification_insert() {
     assert_eq!(shared, 1, "the two orders' rows name one publish job");
     let mut with_job_span = 0;
     for (trace, _) in callers {
-        let in_trace: Vec<&SpanData> = spans
-            .iter()
-            .filter(|s| s.span_context.trace_id().to_string() == trace)
-            .collect();
-        let by_id: HashMap<String, &SpanData> = in_trace
-            .iter()
-            .map(|s| (s.span_context.span_id().to_string(), *s))
-            .collect();
+        let in_trace = of_trace(&spans, trace);
+        let by_id = by_span_id(&in_trace);
         let insert = in_trace
             .iter()
             .find(|s| s.name == "INSERT notifications")
