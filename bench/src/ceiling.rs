@@ -28,15 +28,13 @@ use orderflow_jobs::{
     outbox::Appended,
     publish_batch::{BatchSettings, PublishBatcher},
     queue::{QueueSettings, Wake},
+    sql_error,
     trace::TraceContext,
 };
 use rand::Rng;
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{
-    mysql::{MySqlConnectOptions, MySqlDatabaseError},
-    Connection, MySqlConnection, MySqlPool, QueryBuilder,
-};
+use sqlx::{mysql::MySqlConnectOptions, Connection, MySqlConnection, MySqlPool, QueryBuilder};
 
 use crate::{
     load::{self, Spec},
@@ -56,7 +54,6 @@ const JOB_MAX_ATTEMPTS: u32 = 5;
 const PUBLISH_LINGER: Duration = Duration::from_millis(10);
 const PUBLISH_BATCH_SIZE: usize = 100;
 const DEADLOCK_RETRIES: u32 = 3;
-const ER_LOCK_DEADLOCK: u16 = 1213;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CeilingResult {
@@ -181,11 +178,7 @@ async fn order(
             }
             Ok((outcome, None)) => return Ok(outcome),
             // InnoDB rolled the whole transaction back; the service runs it again, so do we.
-            Err(sqlx::Error::Database(e))
-                if e.try_downcast_ref::<MySqlDatabaseError>()
-                    .is_some_and(|e| e.number() == ER_LOCK_DEADLOCK)
-                    && attempt < DEADLOCK_RETRIES =>
-            {
+            Err(e) if sql_error::is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
                 attempt += 1;
             }
             Err(e) => return Err(e),
