@@ -48,6 +48,8 @@ pub struct AppState {
     pub login_throttle: auth::LoginThrottle,
     /// Committed outbox rows on their way to a shared publish-outbox job.
     pub publisher: PublishBatcher,
+    /// POST /orders, committed in batches.
+    pub orders: orders::OrderCommitter,
 }
 
 impl FromRef<AppState> for Arc<JwtKeys> {
@@ -111,15 +113,29 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
             max_rows: config.events.publish_batch as usize,
         },
     );
+    let cache = Cache::new(
+        &config.redis_url,
+        &config.cache_key_prefix,
+        config.redis_timeout,
+        config.cache_ttl,
+    );
+    let orders = orders::OrderCommitter::start(
+        pool.clone(),
+        publisher.clone(),
+        cache.clone(),
+        orders::CommitSettings {
+            lanes: config.order_batches.lanes,
+            max_batch: config.order_batches.max_batch,
+            linger: config.order_batches.linger,
+            retention: config.idempotency.retention,
+            in_flight_wait: config.idempotency.in_flight_wait,
+        },
+    );
     Ok(AppState {
         publisher,
+        orders,
         events: Arc::new(events),
-        cache: Cache::new(
-            &config.redis_url,
-            &config.cache_key_prefix,
-            config.redis_timeout,
-            config.cache_ttl,
-        ),
+        cache,
         login_throttle: auth::LoginThrottle::new(
             &config.redis_url,
             &config.cache_key_prefix,

@@ -56,7 +56,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub tracing: TracingConfig,
     pub orders: OrderLimits,
-    pub stock_retry: StockRetry,
+    pub order_batches: OrderBatchConfig,
     pub idempotency: IdempotencyConfig,
     pub login_throttle: LoginThrottleConfig,
 }
@@ -118,11 +118,15 @@ pub struct OrderLimits {
     pub max_quantity: i64,
 }
 
+/// Group commit of POST /orders (`orders::committer`).
 #[derive(Debug, Clone, Copy)]
-pub struct StockRetry {
-    /// Attempts per order line, the last of which is the guarded (non-failing) decrement.
-    pub attempts: u32,
-    pub backoff_base: Duration,
+pub struct OrderBatchConfig {
+    /// Batches committed at once (`ORDER_COMMIT_LANES`).
+    pub lanes: usize,
+    /// The most orders one transaction commits (`ORDER_BATCH_MAX`).
+    pub max_batch: usize,
+    /// How long a batch waits for more orders once it has one (`ORDER_BATCH_LINGER_US`).
+    pub linger: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -204,7 +208,6 @@ fn positive<T: PartialOrd + Default + ToString>(
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let jwt_secret = opt_var("JWT_SECRET");
-        let stock_attempts = positive("STOCK_RETRY_ATTEMPTS", var("STOCK_RETRY_ATTEMPTS", 4u32)?)?;
         Ok(Self {
             database_url: var(
                 "DATABASE_URL",
@@ -307,9 +310,10 @@ impl Config {
                 max_items: positive("ORDER_MAX_ITEMS", var("ORDER_MAX_ITEMS", 50usize)?)?,
                 max_quantity: positive("ORDER_MAX_QUANTITY", var("ORDER_MAX_QUANTITY", 1000i64)?)?,
             },
-            stock_retry: StockRetry {
-                attempts: stock_attempts,
-                backoff_base: Duration::from_millis(var("STOCK_RETRY_BACKOFF_MS", 2u64)?),
+            order_batches: OrderBatchConfig {
+                lanes: positive("ORDER_COMMIT_LANES", var("ORDER_COMMIT_LANES", 4usize)?)?,
+                max_batch: positive("ORDER_BATCH_MAX", var("ORDER_BATCH_MAX", 64usize)?)?,
+                linger: Duration::from_micros(var("ORDER_BATCH_LINGER_US", 0u64)?),
             },
             idempotency: IdempotencyConfig {
                 retention: Duration::from_secs(

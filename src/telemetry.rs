@@ -151,6 +151,12 @@ pub mod names {
     pub const ORDERS_CREATED: &str = "orders_created_total";
     pub const ORDERS_REJECTED: &str = "orders_rejected_total";
     pub const IDEMPOTENT_REPLAYS: &str = "idempotent_replays_total";
+    /// Orders decided per batch (`orders::committer`).
+    pub const ORDER_BATCH_SIZE: &str = "order_batch_size";
+    /// Batches rolled back and run again, by reason (deadlock, lock_wait, key_taken).
+    pub const ORDER_BATCH_RETRIES: &str = "order_batch_retries_total";
+    /// Batches that could not be committed whole and were committed one order at a time.
+    pub const ORDER_BATCH_SPLITS: &str = "order_batch_splits_total";
     pub const STOCK_LOCK_RETRIES: &str = "stock_lock_retries_total";
     pub const STOCK_LOCK_CONFLICTS: &str = "stock_lock_conflicts_total";
     pub const IDEMPOTENCY_PURGED: &str = "idempotency_keys_purged_total";

@@ -28,6 +28,10 @@ impl Drop for Service {
 }
 
 fn start(db: &str, bootstrap: &str, prefix: &str) -> Service {
+    start_with(db, bootstrap, prefix, &[])
+}
+
+fn start_with(db: &str, bootstrap: &str, prefix: &str, extra: &[(&str, &str)]) -> Service {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -56,6 +60,7 @@ fn start(db: &str, bootstrap: &str, prefix: &str) -> Service {
         .env("JOB_POLL_INTERVAL_MS", "50")
         .env("RUST_LOG", "info,rdkafka=warn,librdkafka=warn")
         .env("LOG_FORMAT", "json")
+        .envs(extra.iter().copied())
         .stdout(log_file(prefix))
         .stderr(Stdio::null())
         .spawn()
@@ -114,18 +119,20 @@ async fn post(
     Some((status, res.json().await.unwrap_or(Value::Null)))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
-    // A broker that outlives the service process: TEST_KAFKA_BROKERS, or one embedded here.
-    let embedded;
+/// A broker that outlives the service process: TEST_KAFKA_BROKERS, or one embedded here (kept
+/// alive by the returned handle), and a topic prefix of the test's own.
+async fn outliving_broker() -> (Option<EmbeddedKafka>, String, String) {
+    let mut embedded = None;
     let bootstrap = match std::env::var("TEST_KAFKA_BROKERS")
         .ok()
         .filter(|b| !b.is_empty())
     {
         Some(b) => b,
         None => {
-            embedded = EmbeddedKafka::start(vec![]).expect("embedded kafka");
-            embedded.bootstrap_servers().to_owned()
+            let broker = EmbeddedKafka::start(vec![]).expect("embedded kafka");
+            let bootstrap = broker.bootstrap_servers().to_owned();
+            embedded = Some(broker);
+            bootstrap
         }
     };
     let run = uuid::Uuid::new_v4().simple().to_string();
@@ -133,6 +140,12 @@ async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
     orderflow_jobs::kafka::ensure_topics(&bootstrap, &orderflow_jobs::kafka::topics(&prefix))
         .await
         .ok();
+    (embedded, bootstrap, prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
+    let (_embedded, bootstrap, prefix) = outliving_broker().await;
     let db = common::fresh_database_url();
     let _guard = DatabaseGuard { url: db.clone() };
     let client = reqwest::Client::builder()
@@ -293,6 +306,185 @@ async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
         events.len()
     );
 
+    drop(second);
+    pool.close().await;
+}
+
+/// The process dies while a batch of orders is inside its transaction (it holds one stock row
+/// and waits for another, which the test holds): none of the batch is committed, and after a
+/// restart every key of it succeeds once, as a new order, then replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_inside_a_batch_commits_none_of_it_and_each_retried_key_succeeds_once() {
+    let (_embedded, bootstrap, prefix) = outliving_broker().await;
+    let db = common::fresh_database_url();
+    let _guard = DatabaseGuard { url: db.clone() };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    // One lane and a long linger: the orders sent together are one batch.
+    let batching = [
+        ("ORDER_COMMIT_LANES", "1"),
+        ("ORDER_BATCH_LINGER_US", "300000"),
+    ];
+    let mut first = start_with(&db, &bootstrap, &prefix, &batching);
+    ready(&client, &first).await;
+    let (_, login) = post(
+        &client,
+        format!("{}/api/v1/auth/login", first.base),
+        None,
+        None,
+        json!({"email": common::ADMIN_EMAIL, "password": common::ADMIN_PASSWORD}),
+    )
+    .await
+    .unwrap();
+    let token = login["accessToken"].as_str().unwrap().to_owned();
+    let mut products = Vec::new();
+    for sku in ["KILL-A", "KILL-B"] {
+        let (_, p) = post(
+            &client,
+            format!("{}/api/v1/admin/products", first.base),
+            Some(&token),
+            None,
+            json!({"sku": sku, "name": sku, "price": 7, "initialStock": 100}),
+        )
+        .await
+        .unwrap();
+        products.push(p["id"].as_i64().unwrap());
+    }
+    let items = json!({"items": [{"productId": products[0], "quantity": 1}, {"productId": products[1], "quantity": 2}]});
+
+    let pool = sqlx::MySqlPool::connect(&db).await.unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("UPDATE stocks SET version = version + 1 WHERE product_id = ?")
+        .bind(products[1])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let base = first.base.clone();
+    let burst = tokio::spawn({
+        let (client, token, items) = (client.clone(), token.clone(), items.clone());
+        async move {
+            let calls = (0..8).map(|i| {
+                let (client, base, token, items) = (&client, &base, &token, items.clone());
+                async move {
+                    let key = format!("batch-{i}");
+                    post(
+                        client,
+                        format!("{base}/api/v1/orders"),
+                        Some(token),
+                        Some(&key),
+                        items,
+                    )
+                    .await
+                }
+            });
+            futures::future::join_all(calls).await
+        }
+    });
+    let mut waiting = false;
+    for _ in 0..200 {
+        let waits: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND ID <> CONNECTION_ID() \
+             AND INFO LIKE '%UPDATE stocks%' AND TIME >= 1",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waits > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        waiting,
+        "the batch is inside its transaction, waiting for the held row"
+    );
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().unwrap();
+    drop(first);
+    holder.rollback().await.unwrap();
+    let outcomes = burst.await.unwrap();
+    assert!(
+        outcomes.iter().all(Option::is_none),
+        "no answer came from the killed process: {outcomes:?}"
+    );
+    let count = |sql: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    for table in ["orders", "order_items", "outbox_events", "idempotency_keys"] {
+        assert_eq!(
+            count(format!("SELECT COUNT(*) FROM {table}")).await,
+            0,
+            "none of the batch is in {table}"
+        );
+    }
+    assert_eq!(
+        count("SELECT CAST(SUM(quantity) AS SIGNED) FROM stocks".into()).await,
+        200
+    );
+
+    let second = start_with(&db, &bootstrap, &prefix, &batching);
+    ready(&client, &second).await;
+    let retries = (0..8).map(|i| {
+        let (client, base, token, items) = (&client, &second.base, &token, items.clone());
+        async move {
+            let key = format!("batch-{i}");
+            post(
+                client,
+                format!("{base}/api/v1/orders"),
+                Some(token),
+                Some(&key),
+                items,
+            )
+            .await
+        }
+    });
+    let retried = futures::future::join_all(retries).await;
+    assert!(
+        retried.iter().all(|o| matches!(o, Some((201, _)))),
+        "every retried key succeeds: {retried:?}"
+    );
+    let again = post(
+        &client,
+        format!("{}/api/v1/orders", second.base),
+        Some(&token),
+        Some("batch-0"),
+        items.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.1, retried[0].as_ref().unwrap().1, "then replays");
+    assert_eq!(count("SELECT COUNT(*) FROM orders".into()).await, 8);
+    assert_eq!(
+        count(format!(
+            "SELECT quantity FROM stocks WHERE product_id = {}",
+            products[0]
+        ))
+        .await,
+        100 - 8
+    );
+    assert_eq!(
+        count(format!(
+            "SELECT quantity FROM stocks WHERE product_id = {}",
+            products[1]
+        ))
+        .await,
+        100 - 16
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e WHERE e.aggregate_id = o.id) <> 1".into()).await,
+        0,
+        "exactly one outbox row per order"
+    );
     drop(second);
     pool.close().await;
 }

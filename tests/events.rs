@@ -617,12 +617,19 @@ async fn a_row_another_transaction_held_is_still_published_by_its_own_job() {
             .await,
         "its own job published it once the holder let go"
     );
-    let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
-        .bind(&appended.job_id)
-        .fetch_one(app.db())
-        .await
-        .unwrap();
-    assert_eq!(status, "Done");
+    // The job is acknowledged (Done) by apalis after the commit that published its row.
+    let done = || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
+            .bind(&appended.job_id)
+            .fetch_one(app.db())
+            .await
+            .unwrap();
+        status == "Done"
+    };
+    assert!(
+        app.eventually(Duration::from_secs(10), done).await,
+        "its job ends Done"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,19 +1,25 @@
-//! The ceiling: the database work of POST /orders with nothing else — no HTTP, JSON
-//! parsing, authentication or middleware — run through sqlx at the same concurrency, on
-//! the same database server, with a pool set up like the service's (same size, READ
-//! COMMITTED, the same lock-wait bound). The statements are copied from the service:
+//! The ceiling: the least database work that keeps the guarantees of one POST /orders, as
+//! plain SQL through the driver — none of the service's code, no HTTP, no JSON parsing, no
+//! authentication — at the same concurrency, on the same database, products and users:
 //!
-//! 1. the fast-path read of the key (`idempotency::find`);
-//! 2. one transaction: claim the key (`idempotency::insert`), read prices
-//!    (`orders::repo::prices`), take stock in a savepoint (`catalog::stock::take`: optimistic
-//!    attempts, then the guarded decrement), insert the order and its items, append the
-//!    outbox row, store the response (`idempotency::complete`), commit;
-//! 3. hand the committed row to a publish batcher, the service's own
-//!    (`orderflow_jobs::publish_batch`, ADR 0011): rows committed within the linger share one
-//!    publish-outbox job (an UPDATE of the outbox rows, then apalis' push), so the service's
-//!    workers publish these orders as they do the service's own.
+//! ```sql
+//! BEGIN;
+//! UPDATE stocks SET quantity = quantity - ?, version = version + 1
+//!   WHERE product_id = ? AND quantity >= ?;          -- the guarded write: never below zero
+//! INSERT INTO orders …;  INSERT INTO order_items …;   -- the order (skipped when short)
+//! INSERT INTO outbox_events …;                       -- its event, in the same transaction
+//! INSERT INTO idempotency_keys … response …;          -- the key with the first outcome
+//! COMMIT;
+//! ```
 //!
-//! Keep it in step with src/orders/create.rs when the order transaction changes.
+//! One connection per client, one transaction per order, no retries, no savepoints, no job
+//! push: the service's outbox sweeper publishes these rows. The payloads are the service's
+//! sizes (an order body, an event), so the bytes written match.
+//!
+//! `hot_cas` runs the hot product with the other optimistic scheme instead of the guarded
+//! write: read quantity and version, `UPDATE … WHERE version = ?`, and on a lost race a
+//! full-jitter pause and another try, four tries in all (what the service did before), so
+//! that ADR 0005 compares the two on the same run.
 
 use std::{
     sync::{
@@ -24,17 +30,11 @@ use std::{
 };
 
 use chrono::{SubsecRound, Utc};
-use orderflow_jobs::{
-    outbox::Appended,
-    publish_batch::{BatchSettings, PublishBatcher},
-    queue::{QueueSettings, Wake},
-    sql_error,
-    trace::TraceContext,
-};
 use rand::Rng;
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{mysql::MySqlConnectOptions, Connection, MySqlConnection, MySqlPool, QueryBuilder};
+use sqlx::{mysql::MySqlConnectOptions, Connection, Executor, MySqlConnection};
+use tokio::sync::Mutex;
 
 use crate::{
     load::{self, Spec},
@@ -43,22 +43,18 @@ use crate::{
     stats::{Outcome, Summary},
 };
 
-/// The service's defaults (DATABASE_MAX_CONNECTIONS, STOCK_RETRY_*, IDEMPOTENCY_*,
-/// JOB_MAX_ATTEMPTS, PUBLISH_LINGER_MS, PUBLISH_BATCH_SIZE), which the bench does not change.
-const POOL_SIZE: u32 = 32;
-const LOCK_WAIT_SECS: u64 = 5;
-const STOCK_ATTEMPTS: u32 = 4;
-const STOCK_BACKOFF_BASE: Duration = Duration::from_millis(2);
+/// The service's key retention (IDEMPOTENCY_RETENTION_HOURS), so the rows are alike.
 const RETENTION_SECS: i64 = 24 * 3600;
-const JOB_MAX_ATTEMPTS: u32 = 5;
-const PUBLISH_LINGER: Duration = Duration::from_millis(10);
-const PUBLISH_BATCH_SIZE: usize = 100;
-const DEADLOCK_RETRIES: u32 = 3;
+/// The compare-and-set variant's tries and the base of its full-jitter pause.
+const CAS_TRIES: u32 = 4;
+const CAS_PAUSE_BASE: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CeilingResult {
     pub spread: Option<CeilingSpread>,
     pub hot: Option<HotResult>,
+    /// The hot product with compare-and-set and retries instead of the guarded write.
+    pub hot_cas: Option<HotResult>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,168 +65,101 @@ pub struct CeilingSpread {
     pub cpu: CpuUse,
 }
 
-/// The service's own pool (`orderflow::db::connect_with`: same session isolation level and
-/// lock-wait timeout) at the service's default size.
-pub async fn pool(opts: MySqlConnectOptions) -> anyhow::Result<MySqlPool> {
-    let settings = orderflow::db::PoolSettings {
-        max_connections: POOL_SIZE,
-        acquire_timeout: Duration::from_secs(10),
-        lock_wait_timeout: Duration::from_secs(LOCK_WAIT_SECS),
-    };
-    Ok(orderflow::db::connect_with(opts, &settings).await?)
-}
-
+/// How the stock is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Take {
-    Taken,
-    Short,
+    Guarded,
+    CompareAndSet,
 }
 
-/// `catalog::stock::take`, statement for statement.
-async fn take(
-    conn: &mut MySqlConnection,
-    product: i64,
-    qty: i64,
-    conflicts: &AtomicU64,
-) -> sqlx::Result<Take> {
-    for attempt in 1..STOCK_ATTEMPTS {
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT quantity, version FROM stocks WHERE product_id = ?")
-                .bind(product)
-                .fetch_optional(&mut *conn)
+/// One connection per client.
+struct Clients {
+    connections: Vec<Mutex<MySqlConnection>>,
+}
+
+impl Clients {
+    async fn open(opts: &MySqlConnectOptions, n: usize) -> anyhow::Result<Arc<Self>> {
+        let mut connections = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut conn = MySqlConnection::connect_with(opts).await?;
+            // The service's isolation level (a setting, not code of ours).
+            conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                 .await?;
-        let Some((available, version)) = row else {
-            return Ok(Take::Short);
-        };
-        if available < qty {
-            return Ok(Take::Short);
+            connections.push(Mutex::new(conn));
         }
-        let done = sqlx::query(
-            "UPDATE stocks SET quantity = quantity - ?, version = version + 1, \
-             updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ? AND version = ?",
-        )
-        .bind(qty)
-        .bind(product)
-        .bind(version)
-        .execute(&mut *conn)
-        .await?;
-        if done.rows_affected() == 1 {
-            return Ok(Take::Taken);
+        Ok(Arc::new(Self { connections }))
+    }
+
+    async fn close(self: Arc<Self>) {
+        if let Ok(clients) = Arc::try_unwrap(self) {
+            for conn in clients.connections {
+                let _ = conn.into_inner().close().await;
+            }
         }
-        conflicts.fetch_add(1, Ordering::Relaxed);
-        let cap = STOCK_BACKOFF_BASE.saturating_mul(1 << attempt.min(10));
-        let pause = rand::thread_rng().gen_range(Duration::ZERO..cap);
-        tokio::time::sleep(pause).await;
     }
-    let done = sqlx::query(
-        "UPDATE stocks SET quantity = quantity - ?, version = version + 1, \
-         updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ? AND quantity >= ?",
-    )
-    .bind(qty)
-    .bind(product)
-    .bind(qty)
-    .execute(&mut *conn)
-    .await?;
-    if done.rows_affected() == 1 {
-        return Ok(Take::Taken);
-    }
-    let _exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM stocks WHERE product_id = ?")
-        .bind(product)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(Take::Short)
 }
 
-/// One order of `qty` units of `product` for `user`, as the service's `create` runs it.
+/// One order of one unit of `product` for `user`.
 async fn order(
-    pool: &MySqlPool,
-    publisher: &PublishBatcher,
+    conn: &mut MySqlConnection,
+    take: Take,
     user: i64,
     product: i64,
-    qty: i64,
-    conflicts: &AtomicU64,
+    price: i64,
+    lost_races: &AtomicU64,
 ) -> sqlx::Result<Outcome> {
+    let qty = 1i64;
     let key = uuid::Uuid::new_v4().to_string();
-    // The service hashes the canonical body; any 64 hex characters store the same bytes.
     let fingerprint = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    let stored: Option<(String, Option<i16>, Option<String>, bool)> = sqlx::query_as(
-        "SELECT request_fingerprint, response_status, response_body, \
-         (expires_at <= CURRENT_TIMESTAMP(6)) AS expired \
-         FROM idempotency_keys WHERE user_id = ? AND idem_key = ?",
-    )
-    .bind(user)
-    .bind(&key)
-    .fetch_optional(pool)
-    .await?;
-    if stored.is_some() {
-        return Ok(Outcome::Wrong("a fresh key was already stored".into()));
-    }
-    let mut attempt = 1;
-    loop {
-        match transaction(pool, user, &key, &fingerprint, product, qty, conflicts).await {
-            // As the service does after the commit: the row goes to its shared job.
-            Ok((outcome, Some(row))) => {
-                publisher.enqueue(row);
-                return Ok(outcome);
-            }
-            Ok((outcome, None)) => return Ok(outcome),
-            // InnoDB rolled the whole transaction back; the service runs it again, so do we.
-            Err(e) if sql_error::is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
+    let mut tx = conn.begin().await?;
+    let taken = match take {
+        Take::Guarded => {
+            sqlx::query(
+                "UPDATE stocks SET quantity = quantity - ?, version = version + 1, \
+                 updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ? AND quantity >= ?",
+            )
+            .bind(qty)
+            .bind(product)
+            .bind(qty)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1
         }
-    }
-}
-
-async fn transaction(
-    pool: &MySqlPool,
-    user: i64,
-    key: &str,
-    fingerprint: &str,
-    product: i64,
-    qty: i64,
-    conflicts: &AtomicU64,
-) -> sqlx::Result<(Outcome, Option<Appended>)> {
-    let mut tx = pool.begin().await?;
-    let record = sqlx::query(
-        "INSERT INTO idempotency_keys (user_id, idem_key, request_fingerprint, expires_at) \
-         VALUES (?, ?, ?, CURRENT_TIMESTAMP(6) + INTERVAL ? SECOND)",
-    )
-    .bind(user)
-    .bind(key)
-    .bind(fingerprint)
-    .bind(RETENTION_SECS)
-    .execute(&mut *tx)
-    .await?
-    .last_insert_id() as i64;
-
-    let mut q = QueryBuilder::new("SELECT id, price FROM products WHERE id IN (");
-    q.separated(", ").push_bind(product);
-    q.push(")");
-    let prices: Vec<(i64, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
-    let Some(&(_, price)) = prices.first() else {
-        tx.rollback().await?;
-        return Ok((Outcome::Refused("VALIDATION_ERROR".into()), None));
+        Take::CompareAndSet => match compare_and_set(&mut tx, product, qty, lost_races).await? {
+            Some(taken) => taken,
+            None => {
+                tx.rollback().await?;
+                return Ok(Outcome::Refused("RETRIES_EXHAUSTED".into()));
+            }
+        },
     };
-
-    let mut taking = tx.begin().await?;
-    if let Take::Short = take(&mut taking, product, qty, conflicts).await? {
-        taking.rollback().await?;
-        let body = json!({"code": "OUT_OF_STOCK", "message": format!("not enough stock for product {product}")});
-        complete(&mut tx, record, 409, &body.to_string(), None).await?;
+    if !taken {
+        let body = json!({"timestamp": Utc::now(), "path": "/api/v1/orders", "code": "OUT_OF_STOCK",
+            "message": format!("not enough stock for product {product}"),
+            "details": [{"field": "items[0].quantity", "message": "exceeds the available stock"}]});
+        store_key(
+            &mut tx,
+            user,
+            &key,
+            &fingerprint,
+            409,
+            &body.to_string(),
+            None,
+        )
+        .await?;
         tx.commit().await?;
-        return Ok((Outcome::Refused("OUT_OF_STOCK".into()), None));
+        return Ok(Outcome::Refused("OUT_OF_STOCK".into()));
     }
-    taking.commit().await?;
-
     let now = Utc::now().trunc_subsecs(6);
     let total = price * qty;
     let order_id = sqlx::query(
-        "INSERT INTO orders (user_id, status, total_amount, created_at, updated_at) VALUES (?, 'CREATED', ?, ?, ?)",
+        "INSERT INTO orders (user_id, status, total_amount, created_at, updated_at) \
+         VALUES (?, 'CREATED', ?, ?, ?)",
     )
     .bind(user)
     .bind(total)
@@ -239,149 +168,192 @@ async fn transaction(
     .execute(&mut *tx)
     .await?
     .last_insert_id() as i64;
-    let mut q =
-        QueryBuilder::new("INSERT INTO order_items (order_id, product_id, quantity, unit_price) ");
-    q.push_values([(product, qty, price)], |mut row, (p, n, u)| {
-        row.push_bind(order_id)
-            .push_bind(p)
-            .push_bind(n)
-            .push_bind(u);
-    });
-    q.build().execute(&mut *tx).await?;
-
-    // The order as the service answers it, and its event as `event_payload` builds it.
+    sqlx::query(
+        "INSERT INTO order_items (order_id, product_id, quantity, unit_price) VALUES (?, ?, ?, ?)",
+    )
+    .bind(order_id)
+    .bind(product)
+    .bind(qty)
+    .bind(price)
+    .execute(&mut *tx)
+    .await?;
     let items = json!([{"productId": product, "quantity": qty, "unitPrice": price}]);
-    let order = json!({"id": order_id, "status": "CREATED", "items": items, "totalAmount": total,
-        "createdAt": now, "updatedAt": now});
     let payload = json!({"eventType": "ORDER_CREATED", "orderId": order_id, "userId": user,
         "status": "CREATED", "items": items, "totalAmount": total, "createdAt": now, "occurredAt": now});
-    let job_id = ulid::Ulid::new().to_string();
-    let event_id = uuid::Uuid::now_v7();
-    let outbox_id = sqlx::query(
-        "INSERT INTO outbox_events \
-         (event_id, aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate, job_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    sqlx::query(
+        "INSERT INTO outbox_events (event_id, aggregate_type, aggregate_id, event_type, payload) \
+         VALUES (?, 'ORDER', ?, 'ORDER_CREATED', ?)",
     )
-    .bind(event_id.to_string())
-    .bind("ORDER")
+    .bind(uuid::Uuid::now_v7().to_string())
     .bind(order_id)
-    .bind("ORDER_CREATED")
     .bind(payload.to_string())
-    .bind(None::<String>)
-    .bind(None::<String>)
-    .bind(&job_id)
     .execute(&mut *tx)
-    .await?
-    .last_insert_id() as i64;
-    complete(&mut tx, record, 201, &order.to_string(), Some(order_id)).await?;
+    .await?;
+    let body = json!({"id": order_id, "status": "CREATED", "items": items, "totalAmount": total,
+        "createdAt": now, "updatedAt": now});
+    store_key(
+        &mut tx,
+        user,
+        &key,
+        &fingerprint,
+        201,
+        &body.to_string(),
+        Some(order_id),
+    )
+    .await?;
     tx.commit().await?;
-
-    let row = Appended {
-        id: outbox_id,
-        event_id,
-        job_id,
-        trace: TraceContext::default(),
-    };
-    Ok((Outcome::Ok, Some(row)))
+    Ok(Outcome::Ok)
 }
 
-async fn complete(
+/// Read, compare-and-set, and on a lost race pause and try again. `None`: the tries ran out.
+async fn compare_and_set(
     conn: &mut MySqlConnection,
-    id: i64,
+    product: i64,
+    qty: i64,
+    lost_races: &AtomicU64,
+) -> sqlx::Result<Option<bool>> {
+    for attempt in 1..=CAS_TRIES {
+        let (quantity, version): (i64, i64) =
+            sqlx::query_as("SELECT quantity, version FROM stocks WHERE product_id = ?")
+                .bind(product)
+                .fetch_one(&mut *conn)
+                .await?;
+        if quantity < qty {
+            return Ok(Some(false));
+        }
+        let won = sqlx::query(
+            "UPDATE stocks SET quantity = quantity - ?, version = version + 1, \
+             updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ? AND version = ?",
+        )
+        .bind(qty)
+        .bind(product)
+        .bind(version)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+        if won {
+            return Ok(Some(true));
+        }
+        lost_races.fetch_add(1, Ordering::Relaxed);
+        if attempt < CAS_TRIES {
+            let cap = CAS_PAUSE_BASE.saturating_mul(1 << attempt);
+            let pause = rand::thread_rng().gen_range(Duration::ZERO..cap);
+            tokio::time::sleep(pause).await;
+        }
+    }
+    Ok(None)
+}
+
+async fn store_key(
+    conn: &mut MySqlConnection,
+    user: i64,
+    key: &str,
+    fingerprint: &str,
     status: i16,
     body: &str,
     order_id: Option<i64>,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE idempotency_keys SET response_status = ?, response_body = ?, order_id = ? WHERE id = ?",
+        "INSERT INTO idempotency_keys (user_id, idem_key, request_fingerprint, response_status, \
+         response_body, order_id, expires_at) \
+         VALUES (?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP(6) + INTERVAL ? SECOND)",
     )
+    .bind(user)
+    .bind(key)
+    .bind(fingerprint)
     .bind(status)
     .bind(body)
     .bind(order_id)
-    .bind(id)
+    .bind(RETENTION_SECS)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-fn op(
-    pool: MySqlPool,
-    publisher: PublishBatcher,
-    ctx: &Ctx,
-    hot_product: Option<i64>,
-    conflicts: Arc<AtomicU64>,
-) -> impl Fn(load::Slot) -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>
-       + Send
-       + Sync
-       + 'static {
-    let users: Arc<Vec<i64>> = Arc::new(ctx.users.iter().map(|u| u.id).collect());
-    let products = ctx.products.clone();
-    move |slot| {
-        let product = hot_product
-            .unwrap_or_else(|| products[rand::thread_rng().gen_range(0..products.len())]);
-        let user = users[slot.worker % users.len()];
-        let (pool, publisher) = (pool.clone(), publisher.clone());
-        let conflicts = conflicts.clone();
-        Box::pin(async move {
-            match order(&pool, &publisher, user, product, 1, &conflicts).await {
-                Ok(outcome) => outcome,
-                Err(e) => Outcome::ServerError(format!("database: {e}")),
-            }
-        })
-    }
+/// The ceiling's runs; each follows the service's run of the same scenario, so that both
+/// see the same tables and the same machine.
+pub struct Ceiling {
+    opts: MySqlConnectOptions,
 }
 
-/// The ceiling's connections; each of its runs follows the service's run of the same
-/// scenario, so that both see the same tables and the same machine.
-pub struct Ceiling {
-    pool: MySqlPool,
-    publisher: PublishBatcher,
+struct Run {
+    take: Take,
+    /// Everyone on this product, or a random one of the catalogue.
+    product: Option<i64>,
+    concurrency: usize,
+    duration: Duration,
 }
 
 impl Ceiling {
-    pub async fn connect(opts: MySqlConnectOptions) -> anyhow::Result<Self> {
-        let pool = pool(opts).await?;
-        // Only `max_attempts` matters for a push; the rest is the workers' business.
-        let queue = QueueSettings {
-            poll_interval: Duration::from_millis(100),
-            keep_alive: Duration::from_secs(10),
-            lease: Duration::from_secs(60),
-            max_attempts: JOB_MAX_ATTEMPTS,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-        };
-        let publisher = PublishBatcher::start(
-            pool.clone(),
-            queue,
-            // The service's workers are in another process: they find the jobs by polling.
-            Wake::default(),
-            BatchSettings {
-                linger: PUBLISH_LINGER,
-                max_rows: PUBLISH_BATCH_SIZE,
-            },
+    pub fn new(opts: MySqlConnectOptions) -> Self {
+        Self { opts }
+    }
+
+    async fn run(
+        &self,
+        ctx: &Ctx,
+        run: Run,
+    ) -> anyhow::Result<(crate::stats::Recorder, Duration, CpuUse, u64)> {
+        let clients = Clients::open(&self.opts, run.concurrency).await?;
+        let prices: Arc<std::collections::HashMap<i64, i64>> = Arc::new(
+            sqlx::query_as("SELECT id, price FROM products")
+                .fetch_all(&ctx.pool)
+                .await?
+                .into_iter()
+                .collect(),
         );
-        Ok(Self { pool, publisher })
+        let users: Arc<Vec<i64>> = Arc::new(ctx.users.iter().map(|u| u.id).collect());
+        let products = ctx.products.clone();
+        let lost_races = Arc::new(AtomicU64::new(0));
+        let cpu = CpuMeter::start(Some(ctx.service_pid));
+        let (rec, elapsed) = load::run(Spec::closed(run.concurrency, run.duration), {
+            let (clients, lost_races) = (clients.clone(), lost_races.clone());
+            move |slot| {
+                let product = run
+                    .product
+                    .unwrap_or_else(|| products[rand::thread_rng().gen_range(0..products.len())]);
+                let price = prices.get(&product).copied().unwrap_or_default();
+                let user = users[slot.worker % users.len()];
+                let (clients, lost_races) = (clients.clone(), lost_races.clone());
+                async move {
+                    let mut conn = clients.connections[slot.worker].lock().await;
+                    match order(&mut conn, run.take, user, product, price, &lost_races).await {
+                        Ok(outcome) => outcome,
+                        Err(e) => Outcome::ServerError(format!("database: {e}")),
+                    }
+                }
+            }
+        })
+        .await;
+        let cpu = cpu.stop();
+        clients.close().await;
+        Ok((rec, elapsed, cpu, lost_races.load(Ordering::Relaxed)))
     }
 
     /// spread as raw SQL: a random product of the catalogue per order.
-    pub async fn spread(&self, ctx: &Ctx, concurrency: usize, duration: Duration) -> CeilingSpread {
-        let cpu = CpuMeter::start(Some(ctx.service_pid));
-        let (rec, elapsed) = load::run(
-            Spec::closed(concurrency, duration),
-            op(
-                self.pool.clone(),
-                self.publisher.clone(),
+    pub async fn spread(
+        &self,
+        ctx: &Ctx,
+        concurrency: usize,
+        duration: Duration,
+    ) -> anyhow::Result<CeilingSpread> {
+        let (rec, elapsed, cpu, _) = self
+            .run(
                 ctx,
-                None,
-                Arc::default(),
-            ),
-        )
-        .await;
-        CeilingSpread {
+                Run {
+                    take: Take::Guarded,
+                    product: None,
+                    concurrency,
+                    duration,
+                },
+            )
+            .await?;
+        Ok(CeilingSpread {
             concurrency,
             summary: rec.summary(elapsed, &[]),
-            cpu: cpu.stop(),
-        }
+            cpu,
+        })
     }
 
     /// hot as raw SQL: everyone on the hot product, with the same stock bookkeeping check.
@@ -390,36 +362,39 @@ impl Ceiling {
         ctx: &Ctx,
         concurrency: usize,
         duration: Duration,
+        compare_and_set: bool,
     ) -> anyhow::Result<HotResult> {
         let before = ctx.stock(ctx.hot_product).await?;
-        let conflicts = Arc::new(AtomicU64::new(0));
-        let cpu = CpuMeter::start(Some(ctx.service_pid));
-        let (rec, elapsed) = load::run(
-            Spec::closed(concurrency, duration),
-            op(
-                self.pool.clone(),
-                self.publisher.clone(),
+        let take = if compare_and_set {
+            Take::CompareAndSet
+        } else {
+            Take::Guarded
+        };
+        let (rec, elapsed, cpu, lost) = self
+            .run(
                 ctx,
-                Some(ctx.hot_product),
-                conflicts.clone(),
-            ),
-        )
-        .await;
-        let cpu = cpu.stop();
+                Run {
+                    take,
+                    product: Some(ctx.hot_product),
+                    concurrency,
+                    duration,
+                },
+            )
+            .await?;
         let after = ctx.stock(ctx.hot_product).await?;
+        let allowed: &[&str] = if compare_and_set {
+            &["OUT_OF_STOCK", "RETRIES_EXHAUSTED"]
+        } else {
+            hot::ALLOWED_REFUSALS
+        };
         Ok(hot::finish(
             concurrency,
             &rec,
             elapsed,
-            before,
-            after,
-            Some(conflicts.load(Ordering::Relaxed)),
+            (before, after),
+            compare_and_set.then_some(lost),
             cpu,
+            allowed,
         ))
-    }
-
-    pub async fn close(self) {
-        self.publisher.close().await;
-        self.pool.close().await;
     }
 }

@@ -83,7 +83,9 @@ struct Opts {
     /// Pipeline rate in orders/s [default: --pipeline-fraction of spread's orders/s].
     #[arg(long, global = true)]
     rate: Option<f64>,
-    #[arg(long, global = true, default_value_t = 0.5)]
+    /// The pipeline's rate as a share of spread's orders/s: the events must keep pace with the
+    /// orders at full speed.
+    #[arg(long, global = true, default_value_t = 1.0)]
     pipeline_fraction: f64,
     /// Keep the service's log even when the run had no errors (for profiling).
     #[arg(long, global = true)]
@@ -322,11 +324,7 @@ async fn scenarios(
 
     // The ceiling's runs follow the service's runs of the same scenario: same tables, same
     // machine state.
-    let ceiling = if plan.ceiling {
-        Some(Ceiling::connect(database).await?)
-    } else {
-        None
-    };
+    let ceiling = plan.ceiling.then(|| Ceiling::new(database));
     let mut settled = Vec::new();
     if plan.spread {
         eprintln!("bench: spread ({} clients)", plan.concurrency);
@@ -340,7 +338,7 @@ async fn scenarios(
             "bench: ceiling spread ({} clients, raw SQL)",
             plan.concurrency
         );
-        let r = c.spread(&ctx, plan.concurrency, plan.spread_time).await;
+        let r = c.spread(&ctx, plan.concurrency, plan.spread_time).await?;
         results.ceiling.get_or_insert_with(Default::default).spread = Some(r);
         after(plan, "ceiling spread", &ctx, service, results).await?;
     }
@@ -354,12 +352,27 @@ async fn scenarios(
             "bench: ceiling hot ({} clients, raw SQL)",
             plan.hot_concurrency
         );
-        let r = c.hot(&ctx, plan.hot_concurrency, plan.hot_time).await?;
+        let r = c
+            .hot(&ctx, plan.hot_concurrency, plan.hot_time, false)
+            .await?;
         results.ceiling.get_or_insert_with(Default::default).hot = Some(r);
         after(plan, "ceiling hot", &ctx, service, results).await?;
-    }
-    if let Some(c) = ceiling {
-        c.close().await;
+        eprintln!(
+            "bench: ceiling hot with compare-and-set ({} clients, raw SQL)",
+            plan.hot_concurrency
+        );
+        let r = c
+            .hot(&ctx, plan.hot_concurrency, plan.hot_time, true)
+            .await?;
+        results.ceiling.get_or_insert_with(Default::default).hot_cas = Some(r);
+        after(
+            plan,
+            "ceiling hot (compare-and-set)",
+            &ctx,
+            service,
+            results,
+        )
+        .await?;
     }
     let create_rate = results.spread.as_ref().map(|s| s.summary.ok_per_sec);
     if plan.replay {

@@ -260,7 +260,7 @@ pub fn markdown(r: &Results) -> String {
         );
         t.compared(
             "hot",
-            "optimistic-lock conflicts per order",
+            "lost races per order",
             h.and_then(|x| x.lock_conflicts_per_order),
             ch.and_then(|x| x.lock_conflicts_per_order),
         );
@@ -275,6 +275,51 @@ pub fn markdown(r: &Results) -> String {
         if let Some(d) = r.drains.get("hot") {
             t.row("hot", "event pipeline caught up after (s)", drain(d));
         }
+    }
+    // The other optimistic scheme on the same run, against the guarded ceiling (ADR 0005).
+    if let (Some(cas), Some(guarded)) = (
+        r.ceiling.as_ref().and_then(|c| c.hot_cas.as_ref()),
+        ceiling_hot,
+    ) {
+        let mut cas_row = |figure: &str, value: f64, reference: f64| {
+            t.0.push(Row {
+                scenario: "hot, CAS ceiling",
+                figure: figure.into(),
+                service: String::new(),
+                ceiling: num(value),
+                ratio: ratio(value, reference),
+            })
+        };
+        cas_row(
+            "orders/s (ratio: ÷ guarded ceiling)",
+            cas.summary.ok_per_sec,
+            guarded.summary.ok_per_sec,
+        );
+        cas_row(
+            "p99 (ms) (ratio: ÷ guarded ceiling)",
+            cas.summary.p99_ms,
+            guarded.summary.p99_ms,
+        );
+        let exhausted = cas
+            .summary
+            .refusals
+            .get("RETRIES_EXHAUSTED")
+            .copied()
+            .unwrap_or(0);
+        t.0.push(Row {
+            scenario: "hot, CAS ceiling",
+            figure: "refused with units left (retries exhausted)".into(),
+            service: String::new(),
+            ceiling: exhausted.to_string(),
+            ratio: String::new(),
+        });
+        t.0.push(Row {
+            scenario: "hot, CAS ceiling",
+            figure: "lost races per order".into(),
+            service: String::new(),
+            ceiling: cas.lock_conflicts_per_order.map(num).unwrap_or_default(),
+            ratio: String::new(),
+        });
     }
     if let Some(rp) = &r.replay {
         t.load("replay", "replays", Some(&rp.summary), None);

@@ -83,6 +83,44 @@ pub async fn append(
     })
 }
 
+/// An event to append with others (`append_many`).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: EventType,
+    pub aggregate_id: i64,
+    pub payload: String,
+    pub trace: TraceContext,
+}
+
+/// Appends NEW events committed together, all to be carried by the publish-outbox job
+/// `job_id` (pushed after the commit); returns their event ids, in order.
+pub async fn append_many(
+    conn: &mut MySqlConnection,
+    events: &[NewEvent],
+    job_id: &str,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    let mut q = QueryBuilder::new(
+        "INSERT INTO outbox_events \
+         (event_id, aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate, job_id) ",
+    );
+    q.push_values(events.iter().zip(&ids), |mut row, (e, id)| {
+        row.push_bind(id.to_string())
+            .push_bind(AGGREGATE_ORDER)
+            .push_bind(e.aggregate_id)
+            .push_bind(e.event_type.as_str())
+            .push_bind(&e.payload)
+            .push_bind(&e.trace.traceparent)
+            .push_bind(&e.trace.tracestate)
+            .push_bind(job_id);
+    });
+    q.build().execute(conn).await?;
+    Ok(ids)
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxRow {
     pub id: i64,
@@ -224,6 +262,33 @@ pub async fn orphaned(
     )
     .bind(grace.as_micros() as i64)
     .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Hands the NEW rows of jobs that were never pushed to `job_id` (before it is pushed).
+pub async fn merge_jobs(pool: &MySqlPool, from: &[&str], job_id: &str) -> Result<(), sqlx::Error> {
+    if from.is_empty() {
+        return Ok(());
+    }
+    let mut q = QueryBuilder::new("UPDATE outbox_events SET job_id = ");
+    q.push_bind(job_id)
+        .push(" WHERE status = 'NEW' AND job_id IN (");
+    let mut list = q.separated(", ");
+    for id in from {
+        list.push_bind(*id);
+    }
+    q.push(")");
+    q.build().execute(pool).await?;
+    Ok(())
+}
+
+/// The NEW rows that name `job_id`: what a job pushed without an id list carries.
+pub async fn rows_of_job(pool: &MySqlPool, job_id: &str) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM outbox_events WHERE job_id = ? AND status = 'NEW' ORDER BY id",
+    )
+    .bind(job_id)
     .fetch_all(pool)
     .await
 }

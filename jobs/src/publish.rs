@@ -238,12 +238,17 @@ async fn run(
     attempt: usize,
     last: bool,
 ) -> Result<PublishReport, BoxDynError> {
-    match publish_rows(ctx, &job.outbox_ids, &job.trace).await {
+    let ids = if job.outbox_ids.is_empty() {
+        outbox::rows_of_job(&ctx.pool, &id.to_string()).await?
+    } else {
+        job.outbox_ids.clone()
+    };
+    match publish_rows(ctx, &ids, &job.trace).await {
         Ok(report) => Ok(report),
         Err(e) => {
             let message = e.to_string();
             tracing::warn!(job_id = %id, attempt, last, error = %message, "publish-outbox attempt failed");
-            outbox::record_failure(&ctx.pool, &job.outbox_ids, &message, last).await?;
+            outbox::record_failure(&ctx.pool, &ids, &message, last).await?;
             if !last {
                 queue::retry_later(&ctx.pool, &ctx.settings, &id.to_string(), attempt).await?;
             }

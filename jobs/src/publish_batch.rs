@@ -2,13 +2,14 @@
 //!
 //! A job costs the database about five commits whatever it carries (push, fetch, lock,
 //! claim, acknowledge). One job per order made the publish side cost the database more than
-//! the orders themselves (bench/: pipeline). The order path hands its committed row here
-//! instead of pushing; a task in each process collects the rows that arrive within `linger`
-//! of the first one (at most `max_rows`) and pushes them as one job, under the job id the
-//! first row was written with. The other rows are handed to that job first
-//! (`outbox::assign_job`), so every row still names the job that carries it: the sweeper's
-//! lost-job rule and an operator's retry of a dead job (`outbox::revive_for_job`) work per
-//! row as before.
+//! the orders themselves (bench/: pipeline). Every outbox row is written naming the job meant
+//! to carry it; rows committed in one transaction (a batch of orders) name the same one. The
+//! committer hands the committed job id here instead of pushing; a task in each process
+//! collects the jobs that arrive within `linger` of the first one (at most `max_rows` rows)
+//! and pushes one job, under the first one's id. The rows of the others are handed to that
+//! job first (`outbox::merge_jobs`), so every row still names the job that carries it: the
+//! sweeper's lost-job rule and an operator's retry of a dead job (`outbox::revive_for_job`)
+//! work per row as before.
 //!
 //! Nothing here is needed for correctness: a row whose job is never pushed (a crash within
 //! `linger`, a failed push) stays NEW and the sweeper gives it a job after its grace period.
@@ -25,6 +26,7 @@ use tokio::{
 use crate::{
     outbox::{self, Appended},
     queue::{self, QueueSettings, Wake},
+    trace::TraceContext,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -36,8 +38,27 @@ pub struct BatchSettings {
     pub max_rows: usize,
 }
 
+/// Committed outbox rows that name one (not yet pushed) publish job.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub job_id: String,
+    pub rows: usize,
+    /// The trace of the first row: the job's span continues it.
+    pub trace: TraceContext,
+}
+
+impl From<Appended> for Committed {
+    fn from(row: Appended) -> Self {
+        Self {
+            job_id: row.job_id,
+            rows: 1,
+            trace: row.trace,
+        }
+    }
+}
+
 enum Message {
-    Row(Appended),
+    Rows(Committed),
     /// Push what is queued, then stop.
     Close,
 }
@@ -50,18 +71,18 @@ pub struct PublishBatcher {
 }
 
 impl PublishBatcher {
-    /// Starts the collecting task on the current runtime; each batch becomes one job, and
-    /// wakes this process's publish worker.
+    /// Starts the collecting task on the current runtime; what it collects becomes one job,
+    /// and wakes this process's publish worker.
     pub fn start(
         pool: MySqlPool,
         queue: QueueSettings,
         wake: Wake,
         settings: BatchSettings,
     ) -> Self {
-        Self::with_push(settings, move |rows| {
+        Self::with_push(settings, move |jobs| {
             let (pool, wake) = (pool.clone(), wake.clone());
             async move {
-                push(&pool, &queue, rows).await;
+                push(&pool, &queue, jobs).await;
                 wake.now();
             }
         })
@@ -70,7 +91,7 @@ impl PublishBatcher {
     /// The collecting task with what to do with each batch.
     fn with_push<F, Fut>(settings: BatchSettings, push: F) -> Self
     where
-        F: FnMut(Vec<Appended>) -> Fut + Send + 'static,
+        F: FnMut(Vec<Committed>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let (sender, received) = mpsc::unbounded_channel();
@@ -81,13 +102,15 @@ impl PublishBatcher {
         }
     }
 
-    /// Queues a row that was just committed for its publish job. Never waits.
-    pub fn enqueue(&self, row: Appended) {
-        if let Err(mpsc::error::SendError(Message::Row(row))) = self.sender.send(Message::Row(row))
+    /// Queues rows that were just committed for their publish job. Never waits.
+    pub fn enqueue(&self, rows: impl Into<Committed>) {
+        if let Err(mpsc::error::SendError(Message::Rows(rows))) =
+            self.sender.send(Message::Rows(rows.into()))
         {
             tracing::warn!(
-                outbox_id = row.id,
-                "the publish batcher has stopped; the sweeper will give this row a job"
+                job_id = rows.job_id,
+                rows = rows.rows,
+                "the publish batcher has stopped; the sweeper will give these rows a job"
             );
         }
     }
@@ -109,15 +132,16 @@ async fn collect<F, Fut>(
     settings: BatchSettings,
     mut push: F,
 ) where
-    F: FnMut(Vec<Appended>) -> Fut,
+    F: FnMut(Vec<Committed>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let max_rows = settings.max_rows.max(1);
-    while let Some(Message::Row(first)) = received.recv().await {
+    while let Some(Message::Rows(first)) = received.recv().await {
         let until = Instant::now() + settings.linger;
-        let mut rows = vec![first];
+        let mut rows = first.rows;
+        let mut jobs = vec![first];
         let mut closing = false;
-        while rows.len() < max_rows {
+        while rows < max_rows {
             let next = match received.try_recv() {
                 Ok(message) => Some(message),
                 Err(_) if settings.linger.is_zero() => None,
@@ -127,7 +151,10 @@ async fn collect<F, Fut>(
                     .flatten(),
             };
             match next {
-                Some(Message::Row(row)) => rows.push(row),
+                Some(Message::Rows(more)) => {
+                    rows += more.rows;
+                    jobs.push(more);
+                }
                 Some(Message::Close) => {
                     closing = true;
                     break;
@@ -135,24 +162,26 @@ async fn collect<F, Fut>(
                 None => break,
             }
         }
-        push(rows).await;
+        push(jobs).await;
         if closing {
             return;
         }
     }
 }
 
-/// One job for `rows`, named by the first row's job id; failures are left to the sweeper.
-async fn push(pool: &MySqlPool, queue: &QueueSettings, rows: Vec<Appended>) {
-    let job_id = rows[0].job_id.clone();
-    let trace = rows[0].trace.clone();
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    metrics::histogram!("publish_job_rows").record(ids.len() as f64);
-    if let Err(e) = outbox::assign_job(pool, &ids[1..], &job_id).await {
-        tracing::warn!(error = %e, rows = ids.len(), "could not hand rows to their publish job; the sweeper will");
+/// One job for the rows of `jobs`, under the first one's id; failures are left to the sweeper.
+async fn push(pool: &MySqlPool, queue: &QueueSettings, jobs: Vec<Committed>) {
+    let job_id = jobs[0].job_id.clone();
+    let trace = jobs[0].trace.clone();
+    let rows: usize = jobs.iter().map(|j| j.rows).sum();
+    metrics::histogram!("publish_job_rows").record(rows as f64);
+    let others: Vec<&str> = jobs[1..].iter().map(|j| j.job_id.as_str()).collect();
+    if let Err(e) = outbox::merge_jobs(pool, &others, &job_id).await {
+        tracing::warn!(error = %e, rows, "could not hand rows to their publish job; the sweeper will");
         return;
     }
-    if let Err(e) = queue::push_publish(pool, queue, &job_id, ids, trace).await {
+    // No id list: the job carries the NEW rows that name it.
+    if let Err(e) = queue::push_publish(pool, queue, &job_id, Vec::new(), trace).await {
         tracing::warn!(error = %e, job_id, "could not enqueue publish-outbox; the sweeper will");
     }
 }
@@ -170,18 +199,19 @@ mod tests {
         }
     }
 
-    /// A batcher that records the ids of each batch instead of pushing jobs.
+    /// A batcher that records each push's jobs (by their number) instead of pushing.
     fn recording(
         settings: BatchSettings,
     ) -> (PublishBatcher, Arc<std::sync::Mutex<Vec<Vec<i64>>>>) {
         let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
         let batcher = PublishBatcher::with_push(settings, {
             let batches = batches.clone();
-            move |rows: Vec<Appended>| {
-                batches
-                    .lock()
-                    .unwrap()
-                    .push(rows.iter().map(|r| r.id).collect());
+            move |jobs: Vec<Committed>| {
+                batches.lock().unwrap().push(
+                    jobs.iter()
+                        .map(|j| j.job_id["job-".len()..].parse().unwrap())
+                        .collect(),
+                );
                 std::future::ready(())
             }
         });
@@ -239,6 +269,24 @@ mod tests {
         batcher.enqueue(row(3));
         batcher.close().await;
         assert_eq!(batches.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_rows_counts_the_rows_of_each_committed_batch() {
+        let (batcher, batches) = recording(BatchSettings {
+            max_rows: 5,
+            ..LINGER
+        });
+        let batch = |id: i64, rows| Committed {
+            job_id: format!("job-{id}"),
+            rows,
+            trace: Default::default(),
+        };
+        batcher.enqueue(batch(1, 3));
+        batcher.enqueue(batch(2, 3));
+        batcher.enqueue(batch(3, 1));
+        batcher.close().await;
+        assert_eq!(*batches.lock().unwrap(), vec![vec![1, 2], vec![3]]);
     }
 
     #[tokio::test(start_paused = true)]

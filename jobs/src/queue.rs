@@ -32,9 +32,11 @@ pub const QUEUES: [&str; 4] = [PUBLISH_OUTBOX, CONSUME_NOTIFICATION, ARCHIVE_RUN
 
 pub type Storage<T> = MySqlStorage<T, JsonCodec<Vec<u8>>, MySqlFetcher>;
 
-/// Publish these outbox rows (one row for an order just committed, a batch from the sweeper).
+/// Publish outbox rows: those listed (the sweeper's batches), or, with an empty list, the NEW
+/// rows that name this job (what the order path commits: `publish_batch`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishOutbox {
+    #[serde(default)]
     pub outbox_ids: Vec<i64>,
     /// The trace of the order that queued it (empty for the sweeper's batches).
     #[serde(default)]

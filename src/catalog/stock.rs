@@ -1,107 +1,108 @@
 //! Taking and restoring stock inside an order's transaction.
 //!
-//! Taking uses the `version` column as an optimistic lock with a bounded, jittered retry;
-//! the last attempt is a guarded decrement (`WHERE quantity >= ?`) that cannot lose a race,
-//! only find the stock short. So under any contention a request is refused only with
-//! OUT_OF_STOCK when the stock really is short, never because its retries ran out
-//! (docs/adr/0005-stock-concurrency.md has the reasoning and the measurements).
+//! Taking is optimistic: no read lock, no version compare. Each product's units are taken by
+//! one guarded write, `quantity = quantity - n WHERE quantity >= n`, which bumps `version`.
+//! It cannot lose an update (InnoDB applies it to the latest committed row) and it never
+//! refuses while the units are there, so under any contention an order is refused only with
+//! OUT_OF_STOCK, when the stock really is short — there are no retries to run out
+//! (docs/adr/0005-stock-concurrency.md has the measurements against a compare-and-set loop).
 
-use std::time::Duration;
+use std::collections::HashMap;
 
-use rand::Rng;
-use sqlx::MySqlConnection;
+use sqlx::{MySqlConnection, QueryBuilder};
 
-use crate::{config::StockRetry, telemetry::names};
+use crate::db::{Part, Script};
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Take {
-    Taken,
-    OutOfStock,
-    NoSuchProduct,
+/// What an order needs to know of a product: its price, and the units available when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub price: i64,
+    pub available: i64,
 }
 
-async fn compare_and_set(
+/// The offers of `ids` (a plain read: no lock); products that do not exist are absent.
+pub async fn offers(
     conn: &mut MySqlConnection,
-    product_id: i64,
-    quantity: i64,
-    version: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE stocks SET quantity = quantity - ?, version = version + 1, \
-         updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ? AND version = ?",
-    )
-    .bind(quantity)
-    .bind(product_id)
-    .bind(version)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-async fn guarded_decrement(
-    conn: &mut MySqlConnection,
-    product_id: i64,
-    quantity: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE stocks SET quantity = quantity - ?, version = version + 1, \
-         updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ? AND quantity >= ?",
-    )
-    .bind(quantity)
-    .bind(product_id)
-    .bind(quantity)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Full jitter: a random pause in [0, base * 2^attempt), so colliding buyers spread out.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let cap = base.saturating_mul(1 << attempt.min(10));
-    if cap.is_zero() {
-        return cap;
+    ids: &[i64],
+) -> Result<HashMap<i64, Offer>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
     }
-    rand::thread_rng().gen_range(Duration::ZERO..cap)
+    let mut q = QueryBuilder::new(
+        "SELECT p.id, p.price, s.quantity FROM products p JOIN stocks s ON s.product_id = p.id \
+         WHERE p.id IN (",
+    );
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    q.push(")");
+    let rows: Vec<(i64, i64, i64)> = q.build_query_as().fetch_all(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, price, available)| (id, Offer { price, available }))
+        .collect())
 }
 
-pub async fn take(
+/// The units of `ids` as this transaction sees them (its own takes included). `lock` takes the
+/// rows' write locks: the last resort of an allocation that keeps losing races
+/// (`orders::batch`), so that it ends.
+pub async fn quantities(
     conn: &mut MySqlConnection,
-    product_id: i64,
-    quantity: i64,
-    retry: StockRetry,
-) -> Result<Take, sqlx::Error> {
-    for attempt in 1..retry.attempts {
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT quantity, version FROM stocks WHERE product_id = ?")
-                .bind(product_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        let Some((available, version)) = row else {
-            return Ok(Take::NoSuchProduct);
-        };
-        if available < quantity {
-            return Ok(Take::OutOfStock);
-        }
-        if compare_and_set(conn, product_id, quantity, version).await? {
-            return Ok(Take::Taken);
-        }
-        metrics::counter!(names::STOCK_LOCK_CONFLICTS).increment(1);
-        metrics::counter!(names::STOCK_LOCK_RETRIES).increment(1);
-        tokio::time::sleep(backoff(retry.backoff_base, attempt)).await;
+    ids: &[i64],
+    lock: bool,
+) -> Result<HashMap<i64, i64>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
     }
-    if guarded_decrement(conn, product_id, quantity).await? {
-        Ok(Take::Taken)
+    let mut q = QueryBuilder::new("SELECT product_id, quantity FROM stocks WHERE product_id IN (");
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    q.push(if lock {
+        ") ORDER BY product_id FOR UPDATE"
     } else {
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM stocks WHERE product_id = ?")
-            .bind(product_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(if exists.is_some() {
-            Take::OutOfStock
+        ")"
+    });
+    let rows: Vec<(i64, i64)> = q.build_query_as().fetch_all(conn).await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Changes several products' stock in one round trip, in the order given (callers pass
+/// product-id order, so that concurrent transactions lock shared rows in one order). A
+/// positive change takes units with the guarded write; a negative one gives units back.
+/// Returns, per change, whether it was applied (a take finds the stock short otherwise).
+pub async fn apply(
+    conn: &mut MySqlConnection,
+    changes: &[(i64, i64)],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut script = Script::default();
+    for &(product_id, change) in changes {
+        if change >= 0 {
+            script.statement(&[
+                Part::Sql("UPDATE stocks SET quantity = quantity - "),
+                Part::Int(change),
+                Part::Sql(
+                    ", version = version + 1, updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ",
+                ),
+                Part::Int(product_id),
+                Part::Sql(" AND quantity >= "),
+                Part::Int(change),
+            ]);
         } else {
-            Take::NoSuchProduct
-        })
+            script.statement(&[
+                Part::Sql("UPDATE stocks SET quantity = quantity + "),
+                Part::Int(-change),
+                Part::Sql(
+                    ", version = version + 1, updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ",
+                ),
+                Part::Int(product_id),
+            ]);
+        }
     }
+    let results = script.run(conn).await?;
+    Ok(results.iter().map(|r| r.rows_affected() == 1).collect())
 }
 
 /// Gives back what a cancelled order took. An increment cannot conflict with anything the
@@ -120,19 +121,4 @@ pub async fn restore(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_bounded_and_grows() {
-        let base = Duration::from_millis(2);
-        for attempt in 1..6 {
-            let d = backoff(base, attempt);
-            assert!(d < base * (1 << attempt), "{d:?} at attempt {attempt}");
-        }
-        assert_eq!(backoff(Duration::ZERO, 3), Duration::ZERO);
-    }
 }

@@ -5,8 +5,9 @@
 //! * the record is written in the same transaction as the order, together with the response,
 //!   so a committed record always carries the first outcome (an order, or a business refusal
 //!   such as OUT_OF_STOCK) and a rolled-back attempt leaves nothing behind;
-//! * a concurrent duplicate blocks on the first insert's row lock: it ends as a replay when the
-//!   first commits, or as 409 IDEMPOTENCY_KEY_IN_PROGRESS if the wait exceeds its bound;
+//! * a duplicate sent while the first is in flight waits for it (in the process that runs the
+//!   first: `orders::committer`; across replicas: on the first insert's row lock) and ends as
+//!   a replay, or as 409 IDEMPOTENCY_KEY_IN_PROGRESS if the wait exceeds its bound;
 //! * the request fingerprint (SHA-256 of the canonical JSON body) tells a retry from a reuse.
 
 mod key;
@@ -15,7 +16,7 @@ mod repo;
 
 pub use key::{parse_key, IDEMPOTENCY_KEY};
 pub use purge::{purge_all, ExpiredIdempotencyKeys};
-pub use repo::{complete, delete_expired, find, insert, Claim, StoredResponse};
+pub use repo::{delete_expired, find_many, store, KeyOf, Outcome, StoreError, StoredResponse};
 
 use sha2::{Digest, Sha256};
 

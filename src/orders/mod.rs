@@ -1,10 +1,14 @@
 //! Orders: creation exactly once per Idempotency-Key, owner reads, cancel and complete.
 
+mod allocate;
+mod batch;
+mod committer;
 mod create;
 mod lifecycle;
 mod model;
 mod repo;
 mod routes;
 
+pub use committer::{CommitSettings, OrderCommitter};
 pub use model::{Order, OrderItem, OrderStatus};
 pub use routes::router;

@@ -6,57 +6,69 @@ use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
 use super::model::{Order, OrderItem, OrderRow, OrderStatus};
-use crate::http::paging::PageRequest;
+use crate::{
+    db::{Part, Script},
+    http::paging::PageRequest,
+};
 
 const ORDER_COLUMNS: &str = "id, user_id, status, total_amount, created_at, updated_at";
 
-/// Prices of the given products; products that do not exist are simply absent.
-pub async fn prices(
-    conn: &mut MySqlConnection,
-    product_ids: &[i64],
-) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    let mut q = QueryBuilder::new("SELECT id, price FROM products WHERE id IN (");
-    let mut sep = q.separated(", ");
-    for id in product_ids {
-        sep.push_bind(*id);
-    }
-    q.push(")");
-    q.build_query_as().fetch_all(conn).await
+/// An order to insert with its items (all CREATED, created and updated at the same instant).
+pub struct NewOrder<'a> {
+    pub user_id: i64,
+    pub total: i64,
+    pub items: &'a [OrderItem],
 }
 
-pub async fn insert(
+/// Inserts orders and their items in one round trip; returns the orders' ids, in order.
+/// Each order's items refer to it through `LAST_INSERT_ID()`, the id its own INSERT was given,
+/// so no assumption about how the server numbers a multi-row insert is needed.
+pub async fn insert_many(
     conn: &mut MySqlConnection,
-    user_id: i64,
-    total: i64,
+    orders: &[NewOrder<'_>],
     now: DateTime<Utc>,
-) -> Result<i64, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO orders (user_id, status, total_amount, created_at, updated_at) VALUES (?, 'CREATED', ?, ?, ?)",
-    )
-    .bind(user_id)
-    .bind(total)
-    .bind(now)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(done.last_insert_id() as i64)
-}
-
-pub async fn insert_items(
-    conn: &mut MySqlConnection,
-    order_id: i64,
-    items: &[OrderItem],
-) -> Result<(), sqlx::Error> {
-    let mut q =
-        QueryBuilder::new("INSERT INTO order_items (order_id, product_id, quantity, unit_price) ");
-    q.push_values(items, |mut row, it| {
-        row.push_bind(order_id)
-            .push_bind(it.product_id)
-            .push_bind(it.quantity)
-            .push_bind(it.unit_price);
-    });
-    q.build().execute(conn).await?;
-    Ok(())
+) -> Result<Vec<i64>, sqlx::Error> {
+    let mut script = Script::default();
+    for order in orders {
+        script.statement(&[
+            Part::Sql(
+                "INSERT INTO orders (user_id, status, total_amount, created_at, updated_at) VALUES (",
+            ),
+            Part::Int(order.user_id),
+            Part::Sql(", 'CREATED', "),
+            Part::Int(order.total),
+            Part::Sql(", "),
+            Part::Time(now),
+            Part::Sql(", "),
+            Part::Time(now),
+            Part::Sql(")"),
+        ]);
+        let mut items = vec![Part::Sql(
+            "INSERT INTO order_items (order_id, product_id, quantity, unit_price) VALUES ",
+        )];
+        for (i, item) in order.items.iter().enumerate() {
+            items.extend([
+                Part::Sql(if i == 0 {
+                    "(LAST_INSERT_ID(), "
+                } else {
+                    ", (LAST_INSERT_ID(), "
+                }),
+                Part::Int(item.product_id),
+                Part::Sql(", "),
+                Part::Int(item.quantity),
+                Part::Sql(", "),
+                Part::Int(item.unit_price),
+                Part::Sql(")"),
+            ]);
+        }
+        script.statement(&items);
+    }
+    let results = script.run(conn).await?;
+    Ok(results
+        .iter()
+        .step_by(2)
+        .map(|r| r.last_insert_id() as i64)
+        .collect())
 }
 
 async fn items_of(

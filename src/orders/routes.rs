@@ -9,14 +9,14 @@ use axum::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
-    create::{self, NewOrder, Settings},
+    create::{self, NewOrder},
     lifecycle,
     model::{self, CreateOrderRequest, Order},
     repo,
 };
 use crate::{
     app::AppState,
-    auth::{AdminUser, AuthUser},
+    auth::{AdminUser, AuthUser, TokenUser},
     error::{ApiError, ErrorBody, FieldError},
     http::{
         extract::{Json, Path},
@@ -75,7 +75,7 @@ fn parse_body(body: &serde_json::Value) -> Result<CreateOrderRequest, ApiError> 
 )]
 async fn create_order(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: TokenUser,
     headers: HeaderMap,
     Json(body): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
@@ -89,7 +89,7 @@ async fn create_order(
 
 async fn create_order_inner(
     state: AppState,
-    user: AuthUser,
+    user: TokenUser,
     headers: HeaderMap,
     body: serde_json::Value,
 ) -> Result<Response, ApiError> {
@@ -100,13 +100,9 @@ async fn create_order_inner(
     let fingerprint = idempotency::fingerprint(&body);
     let trace = outbox::trace_context(&headers);
 
-    let settings = Settings {
-        idempotency: state.config.idempotency,
-        stock_retry: state.config.stock_retry,
-        publisher: state.publisher.clone(),
-    };
+    // The account behind the token is checked when the order is decided (`committer`).
     let reply = create::create(
-        &state.db,
+        &state.orders,
         NewOrder {
             user_id: user.id,
             key: &key,
@@ -114,18 +110,12 @@ async fn create_order_inner(
             lines: &lines,
             trace: &trace,
         },
-        &settings,
     )
     .await?;
 
     if let Some(order_id) = reply.order_id {
         tracing::Span::current().record("orderId", order_id);
         tracing::info!(orderId = order_id, "order created");
-    }
-    if !reply.replayed {
-        // Stock changed (or was found short): cached product views are stale either way.
-        let ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
-        state.cache.invalidate_products(&ids).await;
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (

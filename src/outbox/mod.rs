@@ -2,7 +2,9 @@
 //! `orderflow_jobs::outbox` (shared with the publish-outbox job); this module adds what
 //! belongs to the request: reading the W3C trace context from its headers.
 
-pub use orderflow_jobs::outbox::{append, Appended, EventType, TraceContext};
+pub use orderflow_jobs::outbox::{
+    append, append_many, Appended, EventType, NewEvent, TraceContext,
+};
 
 /// The incoming W3C `traceparent` (and `tracestate`) if well-formed; anything else is
 /// dropped rather than propagated into Kafka headers.

@@ -1,7 +1,7 @@
 //! hot: every client orders the same product at once, so every transaction queues on one
-//! stock row (the optimistic lock's retries, then its guarded decrement). Refusals are
-//! counted by error code; only OUT_OF_STOCK is acceptable, and only when the stock is
-//! really gone. The stock taken must equal the orders created.
+//! stock row (the guarded write). Refusals are counted by error code; only OUT_OF_STOCK is
+//! acceptable, and only when the stock is really gone. The stock taken must equal the
+//! orders created.
 
 use std::time::Duration;
 
@@ -25,8 +25,9 @@ pub struct HotResult {
     pub stock_after: i64,
     /// Units taken == orders created, and OUT_OF_STOCK only once the stock was short.
     pub stock_exact: bool,
-    /// Optimistic-lock conflicts (a version changed under a decrement) during the run, and
-    /// per order created: the contention's wasted work.
+    /// Lost races during the run, and per order created: the contention's wasted work (the
+    /// service: guarded writes that found the units taken since they were read; the
+    /// compare-and-set ceiling: versions that changed under its write).
     pub lock_conflicts: Option<u64>,
     pub lock_conflicts_per_order: Option<f64>,
     pub cpu: CpuUse,
@@ -37,12 +38,12 @@ pub fn finish(
     concurrency: usize,
     rec: &Recorder,
     elapsed: Duration,
-    stock_before: i64,
-    stock_after: i64,
+    (stock_before, stock_after): (i64, i64),
     lock_conflicts: Option<u64>,
     cpu: CpuUse,
+    allowed_refusals: &[&str],
 ) -> HotResult {
-    let mut summary = rec.summary(elapsed, ALLOWED_REFUSALS);
+    let mut summary = rec.summary(elapsed, allowed_refusals);
     let taken = stock_before - stock_after;
     let out_of_stock = rec.refusals.get("OUT_OF_STOCK").copied().unwrap_or(0);
     // One unit per order: a refusal while units remained would also be a bug.
@@ -88,9 +89,9 @@ pub async fn run(ctx: &Ctx, concurrency: usize, duration: Duration) -> anyhow::R
         concurrency,
         &rec,
         elapsed,
-        before,
-        after,
+        (before, after),
         conflicts,
         cpu,
+        ALLOWED_REFUSALS,
     ))
 }

@@ -1,4 +1,4 @@
-//! pipeline: a sustained order rate (by default half of what spread reached) for a while,
+//! pipeline: a sustained order rate (by default what spread reached) for a while,
 //! with the outbox backlog (rows still NEW) sampled every second. Afterwards, from the
 //! database: commit → Kafka acknowledgement (outbox published_at − created_at) and commit →
 //! notification (notifications.created_at − orders.created_at) for the run's orders. A

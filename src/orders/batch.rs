@@ -1,0 +1,392 @@
+//! One batch of order requests, decided together and committed in one transaction.
+//!
+//! First the reads, with no transaction and no lock: which accounts still exist, which keys
+//! already have a committed outcome (a replay, or a 422), the products' prices and stock.
+//! Then, for the requests left, one transaction: take each product's units for the whole
+//! batch with one guarded write (`catalog::stock`), in arrival order (`allocate`), insert the
+//! orders with their items, their ORDER_CREATED events (one publish job for all of them) and
+//! every first outcome under its key. Either all of it commits or none of it does; an order
+//! that is OUT_OF_STOCK or a request that is refused never fails the others.
+//!
+//! The statements per batch are the same whatever its size, so a batch of n orders costs
+//! the database about what one order cost before, n times fewer commits included
+//! (docs/adr/0012-order-group-commit.md).
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{SubsecRound, Utc};
+use orderflow_jobs::{publish_batch::Committed, queue};
+use sqlx::{Connection, MySqlConnection};
+use thiserror::Error;
+
+use super::{
+    allocate::{allocate, Allocation, Units},
+    create::{event_payload, refusal},
+    model::{Line, Order, OrderItem, OrderStatus},
+    repo,
+};
+use crate::{
+    auth,
+    catalog::stock::{self, Offer},
+    db,
+    error::{ErrorCode, FieldError},
+    idempotency::{self, StoreError, StoredResponse},
+    outbox::{self, EventType, NewEvent, TraceContext},
+    telemetry::names,
+};
+
+/// A validated order request waiting for its batch.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub user_id: i64,
+    pub key: String,
+    pub fingerprint: String,
+    /// Ordered by product id (`model::validate`).
+    pub lines: Vec<Line>,
+    /// Stored with the order's event: its trace continues from here.
+    pub trace: TraceContext,
+}
+
+/// What became of one request.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Committed: a new order (201), its response stored under the key.
+    Created { order_id: i64, body: String },
+    /// Committed: the refusal (409 OUT_OF_STOCK), stored under the key.
+    OutOfStock { body: String },
+    /// The key had a committed outcome already.
+    Stored(StoredResponse),
+    /// The token's account no longer exists; nothing was stored.
+    AccountGone,
+    /// Refused before it executed (a product that does not exist); nothing was stored.
+    Invalid(Vec<FieldError>),
+}
+
+/// A batch's decisions, in request order, and what its commit changed.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub decisions: Vec<Decision>,
+    /// The events it committed, for their publish job.
+    pub events: Option<Committed>,
+    /// Products whose stock changed, or was found short.
+    pub products: Vec<i64>,
+}
+
+#[derive(Debug, Error)]
+pub enum BatchError {
+    /// Another request committed one of the keys after they were read: the batch is to be
+    /// decided again (the key is then a replay).
+    #[error("an idempotency key was committed by another request meanwhile")]
+    KeyTaken,
+    /// Another replica's request holds one of the keys beyond the lock wait bound.
+    #[error("an idempotency key is held by a request still in flight")]
+    KeyInFlight,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl BatchError {
+    /// Nothing was committed and running the batch again can succeed: the rolled-back victim
+    /// of a deadlock or a lock wait, or a key committed elsewhere since it was read.
+    pub fn worth_repeating(&self) -> bool {
+        match self {
+            BatchError::KeyTaken => true,
+            BatchError::KeyInFlight => false,
+            BatchError::Db(e) => db::is_deadlock(e) || db::is_lock_wait_timeout(e),
+        }
+    }
+
+    /// A label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BatchError::KeyTaken => "key_taken",
+            BatchError::KeyInFlight => "key_in_flight",
+            BatchError::Db(e) if db::is_deadlock(e) => "deadlock",
+            BatchError::Db(e) if db::is_lock_wait_timeout(e) => "lock_wait",
+            BatchError::Db(_) => "database",
+        }
+    }
+}
+
+/// After this many rounds of an allocation that keeps finding the stock taken by others, the
+/// short rows are locked so that the next round ends it.
+const LOCK_AFTER_ROUNDS: usize = 3;
+
+/// Decides `batch` and commits what it changes.
+pub async fn commit(
+    conn: &mut MySqlConnection,
+    batch: &[&Pending],
+    retention: Duration,
+) -> Result<Outcome, BatchError> {
+    let mut decided: Vec<Option<Decision>> = vec![None; batch.len()];
+
+    let mut users: Vec<i64> = batch.iter().map(|p| p.user_id).collect();
+    users.sort_unstable();
+    users.dedup();
+    let accounts = auth::existing_accounts(conn, &users).await?;
+    for (d, p) in decided.iter_mut().zip(batch) {
+        if !accounts.contains(&p.user_id) {
+            *d = Some(Decision::AccountGone);
+        }
+    }
+
+    let keys: Vec<_> = undecided(&decided)
+        .map(|i| (batch[i].user_id, batch[i].key.as_str()))
+        .collect();
+    let mut stored = idempotency::find_many(conn, &keys).await?;
+    let mut expired = Vec::new();
+    for i in undecided(&decided).collect::<Vec<_>>() {
+        let p = batch[i];
+        if let Some(s) = stored.remove(&(p.user_id, p.key.clone())) {
+            if s.expired {
+                expired.push((p.user_id, p.key.as_str()));
+            } else {
+                decided[i] = Some(Decision::Stored(s));
+            }
+        }
+    }
+
+    let mut products: Vec<i64> = undecided(&decided)
+        .flat_map(|i| batch[i].lines.iter().map(|l| l.product_id))
+        .collect();
+    products.sort_unstable();
+    products.dedup();
+    let offers = stock::offers(conn, &products).await?;
+    for i in undecided(&decided).collect::<Vec<_>>() {
+        if let Err(details) = priced(batch[i], &offers) {
+            decided[i] = Some(Decision::Invalid(details));
+        }
+    }
+
+    let claims: Vec<usize> = undecided(&decided).collect();
+    let mut outcome = Outcome::default();
+    if !claims.is_empty() {
+        outcome = store(conn, batch, &claims, &offers, &expired, retention).await?;
+        for (i, d) in claims.iter().zip(std::mem::take(&mut outcome.decisions)) {
+            decided[*i] = Some(d);
+        }
+        outcome.products = products;
+    }
+    outcome.decisions = decided
+        .into_iter()
+        .map(|d| d.expect("every request is decided"))
+        .collect();
+    Ok(outcome)
+}
+
+/// Indices of the requests not decided yet.
+fn undecided(decided: &[Option<Decision>]) -> impl Iterator<Item = usize> + '_ {
+    decided
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.is_none())
+        .map(|(i, _)| i)
+}
+
+/// The order's items at their prices, or why it cannot be priced.
+fn priced(
+    p: &Pending,
+    offers: &HashMap<i64, Offer>,
+) -> Result<(Vec<OrderItem>, i64), Vec<FieldError>> {
+    let missing: Vec<FieldError> = p
+        .lines
+        .iter()
+        .filter(|l| !offers.contains_key(&l.product_id))
+        .map(|l| FieldError::new(format!("items[{}].productId", l.index), "no such product"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    let mut total: i64 = 0;
+    let items = p
+        .lines
+        .iter()
+        .map(|l| {
+            let unit_price = offers[&l.product_id].price;
+            total = unit_price
+                .checked_mul(l.quantity)
+                .and_then(|t| t.checked_add(total))
+                .ok_or_else(|| vec![FieldError::new("items", "order total is too large")])?;
+            Ok(OrderItem {
+                product_id: l.product_id,
+                quantity: l.quantity,
+                unit_price,
+            })
+        })
+        .collect::<Result<Vec<_>, Vec<FieldError>>>()?;
+    Ok((items, total))
+}
+
+/// The transaction: stock, orders, events and outcomes of the `claims` (indices into
+/// `batch`); decisions come back in the order of `claims`.
+async fn store(
+    conn: &mut MySqlConnection,
+    batch: &[&Pending],
+    claims: &[usize],
+    offers: &HashMap<i64, Offer>,
+    expired: &[idempotency::KeyOf<'_>],
+    retention: Duration,
+) -> Result<Outcome, BatchError> {
+    let mut tx = conn.begin().await?;
+    idempotency::delete_expired(&mut tx, expired).await?;
+
+    let demands: Vec<&[Line]> = claims.iter().map(|&i| batch[i].lines.as_slice()).collect();
+    let available: Units = offers.iter().map(|(id, o)| (*id, o.available)).collect();
+    let allocation = take_stock(&mut tx, &demands, available).await?;
+
+    let now = Utc::now().trunc_subsecs(6);
+    let created: Vec<usize> = (0..claims.len()).filter(|&c| allocation.fits(c)).collect();
+    let priced: Vec<(Vec<OrderItem>, i64)> = created
+        .iter()
+        .map(|&c| priced(batch[claims[c]], offers).expect("claims are priced"))
+        .collect();
+    let new_orders: Vec<repo::NewOrder> = created
+        .iter()
+        .zip(&priced)
+        .map(|(&c, (items, total))| repo::NewOrder {
+            user_id: batch[claims[c]].user_id,
+            total: *total,
+            items,
+        })
+        .collect();
+    let order_ids = repo::insert_many(&mut tx, &new_orders, now).await?;
+
+    let mut decisions: Vec<Option<Decision>> = vec![None; claims.len()];
+    let mut events = Vec::with_capacity(created.len());
+    for ((&c, (items, total)), &order_id) in created.iter().zip(priced).zip(&order_ids) {
+        let p = batch[claims[c]];
+        let order = Order {
+            id: order_id,
+            status: OrderStatus::Created,
+            items,
+            total_amount: total,
+            created_at: now,
+            updated_at: now,
+        };
+        events.push(NewEvent {
+            event_type: EventType::OrderCreated,
+            aggregate_id: order_id,
+            payload: event_payload(EventType::OrderCreated, p.user_id, &order).to_string(),
+            trace: p.trace.clone(),
+        });
+        let body = serde_json::to_string(&order).expect("order serializes");
+        decisions[c] = Some(Decision::Created { order_id, body });
+    }
+    let job_id = queue::new_job_id();
+    outbox::append_many(&mut tx, &events, &job_id).await?;
+
+    for (c, line) in allocation.short_on.iter().enumerate() {
+        if let Some(line) = line {
+            let (_, body) = refusal(
+                ErrorCode::OutOfStock,
+                format!("not enough stock for product {}", line.product_id),
+                vec![FieldError::new(
+                    format!("items[{}].quantity", line.index),
+                    "exceeds the available stock",
+                )],
+            );
+            decisions[c] = Some(Decision::OutOfStock { body });
+        }
+    }
+    let decisions: Vec<Decision> = decisions
+        .into_iter()
+        .map(|d| d.expect("every claim is decided"))
+        .collect();
+
+    let mut outcomes: Vec<idempotency::Outcome> = claims
+        .iter()
+        .zip(&decisions)
+        .map(|(&i, d)| {
+            let p = batch[i];
+            let (status, body, order_id) = match d {
+                Decision::Created { order_id, body } => (201, body.as_str(), Some(*order_id)),
+                Decision::OutOfStock { body } => (409, body.as_str(), None),
+                _ => unreachable!("a claim is created or out of stock"),
+            };
+            idempotency::Outcome {
+                user_id: p.user_id,
+                key: &p.key,
+                fingerprint: &p.fingerprint,
+                status,
+                body,
+                order_id,
+            }
+        })
+        .collect();
+    idempotency::store(&mut tx, &mut outcomes, retention)
+        .await
+        .map_err(|e| match e {
+            StoreError::Taken => BatchError::KeyTaken,
+            StoreError::InFlight => BatchError::KeyInFlight,
+            StoreError::Db(e) => BatchError::Db(e),
+        })?;
+    tx.commit().await?;
+
+    let created_count = order_ids.len();
+    metrics::counter!(names::ORDERS_CREATED).increment(created_count as u64);
+    let short = claims.len() - created_count;
+    if short > 0 {
+        metrics::counter!(names::ORDERS_REJECTED, "reason" => "OUT_OF_STOCK")
+            .increment(short as u64);
+    }
+    Ok(Outcome {
+        decisions,
+        events: (!events.is_empty()).then(|| Committed {
+            job_id,
+            rows: events.len(),
+            trace: events[0].trace.clone(),
+        }),
+        products: Vec::new(),
+    })
+}
+
+/// Takes the units the orders that fit need, allocating in arrival order. The first
+/// allocation uses the units read before the transaction; a guarded write that finds fewer
+/// (another transaction took some since) makes this transaction read what is left and
+/// allocate again, giving back what it took for orders that no longer fit.
+async fn take_stock(
+    tx: &mut MySqlConnection,
+    orders: &[&[Line]],
+    mut available: Units,
+) -> Result<Allocation, sqlx::Error> {
+    let mut held = Units::new();
+    let mut round = 0;
+    loop {
+        let allocation = allocate(orders, &available);
+        let changes: Vec<(i64, i64)> = allocation
+            .take
+            .keys()
+            .chain(held.keys())
+            .copied()
+            .collect::<std::collections::BTreeSet<i64>>()
+            .into_iter()
+            .map(|p| {
+                let want = allocation.take.get(&p).copied().unwrap_or(0);
+                (p, want - held.get(&p).copied().unwrap_or(0))
+            })
+            .filter(|&(_, change)| change != 0)
+            .collect();
+        let applied = stock::apply(tx, &changes).await?;
+        let mut short = Vec::new();
+        for (&(p, change), ok) in changes.iter().zip(applied) {
+            if ok {
+                *held.entry(p).or_default() += change;
+            } else {
+                short.push(p);
+            }
+        }
+        if short.is_empty() {
+            return Ok(allocation);
+        }
+        metrics::counter!(names::STOCK_LOCK_CONFLICTS).increment(short.len() as u64);
+        metrics::counter!(names::STOCK_LOCK_RETRIES).increment(1);
+        round += 1;
+        // What this transaction sees includes its own takes; add them back to get what is
+        // there for its orders.
+        let seen = stock::quantities(tx, &short, round >= LOCK_AFTER_ROUNDS).await?;
+        for p in short {
+            let left = seen.get(&p).copied().unwrap_or(0);
+            available.insert(p, left + held.get(&p).copied().unwrap_or(0));
+        }
+    }
+}
