@@ -1,34 +1,28 @@
-//! Job payloads and handlers of orderflow, and the SQL they own:
+//! Job payloads and handlers of orderflow, and the SQL they own. The engine and each job kind
+//! have a module of their own:
 //!
-//! * `outbox` — the transactional outbox table (appended by the order transaction, drained by
-//!   publish-outbox);
-//! * `publish` — the publish-outbox job: NEW rows → Kafka → PUBLISHED (or DEAD);
-//!   `publish_batch` — rows committed together get one publish-outbox job;
-//! * `notifications` and `notify` — the consume-notification job and the table it fills;
-//! * `queue` — apalis storages and pushing jobs; `backend` — the storage workers run on; `ops` — operators' dead-job actions;
-//!   `reaper` — the job lease apalis-mysql rc.8 lacks;
-//! * `kafka` — producer, consumer and the embedded broker; `trace` — the trace context that
-//!   follows an order across these hops, and the span every job run gets;
-//! * `archive` and `archive_steps` — the archive workflow's steps (plan, chunk, summary) and
-//!   their SQL: finished orders to the archive tables, chunk by chunk;
+//! * `engine` — what every queue shares: queues and pushing, the storage workers run on, the
+//!   job lease, operators' actions, the job span and metrics, database error classification;
+//! * `publish_outbox` — the transactional outbox and the job that publishes it to Kafka;
+//! * `consume_notification` — the job that turns received events into notifications;
+//! * `archive_run` — the archive workflow's steps and their SQL;
 //! * `retention` — the retention job: expired rows of every kind, purged in batches;
-//! * `sql_error` — which database errors are worth trying again.
+//! * `kafka` — producer, consumer and the embedded broker.
+//!
+//! The modules inside them keep their short paths at the crate root (`orderflow_jobs::queue`,
+//! `orderflow_jobs::outbox`, …), the paths the service, the workflows and the tests use.
 
-pub mod archive;
-pub mod archive_steps;
-pub mod backend;
+pub mod archive_run;
+pub mod consume_notification;
+pub mod engine;
 pub mod kafka;
-pub mod notifications;
-pub mod notify;
-pub mod ops;
-pub mod outbox;
-pub mod publish;
-pub mod publish_batch;
-pub mod queue;
-pub mod reaper;
+pub mod publish_outbox;
 pub mod retention;
-pub mod sql_error;
-pub mod trace;
+
+pub use archive_run::{archive, archive_steps};
+pub use consume_notification::{notifications, notify};
+pub use engine::{backend, ops, queue, reaper, sql_error, trace};
+pub use publish_outbox::{outbox, publish, publish_batch};
 
 /// Appends ` (?, ?, …)` binding `ids`, for `IN` lists.
 pub(crate) fn push_id_list(q: &mut sqlx::QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {

@@ -1,0 +1,23 @@
+//! The job engine: what every queue shares, whatever its jobs do. apalis on MySQL with the
+//! parts apalis-mysql rc.8 lacks or gets wrong on MariaDB (docs/adr/0004-job-engine.md):
+//!
+//! * `queue` — the queues, their settings, storages, pushing, and one attempt of a job
+//!   (`JobAttempt`: its span, outcome and backoff);
+//! * `backend` — the storage workers run on (keep-alive-only heartbeat, a fetch loop that
+//!   survives a failed fetch);
+//! * `reaper` — the job lease;
+//! * `ops` — operators' actions on the job table;
+//! * `trace` — the trace context that follows a job across processes, the span every job
+//!   run gets, and the per-queue job metrics;
+//! * `sql_error` — which database errors are worth trying again.
+//!
+//! The job kinds (`publish_outbox`, `consume_notification`, `archive_run`, `retention`) build
+//! on this module; it names them only where an operator's action on a job must also change
+//! the rows that job carries (a publish job's outbox rows).
+
+pub mod backend;
+pub mod ops;
+pub mod queue;
+pub mod reaper;
+pub mod sql_error;
+pub mod trace;

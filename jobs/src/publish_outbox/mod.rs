@@ -1,0 +1,10 @@
+//! The publish-outbox job kind: the transactional outbox table and the job that drains it.
+//!
+//! * `outbox` — the table's SQL: appended by the order transaction, claimed and marked by the
+//!   job, swept for rows whose job was lost;
+//! * `publish` — the job's handler: NEW rows → Kafka → PUBLISHED (or DEAD);
+//! * `publish_batch` — rows committed together get one publish-outbox job.
+
+pub mod outbox;
+pub mod publish;
+pub mod publish_batch;
