@@ -692,7 +692,11 @@ fn series_with_crafted_methods(page: &str) -> BTreeSet<String> {
                 .and_then(|(_, rest)| rest.split_once('"'))
                 .is_some_and(|(method, _)| !STANDARD_METHODS.contains(&method))
         })
-        .map(|l| l.rsplit_once(' ').map_or(l, |(series, _)| series).to_owned())
+        .map(|l| {
+            l.rsplit_once(' ')
+                .map_or(l, |(series, _)| series)
+                .to_owned()
+        })
         .collect()
 }
 
@@ -712,7 +716,10 @@ async fn made_up_http_methods_do_not_grow_the_metrics() {
         let client = app.client.clone();
         async move {
             let status = client.request(method, url).send().await.unwrap().status();
-            assert!(status.is_client_error(), "a made-up method is a 4xx: {status}");
+            assert!(
+                status.is_client_error(),
+                "a made-up method is a 4xx: {status}"
+            );
         }
     };
     for i in 0..targets.len() {
@@ -804,7 +811,12 @@ async fn a_retry_that_writes_a_number_differently_is_a_replay() {
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         for retry in retries {
             let again = order(key.clone(), retry).await;
-            assert_eq!(again.status, StatusCode::CREATED, "{first} then {retry}: {}", again.text);
+            assert_eq!(
+                again.status,
+                StatusCode::CREATED,
+                "{first} then {retry}: {}",
+                again.text
+            );
             assert_eq!(again.header("idempotent-replayed"), Some("true"));
             assert_eq!(again.body["id"], r.body["id"]);
         }
