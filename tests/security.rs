@@ -720,11 +720,11 @@ fn counter_total(name: &str) -> f64 {
 /// replica — while other accounts from the same address are unaffected; a successful login
 /// resets the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_logins_are_throttled_per_account_and_address_across_replicas_and_a_success_resets(
-) {
+async fn failed_logins_are_throttled_per_account_and_address_across_replicas_and_a_success_resets()
+{
     let window = 120;
     let app = TestApp::spawn_with(|c| {
-        c.login_throttle.max_failures_per_account = 3;
+        c.login_throttle.max_failures_per_account_and_ip = 3;
         c.login_throttle.max_failures_per_ip = 1000;
         c.login_throttle.window = std::time::Duration::from_secs(window);
     })
@@ -801,8 +801,10 @@ async fn failed_logins_are_throttled_per_account_and_address_across_replicas_and
 
     let metrics = orderflow::telemetry::metrics_handle().render();
     assert!(
-        metrics.lines().any(|l| l.starts_with("login_throttled_total")
-            && l.contains("scope=\"account_client\"")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("login_throttled_total")
+                && l.contains("scope=\"account_client\"")),
         "throttled logins are counted"
     );
     replica.stop().await;
@@ -816,7 +818,7 @@ async fn failed_logins_are_throttled_per_account_and_address_across_replicas_and
 async fn guesses_from_one_address_do_not_lock_the_owner_out() {
     let window = 120;
     let app = TestApp::spawn_api_only(|c| {
-        c.login_throttle.max_failures_per_account = 5;
+        c.login_throttle.max_failures_per_account_and_ip = 5;
         c.login_throttle.max_failures_per_ip = 50;
         c.login_throttle.window = std::time::Duration::from_secs(window);
         c.login_throttle.trusted_proxy_hops = 1;
@@ -854,8 +856,10 @@ async fn guesses_from_one_address_do_not_lock_the_owner_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guess_from_many_addresses_slows_the_account_but_never_refuses_its_owner() {
     let app = TestApp::spawn_api_only(|c| {
-        c.login_throttle.max_failures_per_account = 2;
+        c.login_throttle.max_failures_per_account_and_ip = 2;
         c.login_throttle.max_failures_per_ip = 50;
+        c.login_throttle.slowdown_after_account_failures = 4;
+        c.login_throttle.slowdown_max = std::time::Duration::from_millis(20);
         c.login_throttle.trusted_proxy_hops = 1;
     })
     .await;
@@ -936,7 +940,7 @@ async fn a_burst_from_one_address_reaches_the_password_check_at_most_its_budget(
 async fn failed_logins_are_throttled_per_client_address_except_for_known_accounts() {
     let window = 90;
     let app = TestApp::spawn_api_only(|c| {
-        c.login_throttle.max_failures_per_account = 1000;
+        c.login_throttle.max_failures_per_account_and_ip = 1000;
         c.login_throttle.max_failures_per_ip = 4;
         c.login_throttle.window = std::time::Duration::from_secs(window);
     })
@@ -984,7 +988,7 @@ async fn failed_logins_are_throttled_per_client_address_except_for_known_account
 async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
     let window = 90;
     let app = TestApp::spawn_api_only(|c| {
-        c.login_throttle.max_failures_per_account = 1000;
+        c.login_throttle.max_failures_per_account_and_ip = 1000;
         c.login_throttle.max_failures_per_ip = 2;
         c.login_throttle.window = std::time::Duration::from_secs(window);
         c.login_throttle.trusted_proxy_hops = 1;
@@ -1026,11 +1030,14 @@ async fn with_redis_down_or_slow_logins_are_still_throttled_in_process() {
     let before = counter_total("login_throttle_errors_total");
     let silent = common::proxy::blackhole().await;
     // Nothing listens on port 1; the black hole accepts and never answers.
-    for redis_url in ["redis://127.0.0.1:1".to_owned(), format!("redis://{silent}")] {
+    for redis_url in [
+        "redis://127.0.0.1:1".to_owned(),
+        format!("redis://{silent}"),
+    ] {
         let window = 60;
         let app = TestApp::spawn_api_only(|c| {
             c.redis_url = redis_url.clone();
-            c.login_throttle.max_failures_per_account = 2;
+            c.login_throttle.max_failures_per_account_and_ip = 2;
             c.login_throttle.max_failures_per_ip = 3;
             c.login_throttle.window = std::time::Duration::from_secs(window);
             c.login_throttle.trusted_proxy_hops = 1;

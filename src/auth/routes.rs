@@ -205,7 +205,7 @@ async fn login(
             }))
         }
         _ => {
-            attempt.failed().await;
+            attempt.failed();
             Err(ApiError::new(
                 ErrorCode::InvalidCredentials,
                 "email or password is incorrect",
