@@ -704,6 +704,23 @@ fn unique_email(tag: &str) -> String {
     )
 }
 
+/// An API-only app with these login limits, in a window of `window` seconds, behind `hops`
+/// trusted proxies.
+async fn app_with_login_limits(
+    per_account_and_ip: u32,
+    per_ip: u32,
+    window: u64,
+    hops: usize,
+) -> TestApp {
+    TestApp::spawn_api_only(|c| {
+        c.login_throttle.max_failures_per_account_and_ip = per_account_and_ip;
+        c.login_throttle.max_failures_per_ip = per_ip;
+        c.login_throttle.window = std::time::Duration::from_secs(window);
+        c.login_throttle.trusted_proxy_hops = hops;
+    })
+    .await
+}
+
 /// Sum of a counter's series on the process-wide metrics page.
 fn counter_total(name: &str) -> f64 {
     orderflow::telemetry::metrics_handle()
@@ -817,13 +834,7 @@ async fn failed_logins_are_throttled_per_account_and_address_across_replicas_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guesses_from_one_address_do_not_lock_the_owner_out() {
     let window = 120;
-    let app = TestApp::spawn_api_only(|c| {
-        c.login_throttle.max_failures_per_account_and_ip = 5;
-        c.login_throttle.max_failures_per_ip = 50;
-        c.login_throttle.window = std::time::Duration::from_secs(window);
-        c.login_throttle.trusted_proxy_hops = 1;
-    })
-    .await;
+    let app = app_with_login_limits(5, 50, window, 1).await;
     let victim = unique_email("victim");
     register(&app, &victim).await;
     let attacker = Some("203.0.113.66");
@@ -899,11 +910,7 @@ async fn a_guess_from_many_addresses_slows_the_account_but_never_refuses_its_own
 /// (Before: 113 reached the check.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_from_one_address_reaches_the_password_check_at_most_its_budget() {
-    let app = TestApp::spawn_api_only(|c| {
-        c.login_throttle.max_failures_per_ip = 50;
-        c.login_throttle.trusted_proxy_hops = 1;
-    })
-    .await;
+    let app = app_with_login_limits(5, 50, 900, 1).await;
     let attacker = "203.0.113.250";
     let emails: Vec<String> = (0..300).map(|_| unique_email("burst")).collect();
     let answers = futures::future::join_all(
@@ -939,12 +946,7 @@ async fn a_burst_from_one_address_reaches_the_password_check_at_most_its_budget(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_throttled_per_client_address_except_for_known_accounts() {
     let window = 90;
-    let app = TestApp::spawn_api_only(|c| {
-        c.login_throttle.max_failures_per_account_and_ip = 1000;
-        c.login_throttle.max_failures_per_ip = 4;
-        c.login_throttle.window = std::time::Duration::from_secs(window);
-    })
-    .await;
+    let app = app_with_login_limits(1000, 4, window, 0).await;
     // Successful logins, more of them than the limit, do not count.
     for _ in 0..6 {
         app.admin_token().await;
@@ -987,13 +989,7 @@ async fn failed_logins_are_throttled_per_client_address_except_for_known_account
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
     let window = 90;
-    let app = TestApp::spawn_api_only(|c| {
-        c.login_throttle.max_failures_per_account_and_ip = 1000;
-        c.login_throttle.max_failures_per_ip = 2;
-        c.login_throttle.window = std::time::Duration::from_secs(window);
-        c.login_throttle.trusted_proxy_hops = 1;
-    })
-    .await;
+    let app = app_with_login_limits(1000, 2, window, 1).await;
     let attacker = "203.0.113.7";
     for _ in 0..2 {
         login_as(&app, &unique_email("target"), "guess", Some(attacker))
