@@ -176,15 +176,8 @@ impl LoginThrottle {
         format!("{}login:{}", self.inner.prefix, parts.join(":"))
     }
 
-    /// Reserves the attempt on its counters, or refuses it if the address is over a limit
-    /// for this account or for every account it is not known to. A login to an account that
-    /// is failing from everywhere returns only after its delay.
-    pub async fn begin(
-        &self,
-        account: Account<'_>,
-        client: Option<IpAddr>,
-    ) -> Result<Attempt, Throttled> {
-        let cfg = &self.inner.config;
+    /// The Redis keys of a login: its counters, and the marker of its address being known.
+    fn keys(&self, account: Account<'_>, client: Option<IpAddr>) -> Keys {
         let account_id = match account {
             Account::Id(id) => format!("user-{id}"),
             Account::Email(email) => {
@@ -194,67 +187,46 @@ impl LoginThrottle {
         };
         let bucket = client.map(client::client_bucket);
         let bucket_name = bucket.as_deref().unwrap_or("unknown-client");
-        let account_client = self.key(&["account-client", &account_id, bucket_name]);
-        let client_key = bucket.as_deref().map(|b| self.key(&["client", b]));
-        let account_key = self.key(&["account", &account_id]);
-        // Only an address a real account logged in from can be known to it.
-        let known = match (account, &bucket) {
-            (Account::Id(_), Some(b)) => Some(self.key(&["known", &account_id, b])),
-            _ => None,
-        };
-
-        let mut counters = vec![Counter {
-            key: &account_client,
-            limit: Some(cfg.max_failures_per_account_and_ip),
-            exempt_when_marked: false,
-        }];
-        if let Some(key) = &client_key {
-            counters.push(Counter {
-                key,
-                limit: Some(cfg.max_failures_per_ip),
-                exempt_when_marked: true,
-            });
+        Keys {
+            account_client: self.key(&["account-client", &account_id, bucket_name]),
+            client: bucket.as_deref().map(|b| self.key(&["client", b])),
+            account: self.key(&["account", &account_id]),
+            // Only an address a real account logged in from can be known to it.
+            known: match (account, &bucket) {
+                (Account::Id(_), Some(b)) => Some(self.key(&["known", &account_id, b])),
+                _ => None,
+            },
         }
-        counters.push(Counter {
-            key: &account_key,
-            limit: None,
-            exempt_when_marked: false,
-        });
+    }
+
+    /// Reserves the attempt on its counters, or refuses it if the address is over a limit
+    /// for this account or for every account it is not known to. A login to an account that
+    /// is failing from everywhere returns only after its delay.
+    pub async fn begin(
+        &self,
+        account: Account<'_>,
+        client: Option<IpAddr>,
+    ) -> Result<Attempt, Throttled> {
+        let cfg = &self.inner.config;
+        let keys = self.keys(account, client);
+        let counters = keys.counters(cfg);
         // A marker that never exists stands in when the address cannot be known.
-        let marker = known.clone().unwrap_or_else(|| self.key(&["never-known"]));
+        let never_known = self.key(&["never-known"]);
+        let marker = keys.known.as_deref().unwrap_or(&never_known);
         let (backend, reserved) = self
             .inner
             .counters
-            .reserve(&marker, &counters, cfg.window)
+            .reserve(marker, &counters, cfg.window)
             .await;
-
         let (marked, before) = match reserved {
             Reserved::Counted { marked, before } => (marked, before),
-            Reserved::Full { index, retry_after } => {
-                let scope = if index == 0 {
-                    Scope::AccountClient
-                } else {
-                    Scope::Client
-                };
-                metrics::counter!(THROTTLED_METRIC, "scope" => scope.as_str()).increment(1);
-                tracing::warn!(scope = scope.as_str(), "login throttled");
-                return Err(Throttled { scope, retry_after });
-            }
+            Reserved::Full { index, retry_after } => return Err(refuse(index, retry_after)),
         };
-        let account_failures = before.last().copied().flatten().unwrap_or(0);
-        let delay = if marked {
-            Duration::ZERO
-        } else {
-            slowdown(account_failures, cfg)
-        };
-        if !delay.is_zero() {
-            metrics::counter!(SLOWED_METRIC).increment(1);
-            tracing::info!(
-                delay_ms = delay.as_millis() as u64,
-                "login slowed: the account is failing"
-            );
-            tokio::time::sleep(delay).await;
+        if !marked {
+            let account_failures = before.last().copied().flatten().unwrap_or(0);
+            slow_down(slowdown(account_failures, cfg)).await;
         }
+        // Every counter but the first (forgotten on success) that this attempt counted on.
         let reserved = counters
             .iter()
             .zip(&before)
@@ -265,11 +237,69 @@ impl LoginThrottle {
         Ok(Attempt {
             throttle: self.clone(),
             backend,
-            account_client,
+            account_client: keys.account_client,
             reserved,
-            known,
+            known: keys.known,
         })
     }
+}
+
+/// The Redis keys of one login.
+struct Keys {
+    account_client: String,
+    /// `None` when the client's address is not known (no connect info).
+    client: Option<String>,
+    account: String,
+    known: Option<String>,
+}
+
+impl Keys {
+    /// The account × address counter first (`refuse` reads the index), the account last
+    /// (`begin` reads its count for the delay).
+    fn counters(&self, cfg: &LoginThrottleConfig) -> Vec<Counter<'_>> {
+        let mut counters = vec![Counter {
+            key: &self.account_client,
+            limit: Some(cfg.max_failures_per_account_and_ip),
+            exempt_when_marked: false,
+        }];
+        if let Some(key) = &self.client {
+            counters.push(Counter {
+                key,
+                limit: Some(cfg.max_failures_per_ip),
+                exempt_when_marked: true,
+            });
+        }
+        counters.push(Counter {
+            key: &self.account,
+            limit: None,
+            exempt_when_marked: false,
+        });
+        counters
+    }
+}
+
+/// The refusal of a login whose counter `index` is at its limit.
+fn refuse(index: usize, retry_after: Duration) -> Throttled {
+    let scope = if index == 0 {
+        Scope::AccountClient
+    } else {
+        Scope::Client
+    };
+    metrics::counter!(THROTTLED_METRIC, "scope" => scope.as_str()).increment(1);
+    tracing::warn!(scope = scope.as_str(), "login throttled");
+    Throttled { scope, retry_after }
+}
+
+async fn slow_down(delay: Duration) {
+    if delay.is_zero() {
+        return;
+    }
+    metrics::counter!(SLOWED_METRIC).increment(1);
+    tracing::info!(
+        delay_ms = delay.as_millis() as u64,
+        "login slowed: the account is failing"
+    );
+    tokio::time::sleep(delay).await;
 }
 
 impl Attempt {
