@@ -1,7 +1,8 @@
 //! Attacks on authentication and authorisation, over HTTP against the real service:
 //! forged, confused and malformed JWTs; tokens outliving their account or its role; USER
 //! tokens on every ADMIN route; another user's resources on every owner route (BOLA); and
-//! login brute force, throttled per account and per client address in Redis.
+//! login brute force, throttled per account and client address and per client address, in
+//! Redis or, while it is unavailable, in the process.
 
 mod common;
 
