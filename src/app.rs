@@ -139,7 +139,6 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         login_throttle: auth::LoginThrottle::new(
             &config.redis_url,
             &config.cache_key_prefix,
-            config.redis_timeout,
             config.login_throttle.clone(),
         ),
         jwt: Arc::new(JwtKeys::new(&config.jwt)),

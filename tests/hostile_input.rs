@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::{assert_standard_error, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -674,4 +676,205 @@ async fn unicode_and_sql_metacharacters_are_stored_intact_or_refused() {
         let n = app.count(&format!("SELECT COUNT(*) FROM {table}")).await;
         assert!(n > 0, "{table} still has its rows");
     }
+}
+
+/// The methods the HTTP metrics may name; anything else is one `OTHER`.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// The series of the Prometheus page whose `method` label is not a standard method.
+fn series_with_crafted_methods(page: &str) -> BTreeSet<String> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.split_once("method=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .is_some_and(|(method, _)| !STANDARD_METHODS.contains(&method))
+        })
+        .map(|l| {
+            l.rsplit_once(' ')
+                .map_or(l, |(series, _)| series)
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Made-up HTTP methods, on a route, on an unknown path and on the actuator, cannot grow the
+/// metrics: every method outside the standard set is labelled `OTHER`, so after one such
+/// request per target, 1,000 more with 1,000 different methods add no series. (Parallel
+/// tests may add series of their own; only series with a non-standard method are counted,
+/// and no other test sends one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_http_methods_do_not_grow_the_metrics() {
+    use futures::StreamExt;
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let targets = ["/api/v1/products", "/no/such/path", "/actuator/prometheus"];
+    let send = |i: usize| {
+        let method = Method::from_bytes(format!("M{i}X{}", i * 7919).as_bytes()).unwrap();
+        let url = app.url(targets[i % targets.len()]);
+        let client = app.client.clone();
+        async move {
+            let status = client.request(method, url).send().await.unwrap().status();
+            assert!(
+                status.is_client_error(),
+                "a made-up method is a 4xx: {status}"
+            );
+        }
+    };
+    for i in 0..targets.len() {
+        send(i).await;
+    }
+    let page = || async { app.get("/actuator/prometheus", None).await.text };
+    let before = series_with_crafted_methods(&page().await);
+    futures::stream::iter(targets.len()..targets.len() + 1000)
+        .for_each_concurrent(32, send)
+        .await;
+    let after_page = page().await;
+    let after = series_with_crafted_methods(&after_page);
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "new series: {:?} (page now has {} lines)",
+        after.difference(&before).take(5).collect::<Vec<_>>(),
+        after_page.lines().count()
+    );
+    assert!(
+        after.iter().all(|s| s.contains("method=\"OTHER\"")),
+        "{:?}",
+        after.iter().take(5).collect::<Vec<_>>()
+    );
+    still_healthy(&app).await;
+}
+
+/// Idempotency-Keys are compared byte for byte: keys that differ only by trailing spaces
+/// (which the quoted form keeps) are different keys — each its own order, each replaying its
+/// own response — never one key answered 422 for the other's body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_differ_only_by_trailing_spaces_are_different_keys() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 10).await;
+    let base = format!("k-{}", uuid::Uuid::new_v4().simple());
+    let keys = [
+        base.clone(),
+        format!("\"{base} \""),
+        format!("\"{base}  \""),
+        format!("\"{base}\t\""),
+    ];
+    let mut orders = Vec::new();
+    for (quantity, key) in (1..).zip(&keys[..3]) {
+        let r = app
+            .order(&user, key, json!([{"productId": p, "quantity": quantity}]))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "key {key:?}: {}", r.text);
+        orders.push(r.body["id"].as_i64().unwrap());
+    }
+    assert_eq!(app.stock_of(p).await, 10 - 1 - 2 - 3);
+    // Each key replays its own order.
+    for ((quantity, key), id) in (1..).zip(&keys[..3]).zip(&orders) {
+        let r = app
+            .order(&user, key, json!([{"productId": p, "quantity": quantity}]))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.header("idempotent-replayed"), Some("true"));
+        assert_eq!(r.body["id"].as_i64(), Some(*id), "key {key:?}");
+    }
+    // A tab is not printable ASCII: refused, as before.
+    app.order(&user, &keys[3], json!([{"productId": p, "quantity": 1}]))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 3);
+}
+
+/// The fingerprint is the validated request's: a quantity sent as `2`, `2.0` or `2e0` is one
+/// request, so a retry that re-serialises the body replays the first response instead of
+/// answering 422; a different quantity under the same key is still 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_writes_a_number_differently_is_a_replay() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 10).await;
+    let order = |key: String, quantity: &str| {
+        let body = format!(r#"{{"items":[{{"productId":{p},"quantity":{quantity}}}]}}"#);
+        let (app, user) = (&app, &user);
+        async move {
+            let headers = [("idempotency-key", key.as_str())];
+            raw_post(app, "/api/v1/orders", Some(user), &headers, body).await
+        }
+    };
+    for (first, retries) in [("2", ["2.0", "2e0"]), ("2.0", ["2", "20e-1"])] {
+        let key = format!("num-{}", uuid::Uuid::new_v4().simple());
+        let r = order(key.clone(), first).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        for retry in retries {
+            let again = order(key.clone(), retry).await;
+            assert_eq!(
+                again.status,
+                StatusCode::CREATED,
+                "{first} then {retry}: {}",
+                again.text
+            );
+            assert_eq!(again.header("idempotent-replayed"), Some("true"));
+            assert_eq!(again.body["id"], r.body["id"]);
+        }
+        order(key, "3")
+            .await
+            .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED");
+    }
+    assert_eq!(app.stock_of(p).await, 10 - 2 - 2);
+}
+
+/// Rolling deploy: a key stored by the previous release — whose fingerprint was the hash of
+/// the body's JSON text, numbers as written — still replays for a retry of that request
+/// within its retention, never a 422. Played by storing rows the way that release did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_stored_by_the_previous_release_still_replay() {
+    use sha2::{Digest, Sha256};
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let admin = app.admin_token().await;
+    let (user_id, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 10).await;
+    for (stored, retries) in [("2.0", ["2.0", "2"]), ("2", ["2", "2.0"])] {
+        let key = format!("old-{}", uuid::Uuid::new_v4().simple());
+        let text = format!(r#"{{"items":[{{"productId":{p},"quantity":{stored}}}]}}"#);
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let old_fingerprint = hex::encode(Sha256::digest(value.to_string().as_bytes()));
+        let first_response = json!({"id": 424242, "stored": stored}).to_string();
+        sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, idem_key, request_fingerprint, \
+             response_status, response_body, expires_at) \
+             VALUES (?, ?, ?, 201, ?, CURRENT_TIMESTAMP(6) + INTERVAL 1 HOUR)",
+        )
+        .bind(user_id)
+        .bind(&key)
+        .bind(&old_fingerprint)
+        .bind(&first_response)
+        .execute(app.db())
+        .await
+        .unwrap();
+        for retry in retries {
+            let body = text.replace(&format!(":{stored}}}"), &format!(":{retry}}}"));
+            let r = raw_post(
+                &app,
+                "/api/v1/orders",
+                Some(&user),
+                &[("idempotency-key", &key)],
+                body.clone(),
+            )
+            .await;
+            if stored == "2.0" && retry == "2" {
+                // The previous release told `2` from `2.0` and its hash cannot be undone:
+                // this retry was a 422 before this release too (the same answer, no order).
+                r.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED");
+                continue;
+            }
+            assert_eq!(r.status, StatusCode::CREATED, "{body}: {}", r.text);
+            assert_eq!(r.header("idempotent-replayed"), Some("true"));
+            assert_eq!(r.text, first_response);
+        }
+    }
+    assert_eq!(app.stock_of(p).await, 10, "only replays: no order was made");
 }

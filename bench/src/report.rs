@@ -227,6 +227,12 @@ pub fn markdown(r: &Results) -> String {
             s.map(|x| &x.summary),
             ceiling_spread.map(|c| &c.summary),
         );
+        t.compared(
+            "spread",
+            "orders per transaction",
+            s.and_then(|x| x.per_batch),
+            ceiling_spread.map(|_| 1.0),
+        );
         t.cpu("spread", s.map(|x| &x.cpu), ceiling_spread.map(|c| &c.cpu));
         if let Some(d) = r.drains.get("spread") {
             t.row("spread", "event pipeline caught up after (s)", drain(d));
@@ -271,6 +277,12 @@ pub fn markdown(r: &Results) -> String {
             ceiling: ch.map_or(String::new(), |x| x.stock_exact.to_string()),
             ratio: String::new(),
         });
+        t.compared(
+            "hot",
+            "orders per transaction",
+            h.and_then(|x| x.per_batch),
+            ch.map(|_| 1.0),
+        );
         t.cpu("hot", h.map(|x| &x.cpu), ch.map(|x| &x.cpu));
         if let Some(d) = r.drains.get("hot") {
             t.row("hot", "event pipeline caught up after (s)", drain(d));

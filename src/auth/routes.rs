@@ -155,7 +155,8 @@ async fn register(
 }
 
 /// Exchanges credentials for a bearer token. Failed logins are throttled per account and
-/// per client address (429 with `Retry-After`).
+/// client address, and per client address, each refusing with 429 and `Retry-After`; an
+/// account failing from many addresses has its logins slowed, never refused (ADR 0013).
 #[utoipa::path(
     post,
     path = "/auth/login",
@@ -165,7 +166,7 @@ async fn register(
     responses(
         (status = 200, description = "A bearer token", body = TokenResponse),
         (status = 401, description = "INVALID_CREDENTIALS (unknown email or wrong password)", body = ErrorBody),
-        (status = 429, description = "TOO_MANY_REQUESTS: too many failed logins for this account or from this address; the password was not checked", body = ErrorBody,
+        (status = 429, description = "TOO_MANY_REQUESTS: too many failed logins for this account from this address, or from this address; the password was not checked", body = ErrorBody,
          headers(("Retry-After" = u64, description = "Seconds until the throttling window ends"))),
     )
 )]
@@ -205,7 +206,7 @@ async fn login(
             }))
         }
         _ => {
-            attempt.failed().await;
+            attempt.failed();
             Err(ApiError::new(
                 ErrorCode::InvalidCredentials,
                 "email or password is incorrect",

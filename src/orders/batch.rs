@@ -30,7 +30,7 @@ use crate::{
     catalog::stock::{self, Offer},
     db,
     error::{ErrorCode, FieldError},
-    idempotency::{self, StoreError, StoredResponse},
+    idempotency::{self, Fingerprint, StoreError, StoredResponse},
     outbox::{self, EventType, NewEvent, TraceContext},
     telemetry::names,
 };
@@ -40,7 +40,7 @@ use crate::{
 pub struct Pending {
     pub user_id: i64,
     pub key: String,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     /// Ordered by product id (`model::validate`).
     pub lines: Vec<Line>,
     /// Stored with the order's event: its trace continues from here.
@@ -306,7 +306,7 @@ async fn store(
             idempotency::Outcome {
                 user_id: p.user_id,
                 key: &p.key,
-                fingerprint: &p.fingerprint,
+                fingerprint: &p.fingerprint.current,
                 status,
                 body,
                 order_id,

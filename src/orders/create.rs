@@ -15,7 +15,7 @@ use super::{
 use crate::{
     auth,
     error::{ApiError, ErrorCode, FieldError},
-    idempotency::StoredResponse,
+    idempotency::{Fingerprint, StoredResponse},
     outbox::{EventType, TraceContext},
     telemetry::names,
 };
@@ -80,14 +80,14 @@ impl From<CreateError> for ApiError {
 pub struct NewOrder<'a> {
     pub user_id: i64,
     pub key: &'a str,
-    pub fingerprint: &'a str,
+    pub fingerprint: &'a Fingerprint,
     pub lines: &'a [Line],
     /// The caller's trace context: stored with the event when no span of ours is recorded.
     pub trace: &'a TraceContext,
 }
 
-fn replay(stored: StoredResponse, fingerprint: &str) -> Result<Reply, CreateError> {
-    if stored.request_fingerprint != fingerprint {
+fn replay(stored: StoredResponse, fingerprint: &Fingerprint) -> Result<Reply, CreateError> {
+    if !fingerprint.matches(&stored.request_fingerprint) {
         return Err(CreateError::KeyReused);
     }
     match (stored.response_status, stored.response_body) {
@@ -111,7 +111,7 @@ pub async fn create(committer: &OrderCommitter, order: NewOrder<'_>) -> Result<R
     let pending = Pending {
         user_id: order.user_id,
         key: order.key.to_owned(),
-        fingerprint: order.fingerprint.to_owned(),
+        fingerprint: order.fingerprint.clone(),
         lines: order.lines.to_vec(),
         trace,
     };

@@ -97,7 +97,7 @@ async fn create_order_inner(
     let key = idempotency::parse_key(&headers)?;
     let request = parse_body(&body)?;
     let lines = model::validate(&request, state.config.orders).map_err(ApiError::validation)?;
-    let fingerprint = idempotency::fingerprint(&body);
+    let fingerprint = idempotency::Fingerprint::of(&body);
     let trace = outbox::trace_context(&headers);
 
     // The account behind the token is checked when the order is decided (`committer`).

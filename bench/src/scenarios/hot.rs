@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Ctx, Pick};
+use super::{Batches, Ctx, Pick};
 use crate::{
     load::{self, Spec},
     machine::{CpuMeter, CpuUse},
@@ -31,6 +31,8 @@ pub struct HotResult {
     pub lock_conflicts: Option<u64>,
     pub lock_conflicts_per_order: Option<f64>,
     pub cpu: CpuUse,
+    /// Requests the service decided per batch (one transaction each), if it reports it.
+    pub per_batch: Option<f64>,
 }
 
 /// Checks a hot run's bookkeeping and folds a violation into its error count.
@@ -66,6 +68,7 @@ pub fn finish(
             .filter(|_| rec.ok > 0)
             .map(|n| round(n as f64 / rec.ok as f64, 2)),
         cpu,
+        per_batch: None,
     }
 }
 
@@ -73,6 +76,7 @@ pub async fn run(ctx: &Ctx, concurrency: usize, duration: Duration) -> anyhow::R
     const CONFLICTS: &str = "stock_lock_conflicts_total";
     let before = ctx.stock(ctx.hot_product).await?;
     let conflicts_before = ctx.api.counter(CONFLICTS).await;
+    let batches = Batches::read(&ctx.api).await;
     let cpu = CpuMeter::start(Some(ctx.service_pid));
     let (rec, elapsed) = load::run(
         Spec::closed(concurrency, duration),
@@ -85,7 +89,7 @@ pub async fn run(ctx: &Ctx, concurrency: usize, duration: Duration) -> anyhow::R
         (Some(a), Some(b)) => Some((b - a).max(0.0) as u64),
         _ => None,
     };
-    Ok(finish(
+    let mut result = finish(
         concurrency,
         &rec,
         elapsed,
@@ -93,5 +97,7 @@ pub async fn run(ctx: &Ctx, concurrency: usize, duration: Duration) -> anyhow::R
         conflicts,
         cpu,
         ALLOWED_REFUSALS,
-    ))
+    );
+    result.per_batch = batches.per_batch(&Batches::read(&ctx.api).await);
+    Ok(result)
 }

@@ -214,6 +214,29 @@ impl Keep {
     }
 }
 
+/// The service's batches (`order_batch_size`): reading it before and after a run gives the
+/// requests decided per batch (one transaction for the orders among them) during the run.
+pub struct Batches {
+    sum: Option<f64>,
+    count: Option<f64>,
+}
+
+impl Batches {
+    pub async fn read(api: &Api) -> Self {
+        Self {
+            sum: api.counter("order_batch_size_sum").await,
+            count: api.counter("order_batch_size_count").await,
+        }
+    }
+
+    /// Requests per batch between `self` and `later`.
+    pub fn per_batch(&self, later: &Batches) -> Option<f64> {
+        let sum = later.sum? - self.sum.unwrap_or(0.0);
+        let count = later.count? - self.count.unwrap_or(0.0);
+        (count > 0.0).then(|| round(sum / count, 1))
+    }
+}
+
 /// How long the event pipeline took to catch up after a scenario.
 #[derive(Debug, Clone, Serialize)]
 pub struct Drain {

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use serde::Serialize;
 
-use super::{Ctx, Keep, Pick, Settled};
+use super::{Batches, Ctx, Keep, Pick, Settled};
 use crate::{
     load::{self, Spec},
     machine::{CpuMeter, CpuUse},
@@ -20,6 +20,8 @@ pub struct SpreadResult {
     #[serde(flatten)]
     pub summary: Summary,
     pub cpu: CpuUse,
+    /// Requests the service decided per batch (one transaction each), if it reports it.
+    pub per_batch: Option<f64>,
 }
 
 /// Runs spread traffic for `duration`; returns the figures and up to `keep` committed keys.
@@ -30,17 +32,20 @@ pub async fn run(
     keep: usize,
 ) -> (SpreadResult, Vec<Settled>) {
     let kept = Arc::new(Keep::new(keep));
+    let batches = Batches::read(&ctx.api).await;
     let cpu = CpuMeter::start(Some(ctx.service_pid));
     let (rec, elapsed) = load::run(
         Spec::closed(concurrency, duration),
         ctx.order_op(Pick::Spread, Some(kept.clone())),
     )
     .await;
+    let cpu = cpu.stop();
     let result = SpreadResult {
         concurrency,
         products: ctx.products.len(),
         summary: rec.summary(elapsed, &[]),
-        cpu: cpu.stop(),
+        cpu,
+        per_batch: batches.per_batch(&Batches::read(&ctx.api).await),
     };
     (result, kept.take())
 }
