@@ -3,16 +3,15 @@
 
 use std::{str::FromStr, time::Duration};
 
-use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt;
 use sqlx::{
-    mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlQueryResult},
-    ConnectOptions, Connection, Executor, MySqlConnection, MySqlPool,
+    mysql::{MySqlConnectOptions, MySqlPoolOptions},
+    ConnectOptions, Connection, Executor, MySqlPool,
 };
 
 pub use orderflow_jobs::sql_error::{
     is_deadlock, is_lock_wait_timeout, is_unavailable, is_unique_violation,
 };
+pub use orderflow_jobs::sql_script::{Part, Script, ScriptError, ScriptTx};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -131,67 +130,6 @@ impl PoolSettings {
     }
 }
 
-/// Statements sent to the server together, in one round trip, each with its own result (rows
-/// affected, last insert id). Prepared statements cannot be sent that way, so the values are
-/// written into the text; a script therefore only takes integers and timestamps formatted
-/// here, never text from a client — there is nothing to escape, and nothing to inject.
-#[derive(Debug, Default)]
-pub struct Script {
-    sql: String,
-    statements: usize,
-}
-
-/// One piece of a statement in a [`Script`]: SQL we wrote, or a value of a type that has no
-/// quoting to get wrong.
-pub enum Part<'a> {
-    Sql(&'a str),
-    Int(i64),
-    Time(DateTime<Utc>),
-}
-
-impl Script {
-    pub fn statement(&mut self, parts: &[Part<'_>]) {
-        use std::fmt::Write;
-        for part in parts {
-            match part {
-                Part::Sql(s) => self.sql.push_str(s),
-                Part::Int(n) => write!(self.sql, "{n}").expect("writing to a String"),
-                Part::Time(t) => write!(self.sql, "'{}'", t.format("%Y-%m-%d %H:%M:%S%.6f"))
-                    .expect("writing to a String"),
-            }
-        }
-        self.sql.push_str(";\n");
-        self.statements += 1;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.statements == 0
-    }
-
-    /// Runs the statements in order; the server stops at the first that fails, and so does
-    /// this (the transaction around it decides what happens to the ones before).
-    pub async fn run(
-        &self,
-        conn: &mut MySqlConnection,
-    ) -> Result<Vec<MySqlQueryResult>, sqlx::Error> {
-        if self.is_empty() {
-            return Ok(Vec::new());
-        }
-        let results: Vec<MySqlQueryResult> = sqlx::raw_sql(&self.sql)
-            .execute_many(conn)
-            .try_collect()
-            .await?;
-        if results.len() != self.statements {
-            return Err(sqlx::Error::Protocol(format!(
-                "a script of {} statements returned {} results",
-                self.statements,
-                results.len()
-            )));
-        }
-        Ok(results)
-    }
-}
-
 pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
@@ -213,26 +151,6 @@ mod tests {
         assert_eq!(name, "orderflow_x");
         assert!(database_name("mysql://root@127.0.0.1:3306").is_err());
         assert!(database_name("mysql://root@127.0.0.1:3306/a-b").is_err());
-    }
-
-    #[test]
-    fn a_script_writes_integers_and_timestamps_and_ends_each_statement() {
-        let t = DateTime::parse_from_rfc3339("2026-11-30T15:32:46.123456Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let mut s = Script::default();
-        s.statement(&[
-            Part::Sql("SELECT "),
-            Part::Int(-42),
-            Part::Sql(", "),
-            Part::Time(t),
-        ]);
-        s.statement(&[Part::Sql("SELECT 1")]);
-        assert_eq!(
-            s.sql,
-            "SELECT -42, '2026-11-30 15:32:46.123456';\nSELECT 1;\n"
-        );
-        assert_eq!(s.statements, 2);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod throttle;
 
 pub use extractor::{account_gone, AdminUser, AuthUser, TokenUser};
 pub use jwt::{Claims, JwtKeys};
-pub use repo::{ensure_admin, existing as existing_accounts, promote, PromoteError};
+pub use repo::{ensure_admin, promote, PromoteError};
 pub use routes::router;
 pub use throttle::LoginThrottle;
 

@@ -1,8 +1,6 @@
 //! SQL of the users table.
 
-use std::collections::HashSet;
-
-use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
+use sqlx::MySqlPool;
 use thiserror::Error;
 
 use super::{password, Role};
@@ -62,25 +60,6 @@ pub async fn role_of(pool: &MySqlPool, id: i64) -> Result<Option<Role>, sqlx::Er
         .await?;
     role.map(|r| Role::try_from(r).map_err(|e| sqlx::Error::Decode(e.into())))
         .transpose()
-}
-
-/// Of `ids`, the accounts that exist. Orders are checked here, once per batch, when they are
-/// committed, instead of once per request: a deleted account's order is refused all the same.
-pub async fn existing(
-    conn: &mut MySqlConnection,
-    ids: &[i64],
-) -> Result<HashSet<i64>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let mut q = QueryBuilder::new("SELECT id FROM users WHERE id IN (");
-    let mut list = q.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    q.push(")");
-    let found: Vec<i64> = q.build_query_scalar().fetch_all(conn).await?;
-    Ok(found.into_iter().collect())
 }
 
 #[derive(Debug, Error)]

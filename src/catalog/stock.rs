@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{MySqlConnection, QueryBuilder};
+use sqlx::{mysql::MySqlQueryResult, MySqlConnection, QueryBuilder};
 
 use crate::db::{Part, Script};
 
@@ -69,40 +69,38 @@ pub async fn quantities(
     Ok(rows.into_iter().collect())
 }
 
-/// Changes several products' stock in one round trip, in the order given (callers pass
-/// product-id order, so that concurrent transactions lock shared rows in one order). A
-/// positive change takes units with the guarded write; a negative one gives units back.
-/// Returns, per change, whether it was applied (a take finds the stock short otherwise).
-pub async fn apply(
-    conn: &mut MySqlConnection,
-    changes: &[(i64, i64)],
-) -> Result<Vec<bool>, sqlx::Error> {
-    let mut script = Script::default();
+/// Adds to `script` one statement per change, in the order given (callers pass product-id
+/// order, so that concurrent transactions lock shared rows in one order). A positive change
+/// takes units with the guarded write; a negative one gives units back. `applied` reads the
+/// statements' results.
+pub fn push_changes(script: &mut Script, changes: &[(i64, i64)]) {
     for &(product_id, change) in changes {
-        if change >= 0 {
-            script.statement(&[
-                Part::Sql("UPDATE stocks SET quantity = quantity - "),
-                Part::Int(change),
-                Part::Sql(
-                    ", version = version + 1, updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ",
-                ),
-                Part::Int(product_id),
-                Part::Sql(" AND quantity >= "),
-                Part::Int(change),
-            ]);
+        let (set, amount) = if change >= 0 {
+            ("UPDATE stocks SET quantity = quantity - ", change)
         } else {
-            script.statement(&[
-                Part::Sql("UPDATE stocks SET quantity = quantity + "),
-                Part::Int(-change),
-                Part::Sql(
-                    ", version = version + 1, updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ",
-                ),
-                Part::Int(product_id),
-            ]);
-        }
+            ("UPDATE stocks SET quantity = quantity + ", -change)
+        };
+        script.statement(&[
+            Part::Sql(set),
+            Part::Int(amount),
+            Part::Sql(
+                ", version = version + 1, updated_at = CURRENT_TIMESTAMP(6) WHERE product_id = ",
+            ),
+            Part::Int(product_id),
+            Part::Sql(if change >= 0 { " AND quantity >= " } else { "" }),
+            if change >= 0 {
+                Part::Int(change)
+            } else {
+                Part::Sql("")
+            },
+        ]);
     }
-    let results = script.run(conn).await?;
-    Ok(results.iter().map(|r| r.rows_affected() == 1).collect())
+}
+
+/// Per change of `push_changes`, whether it was applied: a take finds the stock short
+/// otherwise (a give-back always applies).
+pub fn applied(results: &[MySqlQueryResult]) -> Vec<bool> {
+    results.iter().map(|r| r.rows_affected() == 1).collect()
 }
 
 /// Gives back what a cancelled order took. An increment cannot conflict with anything the

@@ -19,4 +19,7 @@ mod repo;
 pub use fingerprint::Fingerprint;
 pub use key::{parse_key, IDEMPOTENCY_KEY};
 pub use purge::{purge_all, ExpiredIdempotencyKeys};
-pub use repo::{delete_expired, find_many, store, KeyOf, Outcome, StoreError, StoredResponse};
+pub use repo::{
+    accounts_and_records, push_delete_expired, push_store, KeyOf, Outcome, StoreError,
+    StoredResponse,
+};

@@ -1,10 +1,13 @@
 //! SQL of the idempotency_keys table.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder};
 
-use crate::db;
+use crate::db::{self, Part, Script};
 
 /// A committed first outcome. Records are written together with the outcome they store, in
 /// the transaction that produced it; a record without one (the columns allow it, for records
@@ -23,36 +26,72 @@ pub type KeyOf<'a> = (i64, &'a str);
 
 #[derive(sqlx::FromRow)]
 struct FoundRow {
+    /// `account`: the user exists; `key`: a record of one of the keys.
+    kind: String,
     user_id: i64,
-    /// A binary-collated column: the server sends it as bytes.
-    idem_key: Vec<u8>,
-    #[sqlx(flatten)]
-    stored: StoredResponse,
+    /// A binary column: the server sends it as bytes.
+    idem_key: Option<Vec<u8>>,
+    request_fingerprint: Option<String>,
+    response_status: Option<i16>,
+    response_body: Option<String>,
+    expired: Option<bool>,
 }
 
-/// The committed records of `keys`. A plain (non-locking) read: under READ COMMITTED it sees
-/// exactly what other requests have committed.
-pub async fn find_many(
+/// Which of `users` still have an account, and the committed records of `keys`: what every
+/// request of a batch needs first, in one read (a plain one: under READ COMMITTED it sees
+/// exactly what other requests have committed). The accounts ride along with the keys
+/// because a request with a valid token is checked against its account here, once per batch,
+/// instead of once per request.
+pub async fn accounts_and_records(
     conn: &mut MySqlConnection,
+    users: &[i64],
     keys: &[KeyOf<'_>],
-) -> Result<HashMap<(i64, String), StoredResponse>, sqlx::Error> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
+) -> Result<(HashSet<i64>, HashMap<(i64, String), StoredResponse>), sqlx::Error> {
+    let mut accounts = HashSet::new();
+    let mut records = HashMap::new();
+    if users.is_empty() {
+        return Ok((accounts, records));
     }
     let mut q = QueryBuilder::new(
-        "SELECT user_id, idem_key, request_fingerprint, response_status, response_body, \
-         (expires_at <= CURRENT_TIMESTAMP(6)) AS expired \
-         FROM idempotency_keys WHERE (user_id, idem_key) IN ",
+        "SELECT 'account' AS kind, id AS user_id, NULL AS idem_key, NULL AS request_fingerprint, \
+         NULL AS response_status, NULL AS response_body, NULL AS expired \
+         FROM users WHERE id IN (",
     );
-    push_pairs(&mut q, keys);
+    let mut list = q.separated(", ");
+    for id in users {
+        list.push_bind(*id);
+    }
+    q.push(")");
+    if !keys.is_empty() {
+        q.push(
+            " UNION ALL SELECT 'key', user_id, idem_key, request_fingerprint, response_status, \
+             response_body, (expires_at <= CURRENT_TIMESTAMP(6)) \
+             FROM idempotency_keys WHERE (user_id, idem_key) IN ",
+        );
+        push_pairs(&mut q, keys);
+    }
     let rows: Vec<FoundRow> = q.build_query_as().fetch_all(conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let key = String::from_utf8_lossy(&r.idem_key).into_owned();
-            ((r.user_id, key), r.stored)
-        })
-        .collect())
+    for r in rows {
+        match (r.kind.as_str(), r.idem_key, r.request_fingerprint) {
+            ("account", _, _) => {
+                accounts.insert(r.user_id);
+            }
+            (_, Some(key), Some(request_fingerprint)) => {
+                let key = String::from_utf8_lossy(&key).into_owned();
+                records.insert(
+                    (r.user_id, key),
+                    StoredResponse {
+                        request_fingerprint,
+                        response_status: r.response_status,
+                        response_body: r.response_body,
+                        expired: r.expired.unwrap_or(false),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok((accounts, records))
 }
 
 fn push_pairs(q: &mut QueryBuilder<'_, MySql>, keys: &[KeyOf<'_>]) {
@@ -70,20 +109,26 @@ fn push_pairs(q: &mut QueryBuilder<'_, MySql>, keys: &[KeyOf<'_>]) {
     q.push(")");
 }
 
-/// Removes expired records so that their keys can start new requests (in the transaction
-/// that stores the new outcome).
-pub async fn delete_expired(
-    conn: &mut MySqlConnection,
-    keys: &[KeyOf<'_>],
-) -> Result<(), sqlx::Error> {
+/// Adds to `script` the removal of expired records, so that their keys can start new requests
+/// (in the transaction that stores the new outcomes); nothing when there are none.
+pub fn push_delete_expired(script: &mut Script, keys: &[KeyOf<'_>]) {
     if keys.is_empty() {
-        return Ok(());
+        return;
     }
-    let mut q = QueryBuilder::new("DELETE FROM idempotency_keys WHERE (user_id, idem_key) IN ");
-    push_pairs(&mut q, keys);
-    q.push(" AND expires_at <= CURRENT_TIMESTAMP(6)");
-    q.build().execute(conn).await?;
-    Ok(())
+    let mut parts = vec![Part::Sql(
+        "DELETE FROM idempotency_keys WHERE expires_at <= CURRENT_TIMESTAMP(6) AND (user_id, idem_key) IN (",
+    )];
+    for (i, (user_id, key)) in keys.iter().enumerate() {
+        parts.extend([
+            Part::Sql(if i == 0 { "(" } else { ", (" }),
+            Part::Int(*user_id),
+            Part::Sql(", "),
+            Part::Text(key),
+            Part::Sql(")"),
+        ]);
+    }
+    parts.push(Part::Sql(")"));
+    script.statement(&parts);
 }
 
 /// A first outcome to store under its key.
@@ -109,40 +154,53 @@ pub enum StoreError {
     Db(sqlx::Error),
 }
 
-/// Stores first outcomes, in the transaction that produced them. The records are written in
-/// key order, so two transactions storing overlapping keys wait for each other instead of
-/// deadlocking; the UNIQUE key (user, key) is what makes a second order for a key impossible.
-pub async fn store(
-    conn: &mut MySqlConnection,
-    outcomes: &mut [Outcome<'_>],
-    retention: Duration,
-) -> Result<(), StoreError> {
+impl StoreError {
+    /// What the failure of the statement `push_store` added means.
+    pub fn of(e: sqlx::Error) -> Self {
+        if db::is_unique_violation(&e) {
+            StoreError::Taken
+        } else if db::is_lock_wait_timeout(&e) {
+            StoreError::InFlight
+        } else {
+            StoreError::Db(e)
+        }
+    }
+}
+
+/// Adds to `script` one INSERT storing first outcomes, in the transaction that produced them.
+/// The records are written in key order, so two transactions storing overlapping keys wait
+/// for each other instead of deadlocking; the UNIQUE key (user, key) is what makes a second
+/// order for a key impossible (its failure reads through `StoreError::of`).
+pub fn push_store(script: &mut Script, outcomes: &mut [Outcome<'_>], retention: Duration) {
     if outcomes.is_empty() {
-        return Ok(());
+        return;
     }
     outcomes.sort_by(|a, b| (a.user_id, a.key).cmp(&(b.user_id, b.key)));
-    let mut q = QueryBuilder::new(
-        "INSERT INTO idempotency_keys (user_id, idem_key, request_fingerprint, response_status, \
-         response_body, order_id, expires_at) ",
-    );
     let retention = retention.as_secs() as i64;
-    q.push_values(outcomes.iter(), |mut row, o| {
-        row.push_bind(o.user_id)
-            .push_bind(o.key)
-            .push_bind(o.fingerprint)
-            .push_bind(o.status as i16)
-            .push_bind(o.body)
-            .push_bind(o.order_id)
-            .push_unseparated(", CURRENT_TIMESTAMP(6) + INTERVAL ")
-            .push_bind_unseparated(retention)
-            .push_unseparated(" SECOND");
-    });
-    match q.build().execute(conn).await {
-        Ok(_) => Ok(()),
-        Err(e) if db::is_unique_violation(&e) => Err(StoreError::Taken),
-        Err(e) if db::is_lock_wait_timeout(&e) => Err(StoreError::InFlight),
-        Err(e) => Err(StoreError::Db(e)),
+    let mut parts = vec![Part::Sql(
+        "INSERT INTO idempotency_keys (user_id, idem_key, request_fingerprint, response_status, \
+         response_body, order_id, expires_at) VALUES ",
+    )];
+    for (i, o) in outcomes.iter().enumerate() {
+        parts.extend([
+            Part::Sql(if i == 0 { "(" } else { ", (" }),
+            Part::Int(o.user_id),
+            Part::Sql(", "),
+            Part::Text(o.key),
+            Part::Sql(", "),
+            Part::Text(o.fingerprint),
+            Part::Sql(", "),
+            Part::Int(i64::from(o.status)),
+            Part::Sql(", "),
+            Part::Text(o.body),
+            Part::Sql(", "),
+            Part::OptInt(o.order_id),
+            Part::Sql(", CURRENT_TIMESTAMP(6) + INTERVAL "),
+            Part::Int(retention),
+            Part::Sql(" SECOND)"),
+        ]);
     }
+    script.statement(&parts);
 }
 
 /// Deletes up to `batch` expired records; returns how many went.

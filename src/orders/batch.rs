@@ -1,22 +1,23 @@
 //! One batch of order requests, decided together and committed in one transaction.
 //!
-//! First the reads, with no transaction and no lock: which accounts still exist, which keys
-//! already have a committed outcome (a replay, or a 422), the products' prices and stock.
+//! First two reads, with no transaction and no lock: which accounts still exist and which
+//! keys already have a committed outcome (a replay, or a 422); the products' prices and stock.
 //! Then, for the requests left, one transaction: take each product's units for the whole
 //! batch with one guarded write (`catalog::stock`), in arrival order (`allocate`), insert the
 //! orders with their items, their ORDER_CREATED events (one publish job for all of them) and
 //! every first outcome under its key. Either all of it commits or none of it does; an order
 //! that is OUT_OF_STOCK or a request that is refused never fails the others.
 //!
-//! The statements per batch are the same whatever its size, so a batch of n orders costs
-//! the database about what one order cost before, n times fewer commits included
+//! The round trips per batch are the same whatever its size — two reads, then the
+//! transaction in two (`db::Script`: statements sent together) — so a batch of n orders
+//! costs the database about what one order cost before, n times fewer commits included
 //! (docs/adr/0012-order-group-commit.md).
 
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{SubsecRound, Utc};
 use orderflow_jobs::{publish_batch::Committed, queue};
-use sqlx::{Connection, MySqlConnection};
+use sqlx::{pool::PoolConnection, MySql};
 use thiserror::Error;
 
 use super::{
@@ -26,9 +27,8 @@ use super::{
     repo,
 };
 use crate::{
-    auth,
     catalog::stock::{self, Offer},
-    db,
+    db::{self, Script, ScriptTx},
     error::{ErrorCode, FieldError},
     idempotency::{self, Fingerprint, StoreError, StoredResponse},
     outbox::{self, EventType, NewEvent, TraceContext},
@@ -114,7 +114,7 @@ const LOCK_AFTER_ROUNDS: usize = 3;
 
 /// Decides `batch` and commits what it changes.
 pub async fn commit(
-    conn: &mut MySqlConnection,
+    conn: &mut PoolConnection<MySql>,
     batch: &[&Pending],
     retention: Duration,
 ) -> Result<Outcome, BatchError> {
@@ -123,25 +123,17 @@ pub async fn commit(
     let mut users: Vec<i64> = batch.iter().map(|p| p.user_id).collect();
     users.sort_unstable();
     users.dedup();
-    let accounts = auth::existing_accounts(conn, &users).await?;
-    for (d, p) in decided.iter_mut().zip(batch) {
+    let keys: Vec<_> = batch.iter().map(|&p| (p.user_id, p.key.as_str())).collect();
+    let (accounts, mut stored) = idempotency::accounts_and_records(conn, &users, &keys).await?;
+    let mut expired = Vec::new();
+    for (d, &p) in decided.iter_mut().zip(batch) {
         if !accounts.contains(&p.user_id) {
             *d = Some(Decision::AccountGone);
-        }
-    }
-
-    let keys: Vec<_> = undecided(&decided)
-        .map(|i| (batch[i].user_id, batch[i].key.as_str()))
-        .collect();
-    let mut stored = idempotency::find_many(conn, &keys).await?;
-    let mut expired = Vec::new();
-    for i in undecided(&decided).collect::<Vec<_>>() {
-        let p = batch[i];
-        if let Some(s) = stored.remove(&(p.user_id, p.key.clone())) {
+        } else if let Some(s) = stored.remove(&(p.user_id, p.key.clone())) {
             if s.expired {
                 expired.push((p.user_id, p.key.as_str()));
             } else {
-                decided[i] = Some(Decision::Stored(s));
+                *d = Some(Decision::Stored(s));
             }
         }
     }
@@ -161,7 +153,18 @@ pub async fn commit(
     let claims: Vec<usize> = undecided(&decided).collect();
     let mut outcome = Outcome::default();
     if !claims.is_empty() {
-        outcome = store(conn, batch, &claims, &offers, &expired, retention).await?;
+        let mut claimed: Vec<&Pending> = Vec::with_capacity(claims.len());
+        for &i in &claims {
+            claimed.push(batch[i]);
+        }
+        let mut tx = ScriptTx::new(conn);
+        outcome = match store(&mut tx, &claimed, &offers, &expired, retention).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tx.rollback().await;
+                return Err(e);
+            }
+        };
         for (i, d) in claims.iter().zip(std::mem::take(&mut outcome.decisions)) {
             decided[*i] = Some(d);
         }
@@ -217,44 +220,55 @@ fn priced(
     Ok((items, total))
 }
 
-/// The transaction: stock, orders, events and outcomes of the `claims` (indices into
-/// `batch`); decisions come back in the order of `claims`.
+/// The transaction of the `claims` (requests that will store an outcome): stock, orders,
+/// events and outcomes; decisions come back in the order of `claims`. It is three round
+/// trips when the stock read before it still holds: `START TRANSACTION` with the stock's
+/// guarded writes and the orders, then the events and outcomes with `COMMIT`. When a guarded
+/// write finds less than the read said, that attempt is rolled back and the stock is taken
+/// round by round (`take_stock`). On an error the caller rolls the transaction back.
 async fn store(
-    conn: &mut MySqlConnection,
-    batch: &[&Pending],
-    claims: &[usize],
+    tx: &mut ScriptTx<'_>,
+    claims: &[&Pending],
     offers: &HashMap<i64, Offer>,
     expired: &[idempotency::KeyOf<'_>],
     retention: Duration,
 ) -> Result<Outcome, BatchError> {
-    let mut tx = conn.begin().await?;
-    idempotency::delete_expired(&mut tx, expired).await?;
-
-    let demands: Vec<&[Line]> = claims.iter().map(|&i| batch[i].lines.as_slice()).collect();
+    let demands: Vec<&[Line]> = claims.iter().map(|&p| p.lines.as_slice()).collect();
     let available: Units = offers.iter().map(|(id, o)| (*id, o.available)).collect();
-    let allocation = take_stock(&mut tx, &demands, available).await?;
-
     let now = Utc::now().trunc_subsecs(6);
-    let created: Vec<usize> = (0..claims.len()).filter(|&c| allocation.fits(c)).collect();
-    let priced: Vec<(Vec<OrderItem>, i64)> = created
-        .iter()
-        .map(|&c| priced(batch[claims[c]], offers).expect("claims are priced"))
-        .collect();
-    let new_orders: Vec<repo::NewOrder> = created
-        .iter()
-        .zip(&priced)
-        .map(|(&c, (items, total))| repo::NewOrder {
-            user_id: batch[claims[c]].user_id,
-            total: *total,
-            items,
-        })
-        .collect();
-    let order_ids = repo::insert_many(&mut tx, &new_orders, now).await?;
+
+    let mut first = Script::default();
+    idempotency::push_delete_expired(&mut first, expired);
+    let deleted = first.len();
+    let allocation = allocate(&demands, &available);
+    let takes: Vec<(i64, i64)> = allocation.take.iter().map(|(p, n)| (*p, *n)).collect();
+    stock::push_changes(&mut first, &takes);
+    let orders = orders_of(claims, offers, &allocation);
+    push_orders(&mut first, claims, &orders, now);
+    let results = tx.begin(&first).await.map_err(|e| e.error)?;
+    let taken = stock::applied(&results[deleted..deleted + takes.len()]);
+    let (allocation, orders, order_ids) = if taken.iter().all(|&t| t) {
+        let ids = repo::inserted_ids(&results[deleted + takes.len()..]);
+        (allocation, orders, ids)
+    } else {
+        // Another transaction took units since the read: start again, round by round.
+        tx.rollback().await;
+        metrics::counter!(names::STOCK_LOCK_CONFLICTS).increment(1);
+        let mut restart = Script::default();
+        idempotency::push_delete_expired(&mut restart, expired);
+        tx.begin(&restart).await.map_err(|e| e.error)?;
+        let allocation = take_stock(tx, &demands, available).await?;
+        let orders = orders_of(claims, offers, &allocation);
+        let mut script = Script::default();
+        push_orders(&mut script, claims, &orders, now);
+        let results = tx.run(&script).await.map_err(|e| e.error)?;
+        (allocation, orders, repo::inserted_ids(&results))
+    };
 
     let mut decisions: Vec<Option<Decision>> = vec![None; claims.len()];
-    let mut events = Vec::with_capacity(created.len());
-    for ((&c, (items, total)), &order_id) in created.iter().zip(priced).zip(&order_ids) {
-        let p = batch[claims[c]];
+    let mut events = Vec::with_capacity(orders.len());
+    for ((c, items, total), &order_id) in orders.into_iter().zip(&order_ids) {
+        let p = claims[c];
         let order = Order {
             id: order_id,
             status: OrderStatus::Created,
@@ -272,9 +286,6 @@ async fn store(
         let body = serde_json::to_string(&order).expect("order serializes");
         decisions[c] = Some(Decision::Created { order_id, body });
     }
-    let job_id = queue::new_job_id();
-    outbox::append_many(&mut tx, &events, &job_id).await?;
-
     for (c, line) in allocation.short_on.iter().enumerate() {
         if let Some(line) = line {
             let (_, body) = refusal(
@@ -293,11 +304,14 @@ async fn store(
         .map(|d| d.expect("every claim is decided"))
         .collect();
 
+    let mut last = Script::default();
+    let job_id = queue::new_job_id();
+    outbox::push_append(&mut last, &events, &job_id);
+    let appended = last.len();
     let mut outcomes: Vec<idempotency::Outcome> = claims
         .iter()
         .zip(&decisions)
-        .map(|(&i, d)| {
-            let p = batch[i];
+        .map(|(&p, d)| {
             let (status, body, order_id) = match d {
                 Decision::Created { order_id, body } => (201, body.as_str(), Some(*order_id)),
                 Decision::OutOfStock { body } => (409, body.as_str(), None),
@@ -313,18 +327,22 @@ async fn store(
             }
         })
         .collect();
-    idempotency::store(&mut tx, &mut outcomes, retention)
-        .await
-        .map_err(|e| match e {
-            StoreError::Taken => BatchError::KeyTaken,
-            StoreError::InFlight => BatchError::KeyInFlight,
-            StoreError::Db(e) => BatchError::Db(e),
-        })?;
-    tx.commit().await?;
+    idempotency::push_store(&mut last, &mut outcomes, retention);
+    tx.commit(&last).await.map_err(|e| {
+        if e.statement == appended {
+            match StoreError::of(e.error) {
+                StoreError::Taken => BatchError::KeyTaken,
+                StoreError::InFlight => BatchError::KeyInFlight,
+                StoreError::Db(e) => BatchError::Db(e),
+            }
+        } else {
+            BatchError::Db(e.error)
+        }
+    })?;
 
-    let created_count = order_ids.len();
-    metrics::counter!(names::ORDERS_CREATED).increment(created_count as u64);
-    let short = claims.len() - created_count;
+    let created = order_ids.len();
+    metrics::counter!(names::ORDERS_CREATED).increment(created as u64);
+    let short = claims.len() - created;
     if short > 0 {
         metrics::counter!(names::ORDERS_REJECTED, "reason" => "OUT_OF_STOCK")
             .increment(short as u64);
@@ -340,12 +358,45 @@ async fn store(
     })
 }
 
-/// Takes the units the orders that fit need, allocating in arrival order. The first
-/// allocation uses the units read before the transaction; a guarded write that finds fewer
-/// (another transaction took some since) makes this transaction read what is left and
+/// The orders the allocation lets through: claim index, items, total.
+fn orders_of(
+    claims: &[&Pending],
+    offers: &HashMap<i64, Offer>,
+    allocation: &Allocation,
+) -> Vec<(usize, Vec<OrderItem>, i64)> {
+    (0..claims.len())
+        .filter(|&c| allocation.fits(c))
+        .map(|c| {
+            let (items, total) = priced(claims[c], offers).expect("claims are priced");
+            (c, items, total)
+        })
+        .collect()
+}
+
+/// Adds the INSERTs of `orders` (claim index, items, total) to `script`.
+fn push_orders(
+    script: &mut Script,
+    claims: &[&Pending],
+    orders: &[(usize, Vec<OrderItem>, i64)],
+    now: chrono::DateTime<Utc>,
+) {
+    let rows: Vec<repo::NewOrder> = orders
+        .iter()
+        .map(|(c, items, total)| repo::NewOrder {
+            user_id: claims[*c].user_id,
+            total: *total,
+            items,
+        })
+        .collect();
+    repo::push_inserts(script, &rows, now);
+}
+
+/// Takes the units the orders that fit need, allocating in arrival order, in an open
+/// transaction. A guarded write that finds fewer units than allocated (another transaction
+/// took some) makes this transaction read what is left — its own takes included — and
 /// allocate again, giving back what it took for orders that no longer fit.
 async fn take_stock(
-    tx: &mut MySqlConnection,
+    tx: &mut ScriptTx<'_>,
     orders: &[&[Line]],
     mut available: Units,
 ) -> Result<Allocation, sqlx::Error> {
@@ -366,9 +417,11 @@ async fn take_stock(
             })
             .filter(|&(_, change)| change != 0)
             .collect();
-        let applied = stock::apply(tx, &changes).await?;
+        let mut script = Script::default();
+        stock::push_changes(&mut script, &changes);
+        let results = tx.run(&script).await.map_err(|e| e.error)?;
         let mut short = Vec::new();
-        for (&(p, change), ok) in changes.iter().zip(applied) {
+        for (&(p, change), ok) in changes.iter().zip(stock::applied(&results)) {
             if ok {
                 *held.entry(p).or_default() += change;
             } else {
@@ -381,9 +434,7 @@ async fn take_stock(
         metrics::counter!(names::STOCK_LOCK_CONFLICTS).increment(short.len() as u64);
         metrics::counter!(names::STOCK_LOCK_RETRIES).increment(1);
         round += 1;
-        // What this transaction sees includes its own takes; add them back to get what is
-        // there for its orders.
-        let seen = stock::quantities(tx, &short, round >= LOCK_AFTER_ROUNDS).await?;
+        let seen = stock::quantities(tx.conn(), &short, round >= LOCK_AFTER_ROUNDS).await?;
         for p in short {
             let left = seen.get(&p).copied().unwrap_or(0);
             available.insert(p, left + held.get(&p).copied().unwrap_or(0));

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
+use sqlx::{mysql::MySqlQueryResult, MySqlConnection, MySqlPool, QueryBuilder};
 
 use super::model::{Order, OrderItem, OrderRow, OrderStatus};
 use crate::{
@@ -20,15 +20,11 @@ pub struct NewOrder<'a> {
     pub items: &'a [OrderItem],
 }
 
-/// Inserts orders and their items in one round trip; returns the orders' ids, in order.
-/// Each order's items refer to it through `LAST_INSERT_ID()`, the id its own INSERT was given,
-/// so no assumption about how the server numbers a multi-row insert is needed.
-pub async fn insert_many(
-    conn: &mut MySqlConnection,
-    orders: &[NewOrder<'_>],
-    now: DateTime<Utc>,
-) -> Result<Vec<i64>, sqlx::Error> {
-    let mut script = Script::default();
+/// Adds to `script` the INSERTs of the orders and their items, two statements per order;
+/// `inserted_ids` reads the orders' ids from the results. Each order's items refer to it
+/// through `LAST_INSERT_ID()`, the id its own INSERT was given, so no assumption about how the
+/// server numbers a multi-row insert is needed.
+pub fn push_inserts(script: &mut Script, orders: &[NewOrder<'_>], now: DateTime<Utc>) {
     for order in orders {
         script.statement(&[
             Part::Sql(
@@ -63,12 +59,15 @@ pub async fn insert_many(
         }
         script.statement(&items);
     }
-    let results = script.run(conn).await?;
-    Ok(results
+}
+
+/// The ids of the orders `push_inserts` added, from its statements' results.
+pub fn inserted_ids(results: &[MySqlQueryResult]) -> Vec<i64> {
+    results
         .iter()
         .step_by(2)
         .map(|r| r.last_insert_id() as i64)
-        .collect())
+        .collect()
 }
 
 async fn items_of(

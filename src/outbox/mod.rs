@@ -3,7 +3,7 @@
 //! belongs to the request: reading the W3C trace context from its headers.
 
 pub use orderflow_jobs::outbox::{
-    append, append_many, Appended, EventType, NewEvent, TraceContext,
+    append, push_append, Appended, EventType, NewEvent, TraceContext,
 };
 
 /// The incoming W3C `traceparent` (and `tracestate`) if well-formed; anything else is

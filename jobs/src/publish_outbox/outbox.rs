@@ -7,6 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
+
+use crate::sql_script::{Part, Script};
 use uuid::Uuid;
 
 pub const AGGREGATE_ORDER: &str = "ORDER";
@@ -92,33 +94,41 @@ pub struct NewEvent {
     pub trace: TraceContext,
 }
 
-/// Appends NEW events committed together, all to be carried by the publish-outbox job
-/// `job_id` (pushed after the commit); returns their event ids, in order.
-pub async fn append_many(
-    conn: &mut MySqlConnection,
-    events: &[NewEvent],
-    job_id: &str,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
+/// Adds to `script` one INSERT of NEW events committed together, all to be carried by the
+/// publish-outbox job `job_id` (pushed after the commit); returns their event ids, in order.
+pub fn push_append(script: &mut Script, events: &[NewEvent], job_id: &str) -> Vec<Uuid> {
     let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-    let mut q = QueryBuilder::new(
+    if events.is_empty() {
+        return ids;
+    }
+    let texts: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let mut parts = vec![Part::Sql(
         "INSERT INTO outbox_events \
-         (event_id, aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate, job_id) ",
-    );
-    q.push_values(events.iter().zip(&ids), |mut row, (e, id)| {
-        row.push_bind(id.to_string())
-            .push_bind(AGGREGATE_ORDER)
-            .push_bind(e.aggregate_id)
-            .push_bind(e.event_type.as_str())
-            .push_bind(&e.payload)
-            .push_bind(&e.trace.traceparent)
-            .push_bind(&e.trace.tracestate)
-            .push_bind(job_id);
-    });
-    q.build().execute(conn).await?;
-    Ok(ids)
+         (event_id, aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate, job_id) VALUES ",
+    )];
+    for (i, (e, id)) in events.iter().zip(&texts).enumerate() {
+        parts.extend([
+            Part::Sql(if i == 0 { "(" } else { ", (" }),
+            Part::Text(id),
+            Part::Sql(", "),
+            Part::Text(AGGREGATE_ORDER),
+            Part::Sql(", "),
+            Part::Int(e.aggregate_id),
+            Part::Sql(", "),
+            Part::Text(e.event_type.as_str()),
+            Part::Sql(", "),
+            Part::Text(&e.payload),
+            Part::Sql(", "),
+            Part::OptText(e.trace.traceparent.as_deref()),
+            Part::Sql(", "),
+            Part::OptText(e.trace.tracestate.as_deref()),
+            Part::Sql(", "),
+            Part::Text(job_id),
+            Part::Sql(")"),
+        ]);
+    }
+    script.statement(&parts);
+    ids
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
