@@ -30,7 +30,7 @@ use crate::{
     db,
     events::{self, Events},
     http::{error_body, metrics as http_metrics, openapi, request_id},
-    idempotency, jobs, notifications, orders, outbox, telemetry,
+    idempotency, notifications, operators, orders, outbox, telemetry,
 };
 use orderflow_jobs::{
     publish_batch::{BatchSettings, PublishBatcher},
@@ -139,7 +139,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(catalog::router())
         .merge(orders::router())
         .merge(notifications::router())
-        .merge(jobs::router())
+        .merge(operators::router())
 }
 
 /// The server span of a request, named and attributed per the OpenTelemetry HTTP semantic
@@ -251,6 +251,7 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         retention: retention_schedule(&state.config),
         publish_wake: state.events.publish_wake.clone(),
         notify_wake: Default::default(),
+        pauses: Default::default(),
     }
 }
 

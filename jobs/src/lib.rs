@@ -7,7 +7,9 @@
 //! * `consume_notification` — the job that turns received events into notifications;
 //! * `archive_run` — the archive workflow's steps and their SQL;
 //! * `retention` — the retention job: expired rows of every kind, purged in batches;
-//! * `kafka` — producer, consumer and the embedded broker.
+//! * `kafka` — producer, consumer and the embedded broker;
+//! * `search` — the jobs an operator's search names (a job, an order or an event id), across
+//!   the kinds.
 //!
 //! The modules inside them keep their short paths at the crate root (`orderflow_jobs::queue`,
 //! `orderflow_jobs::outbox`, …), the paths the service, the workflows and the tests use.
@@ -18,6 +20,7 @@ pub mod engine;
 pub mod kafka;
 pub mod publish_outbox;
 pub mod retention;
+pub mod search;
 
 pub use archive_run::{archive, archive_steps};
 pub use consume_notification::{notifications, notify};

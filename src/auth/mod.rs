@@ -10,7 +10,7 @@ pub mod throttle;
 
 pub use extractor::{AdminUser, AuthUser};
 pub use jwt::{Claims, JwtKeys};
-pub use repo::{ensure_admin, promote, PromoteError};
+pub use repo::{email_of, ensure_admin, promote, role_of, PromoteError};
 pub use routes::router;
 pub use throttle::LoginThrottle;
 

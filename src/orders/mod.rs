@@ -2,9 +2,11 @@
 
 mod create;
 mod lifecycle;
+mod lookup;
 mod model;
 mod repo;
 mod routes;
 
+pub use lookup::{find_any, FoundOrder};
 pub use model::{Order, OrderItem, OrderStatus};
 pub use routes::router;
