@@ -27,7 +27,7 @@ use crate::{
     auth::JwtKeys,
     catalog::{self, Cache},
     config::Config,
-    db,
+    console, db,
     events::{self, Events},
     http::{error_body, metrics as http_metrics, openapi, request_id},
     idempotency, notifications, operators, orders, outbox, telemetry,
@@ -198,9 +198,15 @@ pub fn routes(role: Role) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, openapi::complete(doc))
 }
 
+/// The routes of `role` (documented), Swagger UI and the web console (every role serves
+/// HTTP, so every role serves the console), inside the middleware stack.
 pub fn router(state: AppState, role: Role) -> Router {
     let (routes, doc) = routes(role);
-    with_middleware(routes.merge(openapi::docs_router(doc)), state)
+    let console = console::router(&state);
+    with_middleware(
+        routes.merge(openapi::docs_router(doc)).merge(console),
+        state,
+    )
 }
 
 /// Wraps routes in the service's middleware stack (request ids, tracing, the standard error
@@ -263,6 +269,7 @@ fn retention_schedule(config: &Config) -> orderflow_workflows::RetentionSchedule
         cron: config.retention.cron.clone(),
         kinds: vec![
             Arc::new(idempotency::ExpiredIdempotencyKeys),
+            Arc::new(console::session::ExpiredConsoleSessions),
             Arc::new(PublishedOutboxRows(finished_after)),
             Arc::new(FinishedJobs(finished_after)),
         ],
