@@ -60,8 +60,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/console/queues/{queue}/{op}", post(queues::set_paused))
         .route("/console/orders", get(orders::timeline))
         .route("/console/audit", get(audit::list))
-        .route("/console/assets/{file}", get(assets::serve))
         .layer(session::layer(&state.db, &state.config.console))
+        // After the session layer: a stylesheet or script neither reads nor extends a session.
+        .route("/console/assets/{file}", get(assets::serve))
         .layer(from_fn(security_headers))
 }
 
