@@ -76,14 +76,15 @@ enum JobStatus {
     All,
 }
 
+/// An RFC 3339 time; present but empty is refused like any other non-time (the document
+/// says `date-time`).
 fn parse_time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, FieldError> {
-    raw.filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            DateTime::parse_from_rfc3339(s.trim())
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| FieldError::new(field, "must be an RFC 3339 date-time"))
-        })
-        .transpose()
+    raw.map(|s| {
+        DateTime::parse_from_rfc3339(s.trim())
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| FieldError::new(field, "must be an RFC 3339 date-time"))
+    })
+    .transpose()
 }
 
 impl JobQuery {
