@@ -27,10 +27,10 @@ use crate::{
     auth::JwtKeys,
     catalog::{self, Cache},
     config::Config,
-    db,
+    console, db,
     events::{self, Events},
     http::{error_body, metrics as http_metrics, openapi, request_id},
-    idempotency, jobs, notifications, orders, outbox, telemetry,
+    idempotency, notifications, operators, orders, outbox, telemetry,
 };
 use orderflow_jobs::{
     publish_batch::{BatchSettings, PublishBatcher},
@@ -154,7 +154,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(catalog::router())
         .merge(orders::router())
         .merge(notifications::router())
-        .merge(jobs::router())
+        .merge(operators::router())
 }
 
 /// The server span of a request, named and attributed per the OpenTelemetry HTTP semantic
@@ -213,9 +213,15 @@ pub fn routes(role: Role) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, openapi::complete(doc))
 }
 
+/// The routes of `role` (documented), Swagger UI and the web console (every role serves
+/// HTTP, so every role serves the console), inside the middleware stack.
 pub fn router(state: AppState, role: Role) -> Router {
     let (routes, doc) = routes(role);
-    with_middleware(routes.merge(openapi::docs_router(doc)), state)
+    let console = console::router(&state);
+    with_middleware(
+        routes.merge(openapi::docs_router(doc)).merge(console),
+        state,
+    )
 }
 
 /// Wraps routes in the service's middleware stack (request ids, tracing, the standard error
@@ -266,6 +272,7 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         retention: retention_schedule(&state.config),
         publish_wake: state.events.publish_wake.clone(),
         notify_wake: Default::default(),
+        pauses: Default::default(),
     }
 }
 
@@ -277,6 +284,7 @@ fn retention_schedule(config: &Config) -> orderflow_workflows::RetentionSchedule
         cron: config.retention.cron.clone(),
         kinds: vec![
             Arc::new(idempotency::ExpiredIdempotencyKeys),
+            Arc::new(console::session::ExpiredConsoleSessions),
             Arc::new(PublishedOutboxRows(finished_after)),
             Arc::new(FinishedJobs(finished_after)),
         ],

@@ -33,10 +33,15 @@ pub enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
-    /// Operate the job table: list dead jobs, retry them.
+    /// Operate the job table: list dead jobs, show one, retry or discard them.
     Jobs {
         #[command(subcommand)]
         command: JobsCommand,
+    },
+    /// The job queues: list them, or pause and resume one (for every replica).
+    Queues {
+        #[command(subcommand)]
+        command: Option<QueuesCommand>,
     },
     /// Archive finished orders now.
     Archive {
@@ -80,6 +85,9 @@ pub enum JobsCommand {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
+    /// One job as JSON: payload, state, attempt history (newest first) with errors and
+    /// trace links, and for a publish job the outbox rows it carries.
+    Show { id: String },
     /// Put a dead job back in its queue; `--all-dead` retries every dead job.
     Retry {
         #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
@@ -90,6 +98,16 @@ pub enum JobsCommand {
         #[arg(long, requires = "all_dead")]
         queue: Option<String>,
     },
+    /// Set a dead job aside for good; a publish job's DEAD outbox rows become DISCARDED.
+    Discard { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// Stop every replica fetching from this queue (within one poll interval).
+    Pause { queue: String },
+    /// Let every replica fetch from this queue again.
+    Resume { queue: String },
 }
 
 /// A dependency-free HTTP/1.1 GET that reports whether the status was 2xx.

@@ -59,6 +59,50 @@ pub struct Config {
     pub order_batches: OrderBatchConfig,
     pub idempotency: IdempotencyConfig,
     pub login_throttle: LoginThrottleConfig,
+    /// `TRACE_UI_URL`: a link to a trace in the tracing UI (unset: trace ids only).
+    pub trace_ui: Option<TraceUiUrl>,
+    pub console: ConsoleConfig,
+}
+
+/// A tracing UI's address of a trace, with `{traceId}` where the id goes, e.g. Jaeger's
+/// `http://localhost:16686/trace/{traceId}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceUiUrl(String);
+
+impl TraceUiUrl {
+    pub const PLACEHOLDER: &'static str = "{traceId}";
+
+    /// The link to one trace.
+    pub fn link(&self, trace_id: &str) -> String {
+        self.0.replace(Self::PLACEHOLDER, trace_id)
+    }
+}
+
+impl FromStr for TraceUiUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !(s.starts_with("http://") || s.starts_with("https://")) {
+            return Err("expected an http:// or https:// URL".into());
+        }
+        if !s.contains(Self::PLACEHOLDER) {
+            return Err(format!(
+                "expected {} where the trace id goes",
+                Self::PLACEHOLDER
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// The web console at /console.
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    /// The session cookie's `Secure` attribute (off only for plain-HTTP development).
+    pub cookie_secure: bool,
+    /// A session unused for this long is over.
+    pub session_idle: Duration,
+    /// How often lists refresh themselves (while no row is selected).
+    pub refresh: Duration,
 }
 
 /// OpenTelemetry tracing. The exporter itself reads the standard `OTEL_*` variables
@@ -380,6 +424,25 @@ impl Config {
                 )?),
             },
             login_throttle: LoginThrottleConfig::from_env()?,
+            trace_ui: match opt_var("TRACE_UI_URL") {
+                None => None,
+                Some(url) => Some(url.trim().parse().map_err(|reason| ConfigError {
+                    name: "TRACE_UI_URL",
+                    value: url,
+                    reason,
+                })?),
+            },
+            console: ConsoleConfig {
+                cookie_secure: var("CONSOLE_COOKIE_SECURE", true)?,
+                session_idle: Duration::from_secs(positive(
+                    "CONSOLE_SESSION_IDLE_SECS",
+                    var("CONSOLE_SESSION_IDLE_SECS", 1800u64)?,
+                )?),
+                refresh: Duration::from_secs(positive(
+                    "CONSOLE_REFRESH_SECS",
+                    var("CONSOLE_REFRESH_SECS", 5u64)?,
+                )?),
+            },
         })
     }
 }
@@ -393,6 +456,21 @@ mod tests {
         assert_eq!("JSON".parse::<LogFormat>(), Ok(LogFormat::Json));
         assert_eq!("pretty".parse::<LogFormat>(), Ok(LogFormat::Pretty));
         assert!("xml".parse::<LogFormat>().is_err());
+    }
+
+    #[test]
+    fn a_trace_ui_url_needs_a_scheme_and_the_placeholder() {
+        let url: TraceUiUrl = "http://localhost:16686/trace/{traceId}".parse().unwrap();
+        assert_eq!(
+            url.link("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "http://localhost:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!("localhost:16686/trace/{traceId}"
+            .parse::<TraceUiUrl>()
+            .is_err());
+        assert!("http://localhost:16686/trace/"
+            .parse::<TraceUiUrl>()
+            .is_err());
     }
 
     #[test]

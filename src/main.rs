@@ -3,11 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use orderflow::{
     app, auth,
-    cli::{self, ArchiveCommand, Cli, Command, JobsCommand, UsersCommand},
+    cli::{self, ArchiveCommand, Cli, Command, UsersCommand},
     config::Config,
-    db, telemetry,
+    db, operators, telemetry,
 };
-use orderflow_jobs::{archive, ops};
+use orderflow_jobs::{archive, engine::pause::Pauses};
 
 /// glibc serves a large block from its heap once a block that size was freed (its mmap
 /// threshold rises to it) and keeps that memory: argon2's 19 MiB blocks, on several blocking
@@ -117,34 +117,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 &db::PoolSettings::for_command(&config),
             )
             .await?;
-            match command {
-                JobsCommand::Dead { queue, limit } => {
-                    let (jobs, total) =
-                        ops::list(&pool, ops::StatusFilter::Dead, queue.as_deref(), limit, 0)
-                            .await?;
-                    println!("{total} dead job(s)");
-                    for j in jobs {
-                        println!(
-                            "{}\t{}\tattempts {}/{}\t{}",
-                            j.id,
-                            j.queue,
-                            j.attempts,
-                            j.max_attempts,
-                            j.last_result.unwrap_or_default()
-                        );
-                    }
-                }
-                JobsCommand::Retry { id: Some(id), .. } => {
-                    ops::retry(&pool, &id).await?;
-                    println!("job {id} re-queued");
-                }
-                JobsCommand::Retry {
-                    id: None, queue, ..
-                } => {
-                    let n = ops::retry_all_dead(&pool, queue.as_deref()).await?;
-                    println!("{n} dead job(s) re-queued");
-                }
-            }
+            operators::cli::jobs(&pool, &config, command, &mut std::io::stdout()).await?;
+        }
+        Command::Queues { command } => {
+            let pool = db::connect(
+                &config.database_url,
+                &db::PoolSettings::for_command(&config),
+            )
+            .await?;
+            operators::cli::queues(&pool, &config, command, &mut std::io::stdout()).await?;
         }
         Command::Archive {
             command: ArchiveCommand::Run { older_than_days },
@@ -186,10 +167,17 @@ async fn archive_now(
         .await
         .map_err(|e| anyhow::anyhow!("queueing the archive run: {e}"))?;
     let stop = tokio_util::sync::CancellationToken::new();
+    // The run honours a paused archive-run queue, as the service's workers do.
+    let pauses = Pauses::new();
+    tokio::spawn(pauses.clone().watch(pool.clone(), settings.poll_interval, {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    }));
     let worker = tokio::spawn(orderflow_workflows::run_archive_worker(
         pool.clone(),
         settings,
         config.events.shutdown_timeout,
+        pauses,
         stop.clone(),
     ));
     let outcome = loop {

@@ -11,6 +11,7 @@ use std::{sync::Arc, time::Duration};
 use common::TestApp;
 use orderflow_jobs::{
     archive::{self, ArchiveRun, Summary},
+    engine::pause::Pauses,
     queue,
     retention::{self, Expiring, FinishedJobs, PublishedOutboxRows},
 };
@@ -128,6 +129,7 @@ fn archive_worker(app: &TestApp) -> (CancellationToken, JoinHandle<()>) {
         app.db().clone(),
         app.state.config.events.queue,
         Duration::from_secs(5),
+        Pauses::none(),
         stop.clone(),
     ));
     (stop, task)
@@ -243,6 +245,7 @@ async fn a_worker_killed_mid_run_is_resumed_to_the_same_state() {
             pool,
             settings,
             Duration::from_secs(5),
+            Pauses::none(),
             CancellationToken::new(),
         )
         .await

@@ -364,3 +364,86 @@ async fn jobs_dead_and_jobs_retry_operate_the_job_table() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 dead job(s) re-queued"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_show_jobs_discard_and_queues_pause_resume_are_audited_as_the_cli() {
+    let app = common::TestApp::spawn_api_only(|_| {}).await;
+    let url = app.db_guard.url.clone();
+    let job = "01JDEADJOB0000000000000001";
+    sqlx::query(
+        "INSERT INTO jobs (id, job_type, status, attempts, max_attempts, job, last_result) \
+         VALUES (?, 'publish-outbox', 'Killed', 5, 5, '{\"outbox_ids\":[1]}', '{\"Err\":\"broker down\"}')",
+    )
+    .bind(job)
+    .execute(app.db())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO job_attempts (job_id, queue, attempt, started_at, finished_at, outcome, error) \
+         VALUES (?, 'publish-outbox', 5, NOW(6), NOW(6), 'dead', 'kafka delivery failed')",
+    )
+    .bind(job)
+    .execute(app.db())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox_events (event_id, aggregate_type, aggregate_id, event_type, payload, status, job_id) \
+         VALUES (UUID(), 'ORDER', 1, 'ORDER_CREATED', '{}', 'DEAD', ?)",
+    )
+    .bind(job)
+    .execute(app.db())
+    .await
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = orderflow(&url)
+            .env("USER", "ops")
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        stdout
+    };
+
+    let shown: Value = serde_json::from_str(&run(&["jobs", "show", job])).unwrap();
+    assert_eq!(shown["state"], "dead");
+    assert_eq!(shown["attemptHistory"][0]["error"], "kafka delivery failed");
+    assert_eq!(shown["outboxRows"][0]["status"], "DEAD");
+
+    let out = run(&["jobs", "discard", job]);
+    assert!(out.contains("1 outbox row(s) DISCARDED"), "{out}");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM outbox_events WHERE status = 'DISCARDED'")
+            .await,
+        1
+    );
+    assert!(run(&["queues", "pause", "retention"]).contains("retention is paused"));
+    let listed = run(&["queues"]);
+    assert!(
+        listed.lines().any(|l| l.starts_with("retention\tPAUSED")),
+        "{listed}"
+    );
+    assert!(run(&["queues", "resume", "retention"]).contains("retention is running"));
+    let out = orderflow(&url)
+        .args(["queues", "pause", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    let audit: Vec<(String, String, String, i32)> =
+        sqlx::query_as("SELECT via, actor, action, affected FROM operator_audit ORDER BY id")
+            .fetch_all(app.db())
+            .await
+            .unwrap();
+    let expected = [
+        ("cli", "cli (ops)", "discard", 1),
+        ("cli", "cli (ops)", "pause", 1),
+        ("cli", "cli (ops)", "resume", 1),
+    ];
+    let audit: Vec<(&str, &str, &str, i32)> = audit
+        .iter()
+        .map(|(v, a, x, n)| (v.as_str(), a.as_str(), x.as_str(), *n))
+        .collect();
+    assert_eq!(audit, expected);
+}

@@ -310,7 +310,9 @@ async fn a_duplicate_while_the_first_is_in_flight_is_409_and_never_a_second_orde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_keys_are_purged_and_then_start_afresh() {
-    let app = TestApp::spawn().await;
+    // No scheduled retention job in between: it would purge the key before this test does
+    // (the default schedule ticks every 5 minutes, and a run crossing one failed here).
+    let app = TestApp::spawn_with(|c| c.retention.cron = "0 0 0 1 1 *".into()).await;
     let admin = app.admin_token().await;
     let (_, user) = app.new_user().await;
     let p = app.new_product(&admin, 10, 10).await;
@@ -358,12 +360,16 @@ async fn the_retention_job_purges_expired_keys_on_its_schedule() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(remaining, 0, "the retention job removed the expired key");
-    assert!(
-        app.count("SELECT COUNT(*) FROM jobs WHERE job_type = 'retention' AND status = 'Done'")
-            .await
-            >= 1,
-        "it ran as a job"
-    );
+    // The key is gone once the job's transaction commits; the job is Done once apalis
+    // acknowledges it, a moment later (after the job's other kinds of rows).
+    let done = app
+        .eventually(Duration::from_secs(10), || async {
+            app.count("SELECT COUNT(*) FROM jobs WHERE job_type = 'retention' AND status = 'Done'")
+                .await
+                >= 1
+        })
+        .await;
+    assert!(done, "it ran as a job");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

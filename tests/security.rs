@@ -428,14 +428,17 @@ async fn a_user_token_is_403_on_every_admin_route_and_changes_nothing() {
     assert_eq!(order.status, StatusCode::CREATED, "{}", order.text);
     let order_id = order.body["id"].as_i64().unwrap();
     let job_id = uuid::Uuid::new_v4().to_string();
-    sqlx::query(
-        "INSERT INTO jobs (id, job_type, status, attempts, max_attempts, job) \
-         VALUES (?, 'consume-notification', 'Killed', 5, 5, '{}')",
-    )
-    .bind(&job_id)
-    .execute(app.db())
-    .await
-    .unwrap();
+    let other_job = uuid::Uuid::new_v4().to_string();
+    for id in [&job_id, &other_job] {
+        sqlx::query(
+            "INSERT INTO jobs (id, job_type, status, attempts, max_attempts, job) \
+             VALUES (?, 'consume-notification', 'Killed', 5, 5, '{}')",
+        )
+        .bind(id)
+        .execute(app.db())
+        .await
+        .unwrap();
+    }
 
     let calls: Vec<(Method, String, &str, Option<Value>)> = vec![
         (
@@ -463,10 +466,64 @@ async fn a_user_token_is_403_on_every_admin_route_and_changes_nothing() {
             None,
         ),
         (
+            Method::GET,
+            format!("/api/v1/admin/jobs/{job_id}"),
+            "/api/v1/admin/jobs/{id}",
+            None,
+        ),
+        (
             Method::POST,
             format!("/api/v1/admin/jobs/{job_id}/retry"),
             "/api/v1/admin/jobs/{id}/retry",
             Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/jobs/retry".into(),
+            "/api/v1/admin/jobs/retry",
+            Some(json!({"ids": [job_id]})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/admin/jobs/{other_job}/discard"),
+            "/api/v1/admin/jobs/{id}/discard",
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/jobs/discard".into(),
+            "/api/v1/admin/jobs/discard",
+            Some(json!({"filter": {"queue": "consume-notification"}})),
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/queues".into(),
+            "/api/v1/admin/queues",
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/queues/publish-outbox/pause".into(),
+            "/api/v1/admin/queues/{queue}/pause",
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/admin/queues/publish-outbox/resume".into(),
+            "/api/v1/admin/queues/{queue}/resume",
+            Some(json!({})),
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/admin/orders/{order_id}/timeline"),
+            "/api/v1/admin/orders/{id}/timeline",
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/v1/admin/audit".into(),
+            "/api/v1/admin/audit",
+            None,
         ),
     ];
     let covered: BTreeSet<(String, String)> = calls
@@ -520,6 +577,14 @@ async fn a_user_token_is_403_on_every_admin_route_and_changes_nothing() {
             .await
             .unwrap();
     assert_eq!((job_status.as_str(), attempts), ("Killed", 5));
+    let killed = "SELECT COUNT(*) FROM jobs WHERE status = 'Killed'";
+    assert_eq!(app.count(killed).await, 2, "nothing retried or discarded");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM job_queues").await,
+        0,
+        "no queue paused"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM operator_audit").await, 0);
 
     // The same calls as ADMIN take effect.
     for (method, path, _, body) in &calls {

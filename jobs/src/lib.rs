@@ -8,7 +8,9 @@
 //! * `archive_run` — the archive workflow's steps and their SQL;
 //! * `retention` — the retention job: expired rows of every kind, purged in batches;
 //! * `kafka` — producer, consumer and the embedded broker;
-//! * `sql_script` — statements sent together in one round trip (the order path's batches).
+//! * `sql_script` — statements sent together in one round trip (the order path's batches);
+//! * `search` — the jobs an operator's search names (a job, an order or an event id), across
+//!   the kinds.
 //!
 //! The modules inside them keep their short paths at the crate root (`orderflow_jobs::queue`,
 //! `orderflow_jobs::outbox`, …), the paths the service, the workflows and the tests use.
@@ -19,6 +21,7 @@ pub mod engine;
 pub mod kafka;
 pub mod publish_outbox;
 pub mod retention;
+pub mod search;
 pub mod sql_script;
 
 pub use archive_run::{archive, archive_steps};

@@ -3,6 +3,7 @@
 
 mod extractor;
 mod jwt;
+mod login;
 mod password;
 mod repo;
 mod routes;
@@ -10,9 +11,10 @@ pub mod throttle;
 
 pub use extractor::{account_gone, AdminUser, AuthUser, TokenUser};
 pub use jwt::{Claims, JwtKeys};
-pub use repo::{ensure_admin, promote, PromoteError};
+pub use login::{authenticate, Authenticated, LoginRefused};
+pub use repo::{email_of, ensure_admin, promote, role_of, PromoteError};
 pub use routes::router;
-pub use throttle::LoginThrottle;
+pub use throttle::{LoginThrottle, PeerAddr};
 
 use serde::{Deserialize, Serialize};
 

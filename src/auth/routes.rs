@@ -10,8 +10,9 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
+    login::{authenticate, LoginRefused},
     password, repo,
-    throttle::{self, PeerAddr},
+    throttle::PeerAddr,
     Role,
 };
 use crate::{
@@ -176,43 +177,19 @@ async fn login(
     headers: HeaderMap,
     Json(req): Json<LoginRequest>,
 ) -> Result<axum::Json<TokenResponse>, Response> {
-    let email = req.email.trim().to_lowercase();
-    let user = repo::find_by_email(&state.db, &email)
-        .await
-        .map_err(|e| ApiError::from(e).into_response())?;
-    let account = match &user {
-        Some(u) => throttle::Account::Id(u.id),
-        None => throttle::Account::Email(&email),
-    };
-    let client = state.login_throttle.client_ip(peer, &headers);
-    let attempt = state
-        .login_throttle
-        .begin(account, client)
-        .await
-        .map_err(IntoResponse::into_response)?;
-    // Never hash megabytes against a real hash on behalf of an anonymous caller.
-    let hash = user
-        .as_ref()
-        .filter(|_| req.password.len() <= 4 * MAX_PASSWORD_CHARS)
-        .map(|u| u.password_hash.clone());
-    let ok = password::verify(req.password, hash).await;
-    match user {
-        Some(user) if ok => {
-            attempt.succeeded().await;
-            Ok(axum::Json(TokenResponse {
-                access_token: state.jwt.issue(user.id, user.role),
-                token_type: "Bearer",
-                expires_in: state.jwt.ttl().as_secs(),
-            }))
-        }
-        _ => {
-            attempt.failed();
-            Err(ApiError::new(
-                ErrorCode::InvalidCredentials,
-                "email or password is incorrect",
-            )
-            .into_response())
-        }
+    match authenticate(&state, peer, &headers, &req.email, req.password).await {
+        Ok(user) => Ok(axum::Json(TokenResponse {
+            access_token: state.jwt.issue(user.id, user.role),
+            token_type: "Bearer",
+            expires_in: state.jwt.ttl().as_secs(),
+        })),
+        Err(LoginRefused::Throttled(throttled)) => Err(throttled.into_response()),
+        Err(LoginRefused::InvalidCredentials) => Err(ApiError::new(
+            ErrorCode::InvalidCredentials,
+            "email or password is incorrect",
+        )
+        .into_response()),
+        Err(LoginRefused::Db(e)) => Err(ApiError::from(e).into_response()),
     }
 }
 

@@ -38,7 +38,8 @@ pub const BEARER: &str = "bearer";
         (name = "catalog", description = "Products and stock"),
         (name = "orders", description = "Idempotent order creation and the order lifecycle"),
         (name = "notifications", description = "Notifications produced from order events"),
-        (name = "jobs", description = "Operators' view of the job table: dead jobs and retries"),
+        (name = "jobs", description = "Operators' view of the job table: filters and counts, one job with its attempt history and carried outbox rows, retry and discard (one or in bulk)"),
+        (name = "operators", description = "Operators' side of the job engine: queues (pause, resume), an order's timeline, the audit log of every operator action"),
         (name = "operations", description = "Health probes and metrics"),
     )
 )]

@@ -5,10 +5,12 @@ mod batch;
 mod committer;
 mod create;
 mod lifecycle;
+mod lookup;
 mod model;
 mod repo;
 mod routes;
 
 pub use committer::{CommitSettings, OrderCommitter};
+pub use lookup::{find_any, FoundOrder};
 pub use model::{Order, OrderItem, OrderStatus};
 pub use routes::router;

@@ -7,6 +7,8 @@
 //! started in containers instead (needs a Docker engine).
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod console;
 #[cfg(feature = "testcontainers")]
 pub mod containers;
 pub mod kafka;
@@ -105,6 +107,8 @@ pub fn test_config(database_url: &str) -> Config {
     config.jwt.using_dev_secret = false;
     config.admin_bootstrap = Some((ADMIN_EMAIL.into(), ADMIN_PASSWORD.into()));
     config.database_max_connections = 24;
+    // Browser tests wait for lists to refresh themselves.
+    config.console.refresh = Duration::from_secs(1);
     config.database_acquire_timeout = Duration::from_secs(30);
     config
 }

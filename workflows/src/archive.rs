@@ -18,6 +18,7 @@ use orderflow_jobs::{
     archive::ArchiveRun,
     archive_steps::{self, ArchiveContext},
     backend::WorkerStorage,
+    engine::{attempts::AttemptHistoryLayer, pause::Pauses},
     queue::{self, QueueSettings, ARCHIVE_RUN},
 };
 use sqlx::MySqlPool;
@@ -25,7 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::supervise;
 
-fn monitor(name: String, ctx: Arc<ArchiveContext>, shutdown_timeout: Duration) -> Monitor {
+fn monitor(
+    name: String,
+    ctx: Arc<ArchiveContext>,
+    pauses: Pauses,
+    shutdown_timeout: Duration,
+) -> Monitor {
     Monitor::new()
         .register(move |_| {
             let workflow =
@@ -41,7 +47,9 @@ fn monitor(name: String, ctx: Arc<ArchiveContext>, shutdown_timeout: Duration) -
                     ARCHIVE_RUN,
                     &ctx.settings,
                     None,
+                    pauses.gate(ARCHIVE_RUN),
                 ))
+                .layer(AttemptHistoryLayer::new(&ctx.pool, ARCHIVE_RUN))
                 .concurrency(1)
                 .data(ctx.clone())
                 .build(workflow)
@@ -49,11 +57,14 @@ fn monitor(name: String, ctx: Arc<ArchiveContext>, shutdown_timeout: Duration) -
         .shutdown_timeout(shutdown_timeout)
 }
 
-/// Runs the archive workflow's worker until `stop` (restarting it if it ends on its own).
+/// Runs the archive workflow's worker until `stop` (restarting it if it ends on its own);
+/// it does not fetch while operators have the queue paused (`pauses`, kept fresh by the
+/// caller).
 pub async fn run_archive_worker(
     pool: MySqlPool,
     settings: QueueSettings,
     shutdown_timeout: Duration,
+    pauses: Pauses,
     stop: CancellationToken,
 ) {
     let ctx = Arc::new(ArchiveContext {
@@ -61,7 +72,7 @@ pub async fn run_archive_worker(
         settings,
     });
     supervise(ARCHIVE_RUN, "archive", Some(pool), stop, move |name| {
-        monitor(name, ctx.clone(), shutdown_timeout)
+        monitor(name, ctx.clone(), pauses.clone(), shutdown_timeout)
     })
     .await;
 }

@@ -18,6 +18,7 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use orderflow_jobs::{
+    engine::{attempts::AttemptHistoryLayer, pause::Pauses},
     notify::{self, NotifyContext},
     publish::{self, PublishContext},
     queue::{
@@ -59,6 +60,8 @@ pub struct Pipeline {
     pub publish_wake: Wake,
     /// Wake the local consume-notification worker (messages this process's consumer stored).
     pub notify_wake: Wake,
+    /// The queues operators paused, as this process last read them.
+    pub pauses: Pauses,
 }
 
 /// The pause before restarting a worker that ended on its own: short the first time (a
@@ -158,6 +161,14 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
 
     tracing::info!(queues = ?orderflow_jobs::queue::QUEUES, bootstrap = %p.bootstrap, "event pipeline starting");
     let background = vec![
+        tokio::spawn({
+            let stop = stop.clone();
+            p.pauses
+                .clone()
+                .watch(p.pool.clone(), p.settings.poll_interval, async move {
+                    stop.cancelled().await
+                })
+        }),
         tokio::spawn(consumer::consume_events(p.clone(), stop.clone())),
         tokio::spawn(sweeper::sweep_loop(p.clone(), stop.clone())),
         tokio::spawn({
@@ -179,9 +190,10 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
         Some(pool.clone()),
         stop.clone(),
         {
-            let (pool, wake) = (pool.clone(), p.publish_wake.clone());
+            let (pool, wake, pauses) = (pool.clone(), p.publish_wake.clone(), p.pauses.clone());
             move |name| {
                 let (pool, ctx, wake) = (pool.clone(), publish_ctx.clone(), wake.clone());
+                let pauses = pauses.clone();
                 // A fresh storage per start: an apalis poll schedule is single-use.
                 Monitor::new()
                     .register(move |_| {
@@ -191,7 +203,9 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                                 PUBLISH_OUTBOX,
                                 &settings,
                                 Some(&wake),
+                                pauses.gate(PUBLISH_OUTBOX),
                             ))
+                            .layer(AttemptHistoryLayer::new(&pool, PUBLISH_OUTBOX))
                             .concurrency(concurrency)
                             .data(ctx.clone())
                             .build(publish::handle)
@@ -200,7 +214,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
             }
         },
     );
-    let notify_wake = p.notify_wake.clone();
+    let (notify_wake, pauses) = (p.notify_wake.clone(), p.pauses.clone());
     let notify_worker = supervise(
         CONSUME_NOTIFICATION,
         "notify",
@@ -208,6 +222,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
         stop.clone(),
         move |name| {
             let (pool, ctx, wake) = (pool.clone(), notify_ctx.clone(), notify_wake.clone());
+            let pauses = pauses.clone();
             Monitor::new()
                 .register(move |_| {
                     WorkerBuilder::new(name.clone())
@@ -216,7 +231,9 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                             CONSUME_NOTIFICATION,
                             &settings,
                             Some(&wake),
+                            pauses.gate(CONSUME_NOTIFICATION),
                         ))
+                        .layer(AttemptHistoryLayer::new(&pool, CONSUME_NOTIFICATION))
                         .concurrency(concurrency)
                         .data(ctx.clone())
                         .build(notify::handle)
@@ -224,8 +241,13 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                 .shutdown_timeout(shutdown_timeout)
         },
     );
-    let archive_worker =
-        archive::run_archive_worker(p.pool.clone(), settings, shutdown_timeout, stop.clone());
+    let archive_worker = archive::run_archive_worker(
+        p.pool.clone(),
+        settings,
+        shutdown_timeout,
+        p.pauses.clone(),
+        stop.clone(),
+    );
     let retention_ctx = Arc::new(RetentionContext {
         pool: p.pool.clone(),
         settings,
@@ -237,15 +259,20 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
         Some(p.pool.clone()),
         stop.clone(),
         {
-            let pool = p.pool.clone();
+            let (pool, pauses) = (p.pool.clone(), p.pauses.clone());
             move |name| {
-                let (pool, ctx) = (pool.clone(), retention_ctx.clone());
+                let (pool, ctx, pauses) = (pool.clone(), retention_ctx.clone(), pauses.clone());
                 Monitor::new()
                     .register(move |_| {
                         WorkerBuilder::new(name.clone())
                             .backend(queue::worker_storage::<Purge>(
-                                &pool, RETENTION, &settings, None,
+                                &pool,
+                                RETENTION,
+                                &settings,
+                                None,
+                                pauses.gate(RETENTION),
                             ))
+                            .layer(AttemptHistoryLayer::new(&pool, RETENTION))
                             .concurrency(1)
                             .data(ctx.clone())
                             .build(retention::handle)

@@ -2,7 +2,9 @@
 //! notifications.
 //!
 //! * `notify` — the job's handler (one transaction per job; poison messages refused for good);
-//! * `notifications` — the notifications table's SQL.
+//! * `notifications` — the notifications table's SQL;
+//! * `carried` — the jobs that carry given events, for operators' searches.
 
+pub mod carried;
 pub mod notifications;
 pub mod notify;

@@ -70,3 +70,23 @@ pub async fn list_for_user(
         .await?;
     Ok((items, total))
 }
+
+/// The notifications of these events (the event id is UNIQUE: an index lookup each).
+pub async fn for_events(
+    pool: &MySqlPool,
+    event_ids: &[String],
+) -> Result<Vec<Notification>, sqlx::Error> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = sqlx::QueryBuilder::new(
+        "SELECT id, event_id, order_id, type, message, created_at FROM notifications \
+         WHERE event_id IN (",
+    );
+    let mut sep = q.separated(", ");
+    for id in event_ids {
+        sep.push_bind(id.clone());
+    }
+    q.push(") ORDER BY id");
+    q.build_query_as().fetch_all(pool).await
+}

@@ -13,6 +13,9 @@
 //! deadlock to the pushes beside it under load (seen in bench/: `1213 Deadlock found`, a
 //! restart each time, its jobs released). InnoDB rolled that fetch back whole, so nothing
 //! was taken: [`fetch_loop`] fetches again at the next poll tick instead.
+//!
+//! A paused queue (`pause`) is not fetched from: the loop waits at the queue's gate before
+//! each fetch, and fetches at once when the queue resumes.
 
 use std::{
     collections::VecDeque,
@@ -43,13 +46,14 @@ use futures_util::{
 };
 use ulid::Ulid;
 
+use super::pause::QueueGate;
 use crate::{queue::Storage, sql_error};
 
-pub struct WorkerStorage<T>(pub Storage<T>);
+pub struct WorkerStorage<T>(pub Storage<T>, pub QueueGate);
 
 impl<T> Clone for WorkerStorage<T> {
     fn clone(&self) -> Self {
-        WorkerStorage(self.0.clone())
+        WorkerStorage(self.0.clone(), self.1.clone())
     }
 }
 
@@ -75,7 +79,9 @@ impl<T> WorkerStorage<T> {
             ));
         let queue = config.queue().to_string();
         let fetch = move || fetch_next(pool.clone(), config.clone(), worker.clone());
-        register.chain(fetch_loop(queue, ticks, fetch)).boxed()
+        register
+            .chain(fetch_loop(queue, ticks, self.1, fetch))
+            .boxed()
     }
 }
 
@@ -83,9 +89,11 @@ impl<T> WorkerStorage<T> {
 /// `ticks` (the poll interval, or a local push's wake). A fetch that failed for a transient
 /// reason (deadlock victim, lock wait timeout, busy pool, dropped connection) took nothing,
 /// so it is repeated at the next tick; any other error ends the stream, as apalis' own does.
+/// No fetch is made while `gate` is closed (the queue is paused); once it opens, at once.
 pub fn fetch_loop<J, F, Fut>(
     queue: String,
     ticks: Pin<Box<dyn Stream<Item = ()> + Send>>,
+    gate: QueueGate,
     fetch: F,
 ) -> impl Stream<Item = Result<Option<J>, sqlx::Error>> + Send + 'static
 where
@@ -96,6 +104,7 @@ where
     struct State<J, F> {
         queue: String,
         ticks: Pin<Box<dyn Stream<Item = ()> + Send>>,
+        gate: QueueGate,
         fetch: F,
         fetched: VecDeque<J>,
         wait: bool,
@@ -104,6 +113,7 @@ where
     let state = State {
         queue,
         ticks,
+        gate,
         fetch,
         fetched: VecDeque::new(),
         wait: false,
@@ -119,6 +129,9 @@ where
             }
             if s.wait {
                 s.ticks.next().await?;
+            }
+            if s.gate.is_paused() {
+                s.gate.opened().await;
             }
             match (s.fetch)().await {
                 Ok(jobs) => {
@@ -272,7 +285,9 @@ mod tests {
             Ok(vec![]),
         ]);
         let (ticks_taken, ticks) = counted_ticks();
-        let items: Vec<_> = fetch_loop("q".into(), ticks, fetch).collect().await;
+        let items: Vec<_> = fetch_loop("q".into(), ticks, QueueGate::always_open(), fetch)
+            .collect()
+            .await;
 
         let jobs: Vec<u32> = items
             .iter()
@@ -299,7 +314,9 @@ mod tests {
     async fn an_error_that_is_not_transient_ends_the_loop_at_once() {
         let (script, fetch) = scripted(vec![Err(sqlx::Error::PoolClosed), Ok(vec![7])]);
         let (ticks_taken, ticks) = counted_ticks();
-        let items: Vec<_> = fetch_loop("q".into(), ticks, fetch).collect().await;
+        let items: Vec<_> = fetch_loop("q".into(), ticks, QueueGate::always_open(), fetch)
+            .collect()
+            .await;
 
         assert_eq!(items.len(), 1);
         assert!(matches!(items[0], Err(sqlx::Error::PoolClosed)));
@@ -308,12 +325,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn nothing_is_fetched_while_the_queue_is_paused_and_at_once_when_it_resumes() {
+        let (script, fetch) = scripted(vec![Ok(vec![1])]);
+        let (switch, gate) = QueueGate::switched(true);
+        let (ticks_taken, ticks) = counted_ticks();
+        let run = tokio::spawn(fetch_loop("q".into(), ticks, gate, fetch).collect::<Vec<_>>());
+        tokio::task::yield_now().await;
+        assert_eq!(script.lock().unwrap().len(), 1, "no fetch while paused");
+        switch.send_replace(false);
+        let items = run.await.unwrap();
+        assert_eq!(
+            items.len(),
+            2,
+            "the job, then the error that ends the script"
+        );
+        assert!(matches!(items[0], Ok(Some(1))));
+        assert_eq!(
+            ticks_taken.load(Ordering::SeqCst),
+            0,
+            "no tick waited for after resuming"
+        );
+    }
+
+    #[tokio::test]
     async fn the_loop_ends_when_its_poll_schedule_does() {
         let (_, fetch) = scripted(vec![Ok(vec![])]);
-        let items: Vec<Result<Option<u32>, _>> =
-            fetch_loop("q".into(), Box::pin(stream::empty()), fetch)
-                .collect()
-                .await;
+        let items: Vec<Result<Option<u32>, _>> = fetch_loop(
+            "q".into(),
+            Box::pin(stream::empty()),
+            QueueGate::always_open(),
+            fetch,
+        )
+        .collect()
+        .await;
         assert!(items.is_empty());
     }
 }

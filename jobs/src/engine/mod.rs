@@ -6,7 +6,10 @@
 //! * `backend` — the storage workers run on (keep-alive-only heartbeat, a fetch loop that
 //!   survives a failed fetch);
 //! * `reaper` — the job lease;
-//! * `ops` — operators' actions on the job table;
+//! * `attempts` — the history of failed attempts, recorded by a layer around every worker;
+//! * `job_query`, `ops`, `queues`, `pause`, `audit` — the operators' side: the job table as
+//!   they read it, their actions on dead jobs, the queues at a glance, pausing a queue, and
+//!   the log of every action;
 //! * `trace` — the trace context that follows a job across processes, the span every job
 //!   run gets, and the per-queue job metrics;
 //! * `sql_error` — which database errors are worth trying again.
@@ -15,9 +18,14 @@
 //! on this module; it names them only where an operator's action on a job must also change
 //! the rows that job carries (a publish job's outbox rows).
 
+pub mod attempts;
+pub mod audit;
 pub mod backend;
+pub mod job_query;
 pub mod ops;
+pub mod pause;
 pub mod queue;
+pub mod queues;
 pub mod reaper;
 pub mod sql_error;
 pub mod trace;

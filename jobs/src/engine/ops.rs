@@ -1,153 +1,215 @@
-//! Operators' actions on the job table: list jobs by status and queue, and retry dead ones.
-//! (apalis-board only views and pushes; retrying is ours.)
+//! Operators' actions on the job table: retry dead jobs (one, several, or every one a filter
+//! matches) and discard them, each recorded in the audit log. apalis-board only views and
+//! pushes; these are ours.
+//!
+//! An action on a publish-outbox job also changes the outbox rows it carries, in the same
+//! transaction: a retry makes its DEAD rows NEW again, a discard makes them DISCARDED. That
+//! is the one place the engine knows a job kind's rows.
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use sqlx::MySqlPool;
+use serde_json::json;
+use sqlx::{MySqlConnection, MySqlPool};
 
-use crate::{outbox, queue::PUBLISH_OUTBOX};
+use super::{
+    audit::{self, Action, Actor},
+    job_query::{self, JobFilter, DEAD, DISCARDED},
+};
+use crate::{
+    outbox,
+    publish_outbox::carried,
+    queue::{ARCHIVE_RUN, PUBLISH_OUTBOX},
+};
 
-/// `dead` = `Killed` (attempts exhausted or refused for good), plus `Failed` rows with no
-/// attempts left, which apalis also treats as final.
-const DEAD: &str = "(status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts))";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusFilter {
-    Dead,
-    Pending,
-    Running,
-    Done,
-    All,
-}
-
-impl StatusFilter {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "dead" => Some(Self::Dead),
-            "pending" => Some(Self::Pending),
-            "running" => Some(Self::Running),
-            "done" => Some(Self::Done),
-            "all" => Some(Self::All),
-            _ => None,
-        }
-    }
-
-    fn sql(self) -> &'static str {
-        match self {
-            Self::Dead => DEAD,
-            Self::Pending => "(status IN ('Pending', 'Queued') OR (status = 'Failed' AND attempts < max_attempts))",
-            Self::Running => "status = 'Running'",
-            Self::Done => "status = 'Done'",
-            Self::All => "TRUE",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "camelCase")]
-pub struct JobRow {
-    pub id: String,
-    pub queue: String,
-    pub status: String,
-    pub attempts: i32,
-    pub max_attempts: i32,
-    pub last_result: Option<String>,
-    pub run_at: Option<DateTime<Utc>>,
-    pub done_at: Option<DateTime<Utc>>,
-    pub payload: Option<String>,
-}
-
-pub async fn list(
-    pool: &MySqlPool,
-    status: StatusFilter,
-    queue: Option<&str>,
-    limit: i64,
-    offset: i64,
-) -> Result<(Vec<JobRow>, i64), sqlx::Error> {
-    let filter = format!("{} AND (? IS NULL OR job_type = ?)", status.sql());
-    let rows = sqlx::query_as(&format!(
-        "SELECT id, job_type AS queue, status, attempts, max_attempts, last_result, run_at, done_at, \
-         CAST(job AS CHAR) AS payload FROM jobs WHERE {filter} ORDER BY run_at DESC, id DESC LIMIT ? OFFSET ?"
-    ))
-    .bind(queue)
-    .bind(queue)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(pool)
-    .await?;
-    let total = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM jobs WHERE {filter}"))
-        .bind(queue)
-        .bind(queue)
-        .fetch_one(pool)
-        .await?;
-    Ok((rows, total))
-}
+pub use super::job_query::{JobRow, JobState, StatusFilter};
 
 #[derive(Debug, thiserror::Error)]
-pub enum RetryError {
+pub enum ActionError {
     #[error("no job with id {0}")]
     NotFound(String),
     #[error("job {id} is {status}, not dead")]
     NotDead { id: String, status: String },
+    #[error("job {id} of {queue} cannot be discarded: {reason}")]
+    NotDiscardable {
+        id: String,
+        queue: String,
+        reason: &'static str,
+    },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
-/// Puts a dead job back in its queue with fresh attempts; a publish job's DEAD outbox rows
-/// become NEW again in the same transaction, so its retry publishes them (once: the rows
-/// are claimed with SKIP LOCKED and marked PUBLISHED).
-pub async fn retry(pool: &MySqlPool, id: &str) -> Result<(), RetryError> {
-    let mut tx = pool.begin().await?;
+/// What to do with a dead job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Back in its queue with fresh attempts.
+    Retry,
+    /// Set aside for good.
+    Discard,
+}
+
+impl Op {
+    fn one(self) -> Action {
+        match self {
+            Op::Retry => Action::Retry,
+            Op::Discard => Action::Discard,
+        }
+    }
+
+    fn bulk(self) -> Action {
+        match self {
+            Op::Retry => Action::BulkRetry,
+            Op::Discard => Action::BulkDiscard,
+        }
+    }
+}
+
+/// The jobs of a bulk action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// These jobs; those that are not dead are left alone.
+    Ids(Vec<String>),
+    /// Every dead job the filter matches (its status is ignored).
+    Matching(JobFilter),
+}
+
+/// Locks the job and checks that it is dead; returns its queue.
+async fn lock_dead(conn: &mut MySqlConnection, id: &str) -> Result<String, ActionError> {
     let row: Option<(String, String, bool)> = sqlx::query_as(&format!(
         "SELECT job_type, status, {DEAD} AS dead FROM jobs WHERE id = ? FOR UPDATE"
     ))
     .bind(id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await?;
-    let (queue, status, dead) = row.ok_or_else(|| RetryError::NotFound(id.to_owned()))?;
+    let (queue, status, dead) = row.ok_or_else(|| ActionError::NotFound(id.to_owned()))?;
     if !dead {
-        return Err(RetryError::NotDead {
+        return Err(ActionError::NotDead {
             id: id.to_owned(),
             status,
         });
     }
+    Ok(queue)
+}
+
+/// Puts a dead job back in its queue with fresh attempts; a publish job's DEAD outbox rows
+/// become NEW again, so its retry publishes them (once: the rows are claimed with SKIP
+/// LOCKED and marked PUBLISHED). Returns the outbox rows revived.
+async fn retry_in(conn: &mut MySqlConnection, id: &str) -> Result<u64, ActionError> {
+    let queue = lock_dead(conn, id).await?;
     sqlx::query(
         "UPDATE jobs SET status = 'Pending', attempts = 0, lock_by = NULL, lock_at = NULL, \
          done_at = NULL, last_result = NULL, run_at = CURRENT_TIMESTAMP WHERE id = ?",
     )
     .bind(id)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    if queue == PUBLISH_OUTBOX {
-        outbox::revive_for_job(&mut tx, id).await?;
-    }
-    tx.commit().await?;
+    let rows = if queue == PUBLISH_OUTBOX {
+        outbox::revive_for_job(conn, id).await?
+    } else {
+        0
+    };
     tracing::info!(job_id = id, queue = %queue, "dead job re-queued by an operator");
-    Ok(())
+    Ok(rows)
 }
 
-/// Retries every dead job (of one queue, if given); returns how many.
-pub async fn retry_all_dead(pool: &MySqlPool, queue: Option<&str>) -> Result<usize, RetryError> {
-    let ids: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT id FROM jobs WHERE {DEAD} AND (? IS NULL OR job_type = ?) ORDER BY id"
-    ))
-    .bind(queue)
-    .bind(queue)
-    .fetch_all(pool)
+/// Sets a dead job aside for good (status `Discarded`: never fetched, never purged); a
+/// publish job's DEAD rows become DISCARDED. An archive-run job is refused: its run would
+/// hold the one-run slot for ever (ADR 0007); retry it instead.
+async fn discard_in(conn: &mut MySqlConnection, id: &str) -> Result<u64, ActionError> {
+    let queue = lock_dead(conn, id).await?;
+    if queue == ARCHIVE_RUN {
+        return Err(ActionError::NotDiscardable {
+            id: id.to_owned(),
+            queue,
+            reason: "its archive run would stay RUNNING and block every later run; retry it",
+        });
+    }
+    sqlx::query(
+        "UPDATE jobs SET status = ?, lock_by = NULL, lock_at = NULL, done_at = CURRENT_TIMESTAMP \
+         WHERE id = ?",
+    )
+    .bind(DISCARDED)
+    .bind(id)
+    .execute(&mut *conn)
     .await?;
+    let rows = if queue == PUBLISH_OUTBOX {
+        carried::discard_for_job(conn, id).await?
+    } else {
+        0
+    };
+    tracing::info!(job_id = id, queue = %queue, outbox_rows = rows, "dead job discarded by an operator");
+    Ok(rows)
+}
+
+async fn apply(conn: &mut MySqlConnection, op: Op, id: &str) -> Result<u64, ActionError> {
+    match op {
+        Op::Retry => retry_in(conn, id).await,
+        Op::Discard => discard_in(conn, id).await,
+    }
+}
+
+/// Retries or discards one dead job, recorded in the audit log in the same transaction;
+/// returns how many of its outbox rows changed (revived, or discarded).
+pub async fn act(pool: &MySqlPool, op: Op, id: &str, actor: &Actor) -> Result<u64, ActionError> {
+    let mut tx = pool.begin().await?;
+    let rows = apply(&mut tx, op, id).await?;
+    audit::record(&mut tx, actor, op.one(), &json!({ "ids": [id] }), 1).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The audit log's record of a selection.
+fn target(selection: &Selection) -> serde_json::Value {
+    match selection {
+        Selection::Ids(ids) => json!({ "ids": ids }),
+        Selection::Matching(f) => json!({ "filter": {
+            "queue": f.queue,
+            "ids": f.ids,
+            "since": f.since,
+            "until": f.until,
+        }}),
+    }
+}
+
+/// Retries or discards every dead job of `selection`, each in a transaction of its own (no
+/// long lock on the job table); jobs that are not dead, no longer exist or cannot be
+/// discarded are left alone. One audit entry records the selection and how many changed,
+/// also when a database error stops the action part way. Returns how many changed.
+pub async fn act_on_all(
+    pool: &MySqlPool,
+    op: Op,
+    selection: &Selection,
+    actor: &Actor,
+) -> Result<u64, ActionError> {
+    let ids = match selection {
+        Selection::Ids(ids) => ids.clone(),
+        Selection::Matching(filter) => job_query::dead_ids(pool, filter).await?,
+    };
+    let mut changed = 0;
+    let mut failure = None;
     for id in &ids {
-        match retry(pool, id).await {
-            Ok(()) | Err(RetryError::NotDead { .. }) | Err(RetryError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+        let mut tx = pool.begin().await?;
+        match apply(&mut tx, op, id).await {
+            Ok(_) => {
+                tx.commit().await?;
+                changed += 1;
+            }
+            Err(ActionError::Db(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Err(_) => {}
         }
     }
-    Ok(ids.len())
+    let mut tx = pool.begin().await?;
+    audit::record(&mut tx, actor, op.bulk(), &target(selection), changed).await?;
+    tx.commit().await?;
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(changed),
+    }
 }
 
-/// Dead jobs per queue (for the `jobs_dead` gauge).
-/// Retention: deletes up to `limit` jobs that finished (`Done`) more than `older_than` ago.
-/// Dead jobs stay for the operators.
+/// Retention: deletes up to `limit` jobs that finished (`Done`) more than `older_than` ago,
+/// and their attempt history with them. Dead and discarded jobs stay for the operators.
 pub async fn purge_done(
     pool: &MySqlPool,
     older_than: std::time::Duration,
@@ -164,6 +226,7 @@ pub async fn purge_done(
     .rows_affected())
 }
 
+/// Dead jobs per queue (for the `jobs_dead` gauge).
 pub async fn dead_counts(pool: &MySqlPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT job_type, COUNT(*) FROM jobs WHERE {DEAD} GROUP BY job_type"

@@ -21,6 +21,7 @@ use sqlx::MySqlPool;
 use tokio::sync::Notify;
 use ulid::Ulid;
 
+use super::pause::QueueGate;
 use crate::{backend::WorkerStorage, trace::TraceContext};
 
 pub const PUBLISH_OUTBOX: &str = "publish-outbox";
@@ -195,17 +196,19 @@ pub fn storage<T>(pool: &MySqlPool, queue: &str, settings: &QueueSettings) -> St
 }
 
 /// A worker's storage: it polls every `poll_interval` after an empty fetch, or when woken,
-/// and its heartbeat only keeps the worker alive (`backend`).
+/// never while `gate` is closed (the queue is paused), and its heartbeat only keeps the
+/// worker alive (`backend`).
 pub fn worker_storage<T>(
     pool: &MySqlPool,
     queue: &str,
     settings: &QueueSettings,
     wake: Option<&Wake>,
+    gate: QueueGate,
 ) -> WorkerStorage<T> {
-    WorkerStorage(MySqlStorage::new_with_config(
-        pool,
-        &config(queue, settings, wake),
-    ))
+    WorkerStorage(
+        MySqlStorage::new_with_config(pool, &config(queue, settings, wake)),
+        gate,
+    )
 }
 
 /// A new job id, chosen before the push so that it can be recorded (e.g. on outbox rows).

@@ -1,7 +1,8 @@
 //! The job lease. apalis-mysql rc.8's own re-enqueue of orphaned jobs compares a TIMESTAMP
 //! with a Unix time and never matches, so a job held by a worker that died (SIGKILL, crash)
 //! would stay `Running` or `Queued` forever. This puts such jobs back in their queue once
-//! their worker has missed its heartbeats for `lease`; an interrupted attempt counts.
+//! their worker has missed its heartbeats for `lease`; an interrupted attempt counts, and is
+//! recorded in the attempt history like any failed one.
 
 use std::time::Duration;
 
@@ -11,6 +12,39 @@ use sqlx::MySqlPool;
 const RELEASE: &str = "UPDATE jobs SET attempts = attempts + IF(status = 'Running', 1, 0), \
      status = 'Pending', lock_by = NULL, lock_at = NULL, done_at = NULL \
      WHERE lock_by = ? AND status IN ('Queued', 'Running')";
+
+/// The interrupted attempt of a job `lock_by` was running, in the attempt history (the
+/// history layer never saw it end).
+const RECORD_INTERRUPTED: &str = "INSERT INTO job_attempts \
+     (job_id, queue, attempt, started_at, finished_at, outcome, error, worker) \
+     SELECT id, job_type, attempts + 1, LEAST(COALESCE(lock_at, run_at, CURRENT_TIMESTAMP(6)), \
+     CURRENT_TIMESTAMP(6)), CURRENT_TIMESTAMP(6), 'retry', ?, lock_by \
+     FROM jobs WHERE lock_by = ? AND status = 'Running'";
+
+/// Releases what `worker` holds (one job, or all), recording its interrupted attempts.
+async fn release(
+    pool: &MySqlPool,
+    worker: &str,
+    job: Option<&str>,
+    why: &str,
+) -> Result<u64, sqlx::Error> {
+    let by_id = if job.is_some() { " AND id = ?" } else { "" };
+    let (record, release) = (
+        format!("{RECORD_INTERRUPTED}{by_id}"),
+        format!("{RELEASE}{by_id}"),
+    );
+    let mut record = sqlx::query(&record).bind(why).bind(worker);
+    let mut release = sqlx::query(&release).bind(worker);
+    if let Some(id) = job {
+        record = record.bind(id);
+        release = release.bind(id);
+    }
+    let mut tx = pool.begin().await?;
+    record.execute(&mut *tx).await?;
+    let released = release.execute(&mut *tx).await?.rows_affected();
+    tx.commit().await?;
+    Ok(released)
+}
 
 pub async fn reap_orphans(pool: &MySqlPool, lease: Duration) -> Result<u64, sqlx::Error> {
     // Find them with a plain read, then release each by primary key: one UPDATE joining the
@@ -28,12 +62,8 @@ pub async fn reap_orphans(pool: &MySqlPool, lease: Duration) -> Result<u64, sqlx
     .await?;
     let mut released = 0;
     for (id, worker) in orphaned {
-        released += sqlx::query(&format!("{RELEASE} AND id = ?"))
-            .bind(worker)
-            .bind(id)
-            .execute(pool)
-            .await?
-            .rows_affected();
+        let why = format!("interrupted: worker {worker} stopped heartbeating (lease expired)");
+        released += release(pool, &worker, Some(&id), &why).await?;
     }
     Ok(released)
 }
@@ -42,11 +72,8 @@ pub async fn reap_orphans(pool: &MySqlPool, lease: Duration) -> Result<u64, sqlx
 /// ended (apalis ends a worker whose heartbeat query fails, e.g. on a deadlock): its jobs
 /// are nobody's, and waiting out the lease would delay them all by `JOB_LEASE_SECS`.
 pub async fn release_worker(pool: &MySqlPool, worker: &str) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(RELEASE)
-        .bind(worker)
-        .execute(pool)
-        .await?
-        .rows_affected())
+    let why = format!("interrupted: worker {worker} ended");
+    release(pool, worker, None, &why).await
 }
 
 pub async fn reap_loop(

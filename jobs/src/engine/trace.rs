@@ -123,7 +123,18 @@ pub fn job_span(queue: &str, job_id: &str, attempt: usize, parent: &TraceContext
     );
     parent.adopt(&span);
     record_ids(&span);
+    // The attempt's trace, for its history row if it fails: the span's own when OpenTelemetry
+    // records it, else the trace the job was queued with (carried through unchanged).
+    let trace_id = trace_id_of(&span).or_else(|| parent.trace_id().map(str::to_owned));
+    super::attempts::note_trace_id(trace_id.as_deref());
     span
+}
+
+/// The trace id of `span`, if OpenTelemetry is recording it.
+pub fn trace_id_of(span: &Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
 /// How a job run ended.

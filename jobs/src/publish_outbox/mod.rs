@@ -3,8 +3,10 @@
 //! * `outbox` — the table's SQL: appended by the order transaction, claimed and marked by the
 //!   job, swept for rows whose job was lost;
 //! * `publish` — the job's handler: NEW rows → Kafka → PUBLISHED (or DEAD);
-//! * `publish_batch` — rows committed together get one publish-outbox job.
+//! * `publish_batch` — rows committed together get one publish-outbox job;
+//! * `carried` — the rows as operators see and change them.
 
+pub mod carried;
 pub mod outbox;
 pub mod publish;
 pub mod publish_batch;

@@ -1,0 +1,113 @@
+//! The queues page: per queue its jobs per state, the age of its oldest pending job, jobs
+//! done and dead in the last 5 and 60 minutes, its live workers, and pause or resume.
+
+use askama::Template;
+use axum::{
+    extract::State,
+    response::{Redirect, Response},
+};
+use orderflow_jobs::{
+    engine::{pause, queues},
+    queue::QUEUES,
+};
+use serde::Deserialize;
+
+use super::{
+    guard::{CsrfForm, Operator},
+    view::{self, render, Chrome},
+};
+use crate::{
+    app::AppState,
+    error::{ApiError, ErrorCode},
+    http::extract::Path,
+};
+
+struct QueueLine {
+    queue: String,
+    paused: bool,
+    changed: String,
+    pending: i64,
+    running: i64,
+    dead: i64,
+    done: i64,
+    discarded: i64,
+    oldest_pending: String,
+    done_5m: i64,
+    done_60m: i64,
+    dead_5m: i64,
+    dead_60m: i64,
+    workers: i64,
+}
+
+#[derive(Template)]
+#[template(path = "console/queues.html")]
+struct QueuesPage {
+    chrome: Chrome,
+    queues: Vec<QueueLine>,
+}
+
+fn age(secs: Option<i64>) -> String {
+    match secs {
+        None => "—".to_owned(),
+        Some(s) if s < 120 => format!("{s} s"),
+        Some(s) if s < 7200 => format!("{} min", s / 60),
+        Some(s) => format!("{} h", s / 3600),
+    }
+}
+
+pub async fn list(State(state): State<AppState>, operator: Operator) -> Result<Response, ApiError> {
+    let chrome = Chrome::of(&operator, &state, "queues").await;
+    let overview = queues::overview(&state.db, state.config.events.queue.lease).await?;
+    let queues = overview
+        .into_iter()
+        .map(|q| QueueLine {
+            paused: q.pause.paused,
+            changed: match (&q.pause.changed_by, q.pause.changed_at) {
+                (Some(by), at @ Some(_)) => format!("{} by {by}", view::time(at)),
+                _ => String::new(),
+            },
+            pending: q.counts.pending,
+            running: q.counts.running,
+            dead: q.counts.dead,
+            done: q.counts.done,
+            discarded: q.counts.discarded,
+            oldest_pending: age(q.oldest_pending_age_secs),
+            done_5m: q.finished.done_last_5m,
+            done_60m: q.finished.done_last_60m,
+            dead_5m: q.finished.dead_last_5m,
+            dead_60m: q.finished.dead_last_60m,
+            workers: q.live_workers,
+            queue: q.queue,
+        })
+        .collect();
+    Ok(render(&QueuesPage { chrome, queues }))
+}
+
+#[derive(Deserialize)]
+pub struct NoFields {}
+
+pub async fn set_paused(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path((queue, op)): Path<(String, String)>,
+    CsrfForm(_): CsrfForm<NoFields>,
+) -> Result<Redirect, ApiError> {
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no such resource");
+    let queue = QUEUES
+        .into_iter()
+        .find(|q| *q == queue)
+        .ok_or_else(not_found)?;
+    let paused = match op.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return Err(not_found()),
+    };
+    pause::set_paused(&state.db, queue, paused, &operator.actor()).await?;
+    let now = if paused { "paused" } else { "running again" };
+    operator
+        .flash(format!(
+            "{queue} is {now} (every replica, from its next poll)."
+        ))
+        .await;
+    Ok(Redirect::to("/console/queues"))
+}

@@ -1,0 +1,123 @@
+//! The command line's side of the operators' actions (`orderflow jobs …`, `orderflow queues
+//! …`): the same actions as the API, recorded in the audit log as the CLI's.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use orderflow_jobs::{
+    engine::{
+        audit::Actor,
+        job_query::{self, JobFilter},
+        ops::{self, Op, Selection},
+        pause, queues,
+    },
+    queue::QUEUES,
+};
+use sqlx::MySqlPool;
+
+use super::views;
+use crate::{
+    cli::{JobsCommand, QueuesCommand},
+    config::Config,
+};
+
+/// The CLI as the audit log names it: whoever runs it, with the database's credentials.
+fn actor() -> Actor {
+    Actor::Cli {
+        os_user: std::env::var("USER").ok().filter(|u| !u.is_empty()),
+    }
+}
+
+pub async fn jobs(
+    pool: &MySqlPool,
+    config: &Config,
+    command: JobsCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match command {
+        JobsCommand::Dead { queue, limit } => {
+            let filter = JobFilter {
+                queue,
+                ..JobFilter::default()
+            };
+            let (jobs, total) = job_query::list(pool, &filter, limit, 0).await?;
+            writeln!(out, "{total} dead job(s)")?;
+            for j in jobs {
+                writeln!(
+                    out,
+                    "{}\t{}\tattempts {}/{}\t{}",
+                    j.id,
+                    j.queue,
+                    j.attempts,
+                    j.max_attempts,
+                    j.last_result.unwrap_or_default()
+                )?;
+            }
+        }
+        JobsCommand::Show { id } => {
+            let Some(job) = views::job_detail(pool, config.trace_ui.as_ref(), &id).await? else {
+                bail!("no job with id {id}");
+            };
+            writeln!(out, "{}", serde_json::to_string_pretty(&job)?)?;
+        }
+        JobsCommand::Retry { id: Some(id), .. } => {
+            ops::act(pool, Op::Retry, &id, &actor()).await?;
+            writeln!(out, "job {id} re-queued")?;
+        }
+        JobsCommand::Retry {
+            id: None, queue, ..
+        } => {
+            let filter = JobFilter {
+                queue,
+                ..JobFilter::default()
+            };
+            let n =
+                ops::act_on_all(pool, Op::Retry, &Selection::Matching(filter), &actor()).await?;
+            writeln!(out, "{n} dead job(s) re-queued")?;
+        }
+        JobsCommand::Discard { id } => {
+            let rows = ops::act(pool, Op::Discard, &id, &actor()).await?;
+            writeln!(out, "job {id} discarded ({rows} outbox row(s) DISCARDED)")?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn queues(
+    pool: &MySqlPool,
+    config: &Config,
+    command: Option<QueuesCommand>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let (queue, paused) = match command {
+        None => {
+            let lease = config.events.queue.lease;
+            for q in queues::overview(pool, lease).await? {
+                writeln!(
+                    out,
+                    "{}\t{}\tpending {}\trunning {}\tdead {}\tdone {}\tdiscarded {}\tworkers {}",
+                    q.queue,
+                    if q.pause.paused { "PAUSED" } else { "running" },
+                    q.counts.pending,
+                    q.counts.running,
+                    q.counts.dead,
+                    q.counts.done,
+                    q.counts.discarded,
+                    q.live_workers
+                )?;
+            }
+            return Ok(());
+        }
+        Some(QueuesCommand::Pause { queue }) => (queue, true),
+        Some(QueuesCommand::Resume { queue }) => (queue, false),
+    };
+    let queue = QUEUES
+        .into_iter()
+        .find(|q| *q == queue)
+        .with_context(|| format!("no queue {queue:?}; the queues are {}", QUEUES.join(", ")))?;
+    let changed = pause::set_paused(pool, queue, paused, &actor()).await?;
+    let state = if paused { "paused" } else { "running" };
+    let note = if changed { "" } else { " (it already was)" };
+    writeln!(out, "{queue} is {state}{note}")?;
+    Ok(())
+}
