@@ -38,7 +38,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     load::{self, Spec},
-    machine::{CpuMeter, CpuUse},
+    machine::{CpuMeter, CpuUse, DbMeter, DbWork},
     scenarios::{hot, hot::HotResult, Ctx},
     stats::{Outcome, Summary},
 };
@@ -63,6 +63,7 @@ pub struct CeilingSpread {
     #[serde(flatten)]
     pub summary: Summary,
     pub cpu: CpuUse,
+    pub db: DbWork,
 }
 
 /// How the stock is taken.
@@ -294,7 +295,7 @@ impl Ceiling {
         &self,
         ctx: &Ctx,
         run: Run,
-    ) -> anyhow::Result<(crate::stats::Recorder, Duration, CpuUse, u64)> {
+    ) -> anyhow::Result<(crate::stats::Recorder, Duration, CpuUse, u64, DbWork)> {
         let clients = Clients::open(&self.opts, run.concurrency).await?;
         let prices: Arc<std::collections::HashMap<i64, i64>> = Arc::new(
             sqlx::query_as("SELECT id, price FROM products")
@@ -306,6 +307,7 @@ impl Ceiling {
         let users: Arc<Vec<i64>> = Arc::new(ctx.users.iter().map(|u| u.id).collect());
         let products = ctx.products.clone();
         let lost_races = Arc::new(AtomicU64::new(0));
+        let db = DbMeter::start(&ctx.pool).await;
         let cpu = CpuMeter::start(Some(ctx.service_pid));
         let (rec, elapsed) = load::run(Spec::closed(run.concurrency, run.duration), {
             let (clients, lost_races) = (clients.clone(), lost_races.clone());
@@ -327,8 +329,9 @@ impl Ceiling {
         })
         .await;
         let cpu = cpu.stop();
+        let db = db.stop(&ctx.pool, rec.ok).await;
         clients.close().await;
-        Ok((rec, elapsed, cpu, lost_races.load(Ordering::Relaxed)))
+        Ok((rec, elapsed, cpu, lost_races.load(Ordering::Relaxed), db))
     }
 
     /// spread as raw SQL: a random product of the catalogue per order.
@@ -338,7 +341,7 @@ impl Ceiling {
         concurrency: usize,
         duration: Duration,
     ) -> anyhow::Result<CeilingSpread> {
-        let (rec, elapsed, cpu, _) = self
+        let (rec, elapsed, cpu, _, db) = self
             .run(
                 ctx,
                 Run {
@@ -353,6 +356,7 @@ impl Ceiling {
             concurrency,
             summary: rec.summary(elapsed, &[]),
             cpu,
+            db,
         })
     }
 
@@ -370,7 +374,7 @@ impl Ceiling {
         } else {
             Take::Guarded
         };
-        let (rec, elapsed, cpu, lost) = self
+        let (rec, elapsed, cpu, lost, _) = self
             .run(
                 ctx,
                 Run {

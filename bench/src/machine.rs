@@ -139,3 +139,51 @@ mod tests {
         assert_eq!(field_kib("VmHWM:\t  2048 kB\n", "VmHWM"), Some(2048));
     }
 }
+
+/// Statements and commits the database server ran during a run (`SHOW GLOBAL STATUS`),
+/// whoever sent them: the service's requests and its workers, or the ceiling's connections.
+/// Divided by the orders of the run, they say what one order costs the database. The server
+/// is shared with anything else running on it, so this is exact only on a quiet server.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DbWork {
+    pub statements_per_order: Option<f64>,
+    pub commits_per_order: Option<f64>,
+}
+
+pub struct DbMeter {
+    before: Option<(u64, u64)>,
+}
+
+async fn db_counters(pool: &sqlx::MySqlPool) -> Option<(u64, u64)> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Com_commit')",
+    )
+    .fetch_all(pool)
+    .await
+    .ok()?;
+    let get = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    Some((get("Questions")?, get("Com_commit")?))
+}
+
+impl DbMeter {
+    pub async fn start(pool: &sqlx::MySqlPool) -> Self {
+        Self {
+            before: db_counters(pool).await,
+        }
+    }
+
+    pub async fn stop(&self, pool: &sqlx::MySqlPool, orders: u64) -> DbWork {
+        let (Some((q0, c0)), Some((q1, c1))) = (self.before, db_counters(pool).await) else {
+            return DbWork::default();
+        };
+        let per = |n: u64| (orders > 0).then(|| round(n as f64 / orders as f64, 2));
+        DbWork {
+            statements_per_order: per(q1.saturating_sub(q0)),
+            commits_per_order: per(c1.saturating_sub(c0)),
+        }
+    }
+}

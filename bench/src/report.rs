@@ -233,6 +233,18 @@ pub fn markdown(r: &Results) -> String {
             s.and_then(|x| x.per_batch),
             ceiling_spread.map(|_| 1.0),
         );
+        t.compared(
+            "spread",
+            "database statements per order (workers included)",
+            s.and_then(|x| x.db.statements_per_order),
+            ceiling_spread.and_then(|c| c.db.statements_per_order),
+        );
+        t.compared(
+            "spread",
+            "database commits per order (workers included)",
+            s.and_then(|x| x.db.commits_per_order),
+            ceiling_spread.and_then(|c| c.db.commits_per_order),
+        );
         t.cpu("spread", s.map(|x| &x.cpu), ceiling_spread.map(|c| &c.cpu));
         if let Some(d) = r.drains.get("spread") {
             t.row("spread", "event pipeline caught up after (s)", drain(d));

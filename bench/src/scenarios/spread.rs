@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::{Batches, Ctx, Keep, Pick, Settled};
 use crate::{
     load::{self, Spec},
-    machine::{CpuMeter, CpuUse},
+    machine::{CpuMeter, CpuUse, DbMeter, DbWork},
     stats::Summary,
 };
 
@@ -22,6 +22,7 @@ pub struct SpreadResult {
     pub cpu: CpuUse,
     /// Requests the service decided per batch (one transaction each), if it reports it.
     pub per_batch: Option<f64>,
+    pub db: DbWork,
 }
 
 /// Runs spread traffic for `duration`; returns the figures and up to `keep` committed keys.
@@ -33,6 +34,7 @@ pub async fn run(
 ) -> (SpreadResult, Vec<Settled>) {
     let kept = Arc::new(Keep::new(keep));
     let batches = Batches::read(&ctx.api).await;
+    let db = DbMeter::start(&ctx.pool).await;
     let cpu = CpuMeter::start(Some(ctx.service_pid));
     let (rec, elapsed) = load::run(
         Spec::closed(concurrency, duration),
@@ -40,12 +42,14 @@ pub async fn run(
     )
     .await;
     let cpu = cpu.stop();
+    let db = db.stop(&ctx.pool, rec.ok).await;
     let result = SpreadResult {
         concurrency,
         products: ctx.products.len(),
         summary: rec.summary(elapsed, &[]),
         cpu,
         per_batch: batches.per_batch(&Batches::read(&ctx.api).await),
+        db,
     };
     (result, kept.take())
 }
