@@ -513,8 +513,18 @@ async fn a_paused_queue_stays_paused_on_every_replica_and_across_a_restart() {
         .await
         .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
 
-    // Both replicas have read the pause once a poison message has gone all the way through
-    // the other queue (consumer, push, fetch, dead job): several poll intervals later.
+    // Each poison message is told apart by its payload (a commit that fails in a rebalance
+    // may deliver one twice, and each delivery parks a dead job).
+    let poison = |app: &TestApp, payload: &'static str| {
+        let bootstrap = app.state.events.bootstrap.clone();
+        let topic = app.topic("ORDER_CREATED");
+        async move { kafka::produce(&bootstrap, &topic, "k", payload, &[]).await }
+    };
+    // A pause reaches every replica within one poll interval, so the orders come after both
+    // have read it: once a poison message has gone all the way through the other queue
+    // (consumer, push, fetch, dead job), several poll intervals have passed.
+    poison(&a, "poison one").await;
+    assert!(a.eventually(WAIT, || parked(&a, "poison one")).await);
     let order_a = a
         .order(&user, "paused-a", json!([{"productId": p, "quantity": 1}]))
         .await;
@@ -523,15 +533,9 @@ async fn a_paused_queue_stays_paused_on_every_replica_and_across_a_restart() {
         .await;
     assert_eq!(order_a.status, StatusCode::CREATED);
     assert_eq!(order_b.status, StatusCode::CREATED);
-    // Each poison message is told apart by its payload (a commit that fails in a rebalance
-    // may deliver one twice, and each delivery parks a dead job).
-    let poison = |app: &TestApp, payload: &'static str| {
-        let bootstrap = app.state.events.bootstrap.clone();
-        let topic = app.topic("ORDER_CREATED");
-        async move { kafka::produce(&bootstrap, &topic, "k", payload, &[]).await }
-    };
-    poison(&a, "poison one").await;
-    assert!(a.eventually(WAIT, || parked(&a, "poison one")).await);
+    // Several poll intervals more, in which neither replica takes the orders' publish jobs.
+    poison(&a, "poison two").await;
+    assert!(a.eventually(WAIT, || parked(&a, "poison two")).await);
     let publish_jobs = "SELECT COUNT(*) FROM jobs WHERE job_type = 'publish-outbox'";
     let untouched = "SELECT COUNT(*) FROM jobs WHERE job_type = 'publish-outbox' \
                      AND status = 'Pending' AND attempts = 0 AND lock_by IS NULL";
@@ -542,9 +546,9 @@ async fn a_paused_queue_stays_paused_on_every_replica_and_across_a_restart() {
     // A restarted replica keeps the pause.
     b.stop().await;
     let c = a.replica_of().await;
-    poison(&a, "poison two").await;
+    poison(&a, "poison three").await;
     // The consumer group rebalances first (up to its rebalance timeout).
-    assert!(a.eventually(2 * WAIT, || parked(&a, "poison two")).await);
+    assert!(a.eventually(2 * WAIT, || parked(&a, "poison three")).await);
     assert_eq!(a.count(untouched).await, a.count(publish_jobs).await);
     assert_eq!(a.count(new_rows).await, 2);
     let queues = c.get("/api/v1/admin/queues", Some(&admin)).await;
@@ -567,7 +571,7 @@ async fn a_paused_queue_stays_paused_on_every_replica_and_across_a_restart() {
         .unwrap()
         .clone();
     assert_eq!(notify["paused"], false);
-    assert!(notify["deadLast60m"].as_i64().unwrap() >= 2, "{notify}");
+    assert!(notify["deadLast60m"].as_i64().unwrap() >= 3, "{notify}");
     assert!(notify["liveWorkers"].as_i64().unwrap() >= 2, "{notify}");
 
     let r = c

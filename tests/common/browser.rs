@@ -126,8 +126,19 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
     }
 
+    /// Clicks `css`. The pages that refresh themselves replace their elements, so an element
+    /// found just before a refresh is stale by the time it is clicked: it is found again.
     pub async fn click(&self, css: &str) {
-        self.element(css).await.click().await.expect("click");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.element(css).await.click().await {
+                Ok(()) => return,
+                Err(e) if is_stale(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     pub async fn fill(&self, css: &str, text: &str) {
@@ -137,16 +148,36 @@ impl Browser {
     }
 
     pub async fn text(&self, css: &str) -> String {
-        self.element(css).await.text().await.unwrap_or_default()
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match self.element(css).await.text().await {
+                Ok(text) => return text,
+                Err(e) if is_stale(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("text of {css}: {e}"),
+            }
+        }
     }
 
-    /// The texts of every element `css` matches now.
+    /// The texts of every element `css` matches now, read from one rendering of the page (a
+    /// refresh in the middle of the reading makes it read them again).
     pub async fn texts(&self, css: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for e in self.client.find_all(Locator::Css(css)).await.expect("find") {
-            out.push(e.text().await.unwrap_or_default());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        'page: loop {
+            let mut out = Vec::new();
+            for e in self.client.find_all(Locator::Css(css)).await.expect("find") {
+                match e.text().await {
+                    Ok(text) => out.push(text),
+                    Err(e) if is_stale(&e) && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue 'page;
+                    }
+                    Err(e) => panic!("text of {css}: {e}"),
+                }
+            }
+            return out;
         }
-        out
     }
 
     /// Waits until `check` holds, checking every 100 ms; panics with `what` after WAIT.
@@ -199,4 +230,9 @@ impl Drop for Browser {
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
+}
+
+/// Whether WebDriver refused an element because the page replaced it since it was found.
+fn is_stale(e: &fantoccini::error::CmdError) -> bool {
+    e.is_stale_element_reference()
 }
