@@ -219,7 +219,7 @@ async fn a_kafka_outage_leaves_each_attempts_error_and_trace_and_a_bulk_retry_by
             &job_id
         )
         .await,
-        3,
+        attempts,
         "the successful attempt after the retry added nothing"
     );
 
