@@ -656,7 +656,11 @@ async fn stopping_with_the_broker_down_ends_in_bounded_time() {
     let (_, user) = app.new_user().await;
     let p = app.new_product(&admin, 100, 5).await;
     let r = app
-        .order(&user, "before-stop", json!([{"productId": p, "quantity": 1}]))
+        .order(
+            &user,
+            "before-stop",
+            json!([{"productId": p, "quantity": 1}]),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     // The consumer is in its group once it has delivered the event.
