@@ -144,6 +144,8 @@ pub struct EventsConfig {
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
     pub shutdown_timeout: Duration,
+    /// How long a publish failing for a transient reason is retried.
+    pub publish_retry_window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -366,6 +368,10 @@ impl Config {
                 )?),
                 sweep_grace: Duration::from_secs(var("OUTBOX_SWEEP_GRACE_SECS", 10u64)?),
                 shutdown_timeout: Duration::from_secs(var("SHUTDOWN_TIMEOUT_SECS", 20u64)?),
+                publish_retry_window: Duration::from_secs(positive(
+                    "PUBLISH_RETRY_WINDOW_SECS",
+                    var("PUBLISH_RETRY_WINDOW_SECS", 86_400u64)?,
+                )?),
             },
             http_addr: var("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             http_request_timeout: Duration::from_secs(positive(

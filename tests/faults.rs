@@ -1,4 +1,5 @@
-//! Fault injection (issue 9): a Kafka outage of 30 s under a steady flow of orders, and the
+//! Fault injection (issue 9): a Kafka outage (30 s; `FAULT_KAFKA_OUTAGE_SECS` for longer, the
+//! 5-minute measurement of issue 21 sets 300) under a steady flow of orders, and the
 //! database connection cut in the middle of a burst of order transactions. Both run against
 //! the real MariaDB; the first needs the embedded broker (it is the one that can be stopped).
 
@@ -17,7 +18,15 @@ use tokio::time::Instant;
 /// Orders keep coming at this rate before, during and after the outage.
 const ORDER_EVERY: Duration = Duration::from_millis(250);
 const BEFORE_OUTAGE: Duration = Duration::from_secs(3);
-const OUTAGE: Duration = Duration::from_secs(30);
+/// 30 s, or `FAULT_KAFKA_OUTAGE_SECS`.
+fn outage() -> Duration {
+    Duration::from_secs(
+        std::env::var("FAULT_KAFKA_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    )
+}
 const AFTER_OUTAGE: Duration = Duration::from_secs(3);
 
 struct Placed {
@@ -28,17 +37,17 @@ struct Placed {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_down_for_30_s_under_steady_orders_loses_nothing() {
+async fn kafka_down_under_steady_orders_loses_nothing_and_kills_nothing() {
+    let down_for = outage();
     let app = TestApp::spawn_with(|c| {
         // The embedded broker, whatever TEST_KAFKA_BROKERS says: this test stops the broker.
         c.events.kafka_brokers = None;
-        // Attempts must outlast the outage. A failing attempt takes the delivery timeout
-        // (3 s) before Kafka reports it, then waits out its backoff (0.25–2 s here), so 30 s
-        // of outage cost one publish job at most ten attempts. The default JOB_MAX_ATTEMPTS
-        // (5) could be exhausted by a job retried back to back; with 1000 no row can go DEAD
-        // because of the outage, and every one must be published once the broker is back.
+        // A failing attempt takes the delivery timeout (3 s) before Kafka reports it, then
+        // waits out its backoff (0.25–2 s here): an outage costs a job far more attempts than
+        // JOB_MAX_ATTEMPTS (5, the default here). An outage is transient, retried for the
+        // window (PUBLISH_RETRY_WINDOW_SECS, default a day; ADR 0015), so no row may go DEAD
+        // and every one must be published once the broker is back.
         c.events.delivery_timeout = Duration::from_secs(3);
-        c.events.queue.max_attempts = 1000;
         c.events.queue.backoff_base = Duration::from_millis(500);
         c.events.queue.backoff_max = Duration::from_secs(2);
     })
@@ -57,7 +66,7 @@ async fn kafka_down_for_30_s_under_steady_orders_loses_nothing() {
 
     // One order every 250 ms, offset by half a period so that none is scheduled at the very
     // moment the broker goes down or comes back.
-    let total = (BEFORE_OUTAGE + OUTAGE + AFTER_OUTAGE).as_millis() / ORDER_EVERY.as_millis();
+    let total = (BEFORE_OUTAGE + down_for + AFTER_OUTAGE).as_millis() / ORDER_EVERY.as_millis();
     let start = Instant::now();
     let orders = futures::future::join_all((0..total as u32).map(|i| {
         let token = users[i as usize % users.len()].clone();
@@ -82,7 +91,7 @@ async fn kafka_down_for_30_s_under_steady_orders_loses_nothing() {
         tokio::time::sleep_until(start + BEFORE_OUTAGE).await;
         embedded.broker_down();
         let down_at = Instant::now();
-        tokio::time::sleep_until(start + BEFORE_OUTAGE + OUTAGE).await;
+        tokio::time::sleep_until(start + BEFORE_OUTAGE + down_for).await;
         // Nothing can have been published since the broker went down: sample the backlog
         // just before it comes back.
         let sampled_at = Instant::now();
@@ -119,7 +128,7 @@ async fn kafka_down_for_30_s_under_steady_orders_loses_nothing() {
 
     // The backlog drains once the broker is back: no NEW rows, no DEAD rows, no dead job.
     let drained = app
-        .eventually(Duration::from_secs(60), || async {
+        .eventually(Duration::from_secs(60) + down_for / 4, || async {
             app.count("SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'")
                 .await
                 == 0
@@ -213,7 +222,7 @@ async fn kafka_down_for_30_s_under_steady_orders_loses_nothing() {
          after the broker came back: drained in {:.1} s, all notified in {:.1} s; \
          messages on the topic {}, duplicates {duplicates}",
         during.len(),
-        OUTAGE.as_secs(),
+        down_for.as_secs(),
         drained_after.as_secs_f64(),
         notified_after.as_secs_f64(),
         events.len()
@@ -550,4 +559,123 @@ async fn database_cut_mid_transaction_leaves_nothing_half_written_and_a_retry_su
          {retried} retried, of which {lost_acknowledgements} had committed (answer lost, replayed on retry)"
     );
     direct.close().await;
+}
+
+/// Issue 20: the database unreachable for 3 s under steady orders. A job worker whose
+/// connection was cut ends and comes back under a new id; the jobs it held must go back to
+/// the queue as soon as the database answers again — not after the lease (60 s, the
+/// default here) — so every accepted order is notified within seconds of the recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_for_3_s_under_steady_orders_every_order_is_notified_soon_after() {
+    let proxy = FaultProxy::start(common::server_addr().await).await;
+    let url = common::fresh_database_url();
+    let guard = std::sync::Arc::new(DatabaseGuard { url: url.clone() });
+    let mut config = common::test_config(&common::with_host(&url, proxy.addr));
+    config.database_acquire_timeout = Duration::from_secs(2);
+    config.events.queue.keep_alive = Duration::from_secs(1);
+    config.events.queue.lease = Duration::from_secs(60);
+    let state = orderflow::app::init(config)
+        .await
+        .expect("starts through the proxy");
+    let app = TestApp::serve(state, guard, None).await;
+    let direct = sqlx::MySqlPool::connect(&url).await.unwrap();
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let product = app.new_product(&admin, 500, 10_000).await;
+
+    const EVERY: Duration = Duration::from_millis(100);
+    const ORDERS: u32 = 100;
+    let start = Instant::now();
+    let orders = futures::future::join_all((0..ORDERS).map(|i| {
+        let (app, user) = (&app, &user);
+        async move {
+            tokio::time::sleep_until(start + EVERY * i).await;
+            let body = json!({"items": [{"productId": product, "quantity": 1}]});
+            try_order(&app.client, app, user, &format!("cut-{i}"), &body).await
+        }
+    }));
+    let cut = async {
+        tokio::time::sleep_until(start + Duration::from_secs(4)).await;
+        proxy.down();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.up();
+        Instant::now()
+    };
+    let (results, recovered) = tokio::join!(orders, cut);
+    let accepted = results
+        .iter()
+        .filter(|r| matches!(r, Ok(r) if r.status == StatusCode::CREATED))
+        .count() as i64;
+    assert!(accepted > 0);
+    let orders_in_db: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+        .fetch_one(&direct)
+        .await
+        .unwrap();
+    let notified = |n: i64| {
+        let direct = direct.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM notifications")
+                .fetch_one(&direct)
+                .await
+                .unwrap_or(0)
+                == n
+        }
+    };
+    // Well inside the lease: nothing waited it out.
+    let all = app
+        .eventually(Duration::from_secs(25), || notified(orders_in_db))
+        .await;
+    let stuck: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, status, lock_by FROM jobs WHERE status NOT IN ('Done')")
+            .fetch_all(&direct)
+            .await
+            .unwrap();
+    assert!(
+        all,
+        "{orders_in_db} orders ({accepted} answered 201), {} notified {:.1} s after the database came back; jobs not done: {stuck:?}",
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM notifications")
+            .fetch_one(&direct)
+            .await
+            .unwrap(),
+        recovered.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "database cut 3 s: {orders_in_db} orders, all notified {:.1} s after it came back",
+        recovered.elapsed().as_secs_f64()
+    );
+    app.stop().await;
+}
+
+/// Issue 20: with the broker unreachable, the service stops in bounded time: the consumer's
+/// close (leaving its group, which needs the broker) runs on a thread of its own and is
+/// waited for at most a few seconds, so a failing test cannot hang on it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_with_the_broker_down_ends_in_bounded_time() {
+    let app = TestApp::spawn_with(|c| c.events.kafka_brokers = None).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let p = app.new_product(&admin, 100, 5).await;
+    let r = app
+        .order(
+            &user,
+            "before-stop",
+            json!([{"productId": p, "quantity": 1}]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // The consumer is in its group once it has delivered the event.
+    assert!(
+        app.eventually(Duration::from_secs(60), || async {
+            app.count("SELECT COUNT(*) FROM notifications").await == 1
+        })
+        .await
+    );
+    app.state
+        .events
+        .embedded
+        .as_ref()
+        .expect("embedded broker")
+        .broker_down();
+    let stopped = tokio::time::timeout(Duration::from_secs(40), app.stop()).await;
+    assert!(stopped.is_ok(), "the service stopped with the broker down");
 }

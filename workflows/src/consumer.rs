@@ -9,10 +9,12 @@ use std::{
     time::Duration,
 };
 
+use apalis::prelude::BoxDynError;
 use orderflow_jobs::{
     kafka::{self, headers},
     notify,
     queue::{self, ConsumeNotification, ReceivedEvent},
+    sql_error,
     trace::TraceContext,
 };
 use rdkafka::{
@@ -143,22 +145,91 @@ fn jobs_of(events: Vec<ReceivedEvent>) -> Vec<ConsumeNotification> {
     jobs
 }
 
-/// Stores a consume-notification job, retrying until it is stored; `false` when `stop` came
-/// first.
+/// Whether a failed push may succeed as it is a moment later (the database unreachable,
+/// busy or locked). Anything else — the job refused as it is (too large a packet, a value
+/// out of range, a constraint) — will fail the same way however often it is tried.
+fn push_may_pass(error: &BoxDynError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+    while let Some(e) = source {
+        if let Some(db) = e.downcast_ref::<sqlx::Error>() {
+            return sql_error::is_unavailable(db);
+        }
+        source = e.source();
+    }
+    // Not a database error we can read: assume it passes, as before.
+    true
+}
+
+/// Stores a consume-notification job, retrying while the failure may pass; `false` when
+/// `stop` came first. A job the database refuses as it is is split in halves, each stored
+/// the same way, so that one oversized or malformed batch cannot stall every partition; a
+/// single event still refused is stored as a poison job without its payload (dead at once,
+/// for an operator to see), and only if even that fails is it retried.
 async fn store(p: &Pipeline, job: ConsumeNotification, stop: &CancellationToken) -> bool {
+    // (job, whether it is the last form: nothing smaller is left to try)
+    let mut pending = vec![(job, false)];
+    while let Some((job, last_form)) = pending.pop() {
+        match store_one(p, &job, last_form, stop).await {
+            Stored::Yes => {}
+            Stored::Stopped => return false,
+            Stored::Refused if job.events.len() > 1 => {
+                metrics::counter!("notification_batch_splits_total").increment(1);
+                let mut events = job.events;
+                let second = events.split_off(events.len() / 2);
+                pending.push((ConsumeNotification { events: second }, false));
+                pending.push((ConsumeNotification { events }, false));
+            }
+            Stored::Refused => {
+                let mut event = job.events[0].clone();
+                let refused = event.payload.take().map(|p| p.len()).unwrap_or(0);
+                event.event_id = None; // poison: no idempotency key, a dead job of its own
+                event.payload = Some(format!(
+                    "{{\"refused\":\"the job table refused this event ({refused} bytes of payload)\"}}"
+                ));
+                pending.push((
+                    ConsumeNotification {
+                        events: vec![event],
+                    },
+                    true,
+                ));
+            }
+        }
+    }
+    true
+}
+
+enum Stored {
+    Yes,
+    /// The database refused the job as it is.
+    Refused,
+    Stopped,
+}
+
+async fn store_one(
+    p: &Pipeline,
+    job: &ConsumeNotification,
+    last_form: bool,
+    stop: &CancellationToken,
+) -> Stored {
     let mut attempt = 0;
     loop {
         attempt += 1;
         match queue::push_notification(&p.pool, &p.settings, job.clone()).await {
             Ok(_) => {
                 p.notify_wake.now();
-                return true;
+                return Stored::Yes;
+            }
+            // The last form is retried whatever the error: nothing smaller is left.
+            Err(e) if !last_form && !push_may_pass(&e) => {
+                tracing::warn!(error = %e, events = job.events.len(),
+                    "the job table refused received events as they are; splitting");
+                return Stored::Refused;
             }
             Err(e) => {
                 tracing::warn!(error = %e, attempt, events = job.events.len(),
                     "could not enqueue received events; retrying");
                 tokio::select! {
-                    () = stop.cancelled() => return false,
+                    () = stop.cancelled() => return Stored::Stopped,
                     () = tokio::time::sleep(p.settings.backoff(attempt)) => {}
                 }
             }
@@ -184,13 +255,64 @@ fn commit(consumer: &StreamConsumer<kafka::LagContext>, batch: &[OwnedMessage]) 
     }
 }
 
+/// How long a stopping consumer may take to close (leave its group, commit) before the
+/// process goes on without it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+type EventConsumer = StreamConsumer<kafka::LagContext>;
+
+/// Owns the consumer and closes it on a thread of its own. librdkafka's close blocks the
+/// calling thread until the group is left, which with the broker unreachable may be never:
+/// on a runtime thread that stalled the pipeline's shutdown, and a failing test with it.
+/// `close` waits for it at most `CLOSE_TIMEOUT`; a drop (the task cancelled) does not wait.
+struct Closing(Option<EventConsumer>);
+
+impl Closing {
+    fn consumer(&self) -> &EventConsumer {
+        self.0.as_ref().expect("the consumer is open until closed")
+    }
+
+    async fn close(mut self) {
+        let Some(consumer) = self.0.take() else {
+            return;
+        };
+        let (done, closed) = tokio::sync::oneshot::channel();
+        close_apart(consumer, Some(done));
+        if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
+            tracing::warn!(timeout = ?CLOSE_TIMEOUT, "kafka consumer did not close in time; going on without it");
+        }
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            close_apart(consumer, None);
+        }
+    }
+}
+
+fn close_apart(consumer: EventConsumer, done: Option<tokio::sync::oneshot::Sender<()>>) {
+    let spawned = std::thread::Builder::new()
+        .name("kafka-consumer-close".into())
+        .spawn(move || {
+            drop(consumer);
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread to close the kafka consumer on");
+    }
+}
+
 pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
     let consumer = match kafka::consumer(
         &p.bootstrap,
         &p.consumer_group,
         p.consumer_instance_id.as_deref(),
     ) {
-        Ok(c) => c,
+        Ok(c) => Closing(Some(c)),
         Err(e) => {
             tracing::error!(error = %e, "cannot create the kafka consumer; notifications stop");
             return;
@@ -198,16 +320,16 @@ pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
     };
     let topics = kafka::topics(&p.topic_prefix);
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    if let Err(e) = consumer.subscribe(&topic_refs) {
+    if let Err(e) = consumer.consumer().subscribe(&topic_refs) {
         tracing::error!(error = %e, "cannot subscribe to the event topics");
         return;
     }
-    'consume: while let Some(first) = next_message(&consumer, &stop).await {
+    'consume: while let Some(first) = next_message(consumer.consumer(), &stop).await {
         // Under load, the messages already received are stored together: one at a time,
         // each waiting for its own job, the consumer fell behind the producer (bench/).
         let mut batch = vec![first];
         while batch.len() < BATCH {
-            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+            match tokio::time::timeout(Duration::ZERO, consumer.consumer().recv()).await {
                 Ok(Ok(m)) => batch.push(m.detach()),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "kafka receive failed; librdkafka retries");
@@ -225,8 +347,9 @@ pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
             }
         }
         drop(receive_spans);
-        commit(&consumer, &batch);
+        commit(consumer.consumer(), &batch);
     }
+    consumer.close().await;
     tracing::info!("kafka consumer stopped");
 }
 

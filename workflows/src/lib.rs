@@ -18,7 +18,11 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use orderflow_jobs::{
-    engine::{attempts::AttemptHistoryLayer, pause::Pauses},
+    engine::{
+        attempts::AttemptHistoryLayer,
+        lost_acks::{self, LostAcks},
+        pause::Pauses,
+    },
     notify::{self, NotifyContext},
     publish::{self, PublishContext},
     queue::{
@@ -27,6 +31,7 @@ use orderflow_jobs::{
     },
     reaper,
     retention::{self, Purge, RetentionContext},
+    retry_policy::RetryPolicy,
 };
 use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::MySqlPool;
@@ -54,6 +59,10 @@ pub struct Pipeline {
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
     pub shutdown_timeout: Duration,
+    /// How long transient publish failures are retried.
+    pub publish_retry: RetryPolicy,
+    /// How long a publish job's claim on the rows it sends lasts (see `PublishContext`).
+    pub publish_claim_lease: Duration,
     pub archive: ArchiveSchedule,
     pub retention: RetentionSchedule,
     /// Wake the local publish-outbox worker (orders committed by this process's API).
@@ -127,7 +136,16 @@ pub(crate) async fn supervise(
                     tracing::info!(queue, worker = %name, jobs = n, "re-queued the ended worker's jobs")
                 }
                 Err(e) => {
-                    tracing::warn!(queue, error = %e, "could not re-queue the ended worker's jobs; the lease will")
+                    // Most likely the database is what ended the worker. Its jobs are still
+                    // nobody's: keep trying, so that they run as soon as it is back instead
+                    // of after the lease (JOB_LEASE_SECS).
+                    tracing::warn!(queue, error = %e, "could not re-queue the ended worker's jobs yet; retrying");
+                    tokio::spawn(release_when_possible(
+                        pool.clone(),
+                        queue,
+                        name.clone(),
+                        stop.clone(),
+                    ));
                 }
             }
         }
@@ -143,6 +161,34 @@ pub(crate) async fn supervise(
     }
 }
 
+/// Re-queues the jobs of an ended worker of this process once the database lets it, trying
+/// again every `RESTART_DELAY` doubling up to `RESTART_DELAY_MAX`; gives up at `stop` (the
+/// lease then covers them, for the next process).
+async fn release_when_possible(
+    pool: MySqlPool,
+    queue: &'static str,
+    worker: String,
+    stop: CancellationToken,
+) {
+    let mut delay = RESTART_DELAY;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        match reaper::release_worker(&pool, &worker).await {
+            Ok(n) => {
+                tracing::info!(queue, worker = %worker, jobs = n, "re-queued the ended worker's jobs");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(queue, worker = %worker, error = %e, "still cannot re-queue the ended worker's jobs");
+                delay = (delay * 2).min(RESTART_DELAY_MAX);
+            }
+        }
+    }
+}
+
 /// Runs every part of the pipeline until `stop` is cancelled, then drains: workers finish
 /// their current jobs (up to `shutdown_timeout`), the consumer commits what it handed over,
 /// and the producer flushes.
@@ -153,6 +199,8 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
         topic_prefix: p.topic_prefix.clone(),
         settings: p.settings,
         backlog_batch: p.publish_batch,
+        retry: p.publish_retry,
+        claim_lease: p.publish_claim_lease,
     });
     let notify_ctx = Arc::new(NotifyContext {
         pool: p.pool.clone(),
@@ -160,7 +208,17 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
     });
 
     tracing::info!(queues = ?orderflow_jobs::queue::QUEUES, bootstrap = %p.bootstrap, "event pipeline starting");
+    let acks = LostAcks::default();
     let background = vec![
+        tokio::spawn({
+            let stop = stop.clone();
+            lost_acks::release_loop(
+                acks.clone(),
+                p.pool.clone(),
+                p.settings.keep_alive,
+                async move { stop.cancelled().await },
+            )
+        }),
         tokio::spawn({
             let stop = stop.clone();
             p.pauses
@@ -191,9 +249,10 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
         stop.clone(),
         {
             let (pool, wake, pauses) = (pool.clone(), p.publish_wake.clone(), p.pauses.clone());
+            let acks = acks.clone();
             move |name| {
                 let (pool, ctx, wake) = (pool.clone(), publish_ctx.clone(), wake.clone());
-                let pauses = pauses.clone();
+                let (pauses, acks) = (pauses.clone(), acks.clone());
                 // A fresh storage per start: an apalis poll schedule is single-use.
                 Monitor::new()
                     .register(move |_| {
@@ -205,7 +264,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                                 Some(&wake),
                                 pauses.gate(PUBLISH_OUTBOX),
                             ))
-                            .layer(AttemptHistoryLayer::new(&pool, PUBLISH_OUTBOX))
+                            .layer(AttemptHistoryLayer::new(&pool, PUBLISH_OUTBOX).noting(&acks))
                             .concurrency(concurrency)
                             .data(ctx.clone())
                             .build(publish::handle)
@@ -214,7 +273,8 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
             }
         },
     );
-    let (notify_wake, pauses) = (p.notify_wake.clone(), p.pauses.clone());
+    let (notify_wake, pauses, notify_acks) =
+        (p.notify_wake.clone(), p.pauses.clone(), acks.clone());
     let notify_worker = supervise(
         CONSUME_NOTIFICATION,
         "notify",
@@ -222,7 +282,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
         stop.clone(),
         move |name| {
             let (pool, ctx, wake) = (pool.clone(), notify_ctx.clone(), notify_wake.clone());
-            let pauses = pauses.clone();
+            let (pauses, acks) = (pauses.clone(), notify_acks.clone());
             Monitor::new()
                 .register(move |_| {
                     WorkerBuilder::new(name.clone())
@@ -233,7 +293,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                             Some(&wake),
                             pauses.gate(CONSUME_NOTIFICATION),
                         ))
-                        .layer(AttemptHistoryLayer::new(&pool, CONSUME_NOTIFICATION))
+                        .layer(AttemptHistoryLayer::new(&pool, CONSUME_NOTIFICATION).noting(&acks))
                         .concurrency(concurrency)
                         .data(ctx.clone())
                         .build(notify::handle)

@@ -30,6 +30,7 @@ use serde::Serialize;
 use sqlx::MySqlPool;
 use ulid::Ulid;
 
+use super::lost_acks::LostAcks;
 use crate::queue::is_last_attempt;
 
 /// The longest error kept per attempt (`job_attempts.error`).
@@ -191,11 +192,13 @@ pub fn note_trace_id(trace_id: Option<&str>) {
     });
 }
 
-/// Records the failed attempts of the worker it wraps (`WorkerBuilder::layer`).
+/// Records the failed attempts of the worker it wraps (`WorkerBuilder::layer`), and notes
+/// every attempt's start and end for [`LostAcks`] when given one.
 #[derive(Debug, Clone)]
 pub struct AttemptHistoryLayer {
     pool: MySqlPool,
     queue: &'static str,
+    acks: Option<LostAcks>,
 }
 
 impl AttemptHistoryLayer {
@@ -203,7 +206,14 @@ impl AttemptHistoryLayer {
         Self {
             pool: pool.clone(),
             queue,
+            acks: None,
         }
+    }
+
+    /// Also notes each attempt in `acks`, so that a lost acknowledgement is noticed.
+    pub fn noting(mut self, acks: &LostAcks) -> Self {
+        self.acks = Some(acks.clone());
+        self
     }
 }
 
@@ -215,6 +225,7 @@ impl<S> Layer<S> for AttemptHistoryLayer {
             inner,
             pool: self.pool.clone(),
             queue: self.queue,
+            acks: self.acks.clone(),
         }
     }
 }
@@ -224,6 +235,7 @@ pub struct AttemptHistory<S> {
     inner: S,
     pool: MySqlPool,
     queue: &'static str,
+    acks: Option<LostAcks>,
 }
 
 impl<S, Args> Service<Task<Args, MySqlContext, Ulid>> for AttemptHistory<S>
@@ -256,8 +268,15 @@ where
         let slot = TraceSlot::default();
         let run = ATTEMPT_TRACE.scope(slot.clone(), self.inner.call(task));
         let pool = self.pool.clone();
+        let acks = self.acks.clone();
+        if let (Some(acks), Some(id)) = (&acks, &job_id) {
+            acks.started(id);
+        }
         Box::pin(async move {
             let result = run.await.map_err(Into::into);
+            if let (Some(acks), Some(id)) = (&acks, &job_id) {
+                acks.ended(id, worker.as_deref());
+            }
             let (Err(error), Some(job_id)) = (&result, job_id) else {
                 return result;
             };

@@ -182,16 +182,77 @@ where
     }
 
     fn poll(self, worker: &WorkerContext) -> Self::Stream {
+        let pool = self.0.pool().clone();
+        let queue = self.0.config().queue().to_string();
+        let worker_name = worker.name().to_owned();
         self.fetches(worker)
-            .map(|fetched| match fetched? {
-                Some(task) => Ok(Some(
-                    task.try_map(|args| JsonCodec::<CompactType>::decode(&args))
-                        .map_err(|e| sqlx::Error::Decode(e.into()))?,
-                )),
-                None => Ok(None),
+            .then(move |fetched| {
+                let (pool, queue, worker_name) = (pool.clone(), queue.clone(), worker_name.clone());
+                async move {
+                    let Some(task) = fetched? else {
+                        return Ok(None);
+                    };
+                    let id = task.parts.task_id.as_ref().map(ToString::to_string);
+                    match task.try_map(|args| JsonCodec::<CompactType>::decode(&args)) {
+                        Ok(task) => Ok(Some(task)),
+                        // A payload this release cannot read (an older or newer one wrote it,
+                        // or it is corrupt) would end the worker, and be fetched first again
+                        // after each restart: it is dead at once instead, with its error, and
+                        // the queue moves on.
+                        Err(e) => {
+                            if let Some(id) = id {
+                                bury_undecodable(&pool, &queue, &id, &worker_name, &e.to_string())
+                                    .await?;
+                            }
+                            Ok(None)
+                        }
+                    }
+                }
             })
             .boxed()
     }
+}
+
+/// A job whose payload does not decode: dead (`Killed`, its error as its result), with the
+/// attempt in the history, so that an operator sees it and the queue does not fetch it again.
+async fn bury_undecodable(
+    pool: &sqlx::MySqlPool,
+    queue: &str,
+    id: &str,
+    worker: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let error = format!("the job's payload does not decode: {error}");
+    tracing::error!(queue, job_id = id, %error, "job is dead: its payload does not decode");
+    metrics::counter!("job_undecodable_total", "queue" => queue.to_owned()).increment(1);
+    let now = chrono::Utc::now();
+    sqlx::query(
+        "UPDATE jobs SET status = 'Killed', attempts = attempts + 1, last_result = ?, \
+         done_at = CURRENT_TIMESTAMP WHERE id = ?",
+    )
+    .bind(serde_json::json!({ "Err": error }).to_string())
+    .bind(id)
+    .execute(pool)
+    .await?;
+    let attempt: Option<i32> = sqlx::query_scalar("SELECT attempts FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    let failed = super::attempts::FailedAttempt {
+        job_id: id.to_owned(),
+        queue: queue.to_owned(),
+        attempt: attempt.unwrap_or(1).max(1) as usize,
+        started_at: now,
+        finished_at: now,
+        outcome: super::attempts::FailedOutcome::Dead,
+        error,
+        worker: Some(worker.to_owned()),
+        trace_id: None,
+    };
+    if let Err(e) = super::attempts::record(pool, &failed).await {
+        tracing::warn!(job_id = id, error = %e, "could not record the undecodable job's attempt");
+    }
+    Ok(())
 }
 
 impl<T> BackendExt for WorkerStorage<T>

@@ -6,6 +6,7 @@
 //! * `backend` — the storage workers run on (keep-alive-only heartbeat, a fetch loop that
 //!   survives a failed fetch);
 //! * `reaper` — the job lease;
+//! * `lost_acks` — jobs left `Running` by a lost acknowledgement, under a live worker;
 //! * `attempts` — the history of failed attempts, recorded by a layer around every worker;
 //! * `job_query`, `ops`, `queues`, `pause`, `audit` — the operators' side: the job table as
 //!   they read it, their actions on dead jobs, the queues at a glance, pausing a queue, and
@@ -22,6 +23,7 @@ pub mod attempts;
 pub mod audit;
 pub mod backend;
 pub mod job_query;
+pub mod lost_acks;
 pub mod ops;
 pub mod pause;
 pub mod queue;

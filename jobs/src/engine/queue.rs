@@ -236,9 +236,10 @@ pub async fn push_publish(
     trace: TraceContext,
 ) -> Result<(), BoxDynError> {
     let id: Ulid = job_id.parse()?;
+    // Its retries end with the retry window, not a count (`retry_policy`).
     let task = TaskBuilder::new(PublishOutbox { outbox_ids, trace })
         .with_task_id(TaskId::new(id))
-        .max_attempts(settings.max_attempts)
+        .max_attempts(crate::retry_policy::PUBLISH_MAX_ATTEMPTS)
         .build();
     storage::<PublishOutbox>(pool, PUBLISH_OUTBOX, settings)
         .push_task(task)

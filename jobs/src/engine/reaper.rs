@@ -68,6 +68,16 @@ pub async fn reap_orphans(pool: &MySqlPool, lease: Duration) -> Result<u64, sqlx
     Ok(released)
 }
 
+/// Puts one job `worker` holds back in its queue, recording its interrupted attempt.
+pub async fn release_job(
+    pool: &MySqlPool,
+    worker: &str,
+    job: &str,
+    why: &str,
+) -> Result<u64, sqlx::Error> {
+    release(pool, worker, Some(job), why).await
+}
+
 /// Puts every job a worker of this process held back in its queue, once that worker has
 /// ended (apalis ends a worker whose heartbeat query fails, e.g. on a deadlock): its jobs
 /// are nobody's, and waiting out the lease would delay them all by `JOB_LEASE_SECS`.

@@ -3,6 +3,7 @@
 //! * `outbox` — the table's SQL: appended by the order transaction, claimed and marked by the
 //!   job, swept for rows whose job was lost;
 //! * `publish` — the job's handler: NEW rows → Kafka → PUBLISHED (or DEAD);
+//! * `retry_policy` — which failures are retried, for how long, and which are DEAD at once;
 //! * `publish_batch` — rows committed together get one publish-outbox job;
 //! * `carried` — the rows as operators see and change them.
 
@@ -10,3 +11,4 @@ pub mod carried;
 pub mod outbox;
 pub mod publish;
 pub mod publish_batch;
+pub mod retry_policy;

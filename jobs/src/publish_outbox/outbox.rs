@@ -141,6 +141,8 @@ pub struct OutboxRow {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The publish job the row names (the one whose failure may make it DEAD).
+    pub job_id: Option<String>,
 }
 
 impl OutboxRow {
@@ -161,8 +163,12 @@ pub enum Held {
     Wait,
 }
 
-/// Locks the rows among `ids` that are still NEW, so two workers never publish one row at
-/// once; rows another transaction holds are skipped or waited for, as `held` says.
+/// Rows no job is sending: never claimed, or whose claim ended (released, or expired
+/// because its job died mid-send).
+const UNCLAIMED: &str = " AND (claimed_until IS NULL OR claimed_until < CURRENT_TIMESTAMP(6))";
+
+/// Locks the rows among `ids` that are still NEW and unclaimed, for the claim that follows
+/// (`hold`); rows another transaction is claiming are skipped or waited for, as `held` says.
 pub async fn claim(
     conn: &mut MySqlConnection,
     ids: &[i64],
@@ -172,9 +178,11 @@ pub async fn claim(
         return Ok(Vec::new());
     }
     let mut q = QueryBuilder::new(
-        "SELECT id, event_id, aggregate_id, event_type, payload, traceparent, tracestate, created_at \
-         FROM outbox_events WHERE status = 'NEW' AND id IN",
+        "SELECT id, event_id, aggregate_id, event_type, payload, traceparent, tracestate, created_at, \
+         job_id \
+         FROM outbox_events WHERE status = 'NEW'",
     );
+    q.push(UNCLAIMED).push(" AND id IN");
     crate::push_id_list(&mut q, ids);
     q.push(match held {
         Held::Skip => " ORDER BY id FOR UPDATE SKIP LOCKED",
@@ -196,9 +204,11 @@ pub async fn claim_backlog(
         return Ok(Vec::new());
     }
     let mut q = QueryBuilder::new(
-        "SELECT id, event_id, aggregate_id, event_type, payload, traceparent, tracestate, created_at \
+        "SELECT id, event_id, aggregate_id, event_type, payload, traceparent, tracestate, created_at, \
+         job_id \
          FROM outbox_events WHERE status = 'NEW' AND attempts = 0",
     );
+    q.push(UNCLAIMED);
     if !exclude.is_empty() {
         q.push(" AND id NOT IN");
         crate::push_id_list(&mut q, exclude);
@@ -209,22 +219,71 @@ pub async fn claim_backlog(
     q.build_query_as().fetch_all(conn).await
 }
 
-pub async fn mark_published(conn: &mut MySqlConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+/// Claims the locked rows for `lease` (inside the claiming transaction): the job then
+/// commits, and sends them holding no lock; other jobs leave them alone meanwhile.
+pub async fn hold(
+    conn: &mut MySqlConnection,
+    ids: &[i64],
+    lease: Duration,
+) -> Result<(), sqlx::Error> {
     if ids.is_empty() {
         return Ok(());
     }
     let mut q = QueryBuilder::new(
-        "UPDATE outbox_events SET status = 'PUBLISHED', published_at = CURRENT_TIMESTAMP(6), \
-         attempts = attempts + 1, last_error = NULL WHERE status = 'NEW' AND id IN",
+        "UPDATE outbox_events SET claimed_until = CURRENT_TIMESTAMP(6) + INTERVAL ",
     );
+    q.push_bind(lease.as_micros() as i64)
+        .push(" MICROSECOND WHERE id IN");
     crate::push_id_list(&mut q, ids);
     q.build().execute(conn).await?;
     Ok(())
 }
 
-/// Records a failed attempt on the rows still NEW; `dead` ends their road (status DEAD).
+/// Ends the claim on rows a job sent but Kafka did not take: their job may try them again.
+pub async fn release(pool: &MySqlPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut q = QueryBuilder::new(
+        "UPDATE outbox_events SET claimed_until = NULL WHERE status = 'NEW' AND id IN",
+    );
+    crate::push_id_list(&mut q, ids);
+    q.build().execute(pool).await?;
+    Ok(())
+}
+
+/// How many of the NEW rows among `ids` another job is sending now.
+pub async fn claimed(pool: &MySqlPool, ids: &[i64]) -> Result<i64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut q = QueryBuilder::new(
+        "SELECT COUNT(*) FROM outbox_events WHERE status = 'NEW' \
+         AND claimed_until >= CURRENT_TIMESTAMP(6) AND id IN",
+    );
+    crate::push_id_list(&mut q, ids);
+    q.build_query_scalar().fetch_one(pool).await
+}
+
+pub async fn mark_published(pool: &MySqlPool, ids: &[i64]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut q = QueryBuilder::new(
+        "UPDATE outbox_events SET status = 'PUBLISHED', published_at = CURRENT_TIMESTAMP(6), \
+         attempts = attempts + 1, last_error = NULL, claimed_until = NULL \
+         WHERE status = 'NEW' AND id IN",
+    );
+    crate::push_id_list(&mut q, ids);
+    q.build().execute(pool).await?;
+    Ok(())
+}
+
+/// Records a failed attempt on the rows still NEW that name `job_id` (a row another job
+/// carries is that job's to settle); `dead` ends their road (status DEAD).
 pub async fn record_failure(
     pool: &MySqlPool,
+    job_id: &str,
     ids: &[i64],
     error: &str,
     dead: bool,
@@ -237,7 +296,9 @@ pub async fn record_failure(
     q.push_bind(status)
         .push(", last_error = ")
         .push_bind(truncate(error, 1000))
-        .push(" WHERE status = 'NEW' AND id IN");
+        .push(" WHERE status = 'NEW' AND job_id = ")
+        .push_bind(job_id)
+        .push(" AND id IN");
     crate::push_id_list(&mut q, ids);
     Ok(q.build().execute(pool).await?.rows_affected())
 }
@@ -249,17 +310,78 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// DEAD rows of a dead publish job go back to NEW when an operator retries the job.
+/// Records a transient failure on the rows still NEW (they stay NEW; the first failure
+/// starts their retry window). Returns how many of them have been failing for longer than
+/// `window`: their job must give up.
+pub async fn record_retry(
+    pool: &MySqlPool,
+    job_id: &str,
+    ids: &[i64],
+    error: &str,
+    window: Duration,
+) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut q = QueryBuilder::new(
+        "UPDATE outbox_events SET attempts = attempts + 1,          first_failed_at = COALESCE(first_failed_at, CURRENT_TIMESTAMP(6)), last_error = ",
+    );
+    q.push_bind(truncate(error, 1000))
+        .push(" WHERE status = 'NEW' AND job_id = ")
+        .push_bind(job_id)
+        .push(" AND id IN");
+    crate::push_id_list(&mut q, ids);
+    q.build().execute(pool).await?;
+    let mut q = QueryBuilder::new(
+        "SELECT COUNT(*) FROM outbox_events WHERE status = 'NEW' \
+         AND first_failed_at < CURRENT_TIMESTAMP(6) - INTERVAL ",
+    );
+    q.push_bind(window.as_micros() as i64)
+        .push(" MICROSECOND AND job_id = ")
+        .push_bind(job_id)
+        .push(" AND id IN");
+    crate::push_id_list(&mut q, ids);
+    let expired: i64 = q.build_query_scalar().fetch_one(pool).await?;
+    Ok(expired as u64)
+}
+
+/// The rows still NEW that name `job_id` end their road (DEAD), keeping their last error.
+pub async fn mark_dead(pool: &MySqlPool, job_id: &str, ids: &[i64]) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut q = QueryBuilder::new(
+        "UPDATE outbox_events SET status = 'DEAD' WHERE status = 'NEW' AND job_id = ",
+    );
+    q.push_bind(job_id).push(" AND id IN");
+    crate::push_id_list(&mut q, ids);
+    Ok(q.build().execute(pool).await?.rows_affected())
+}
+
+/// DEAD rows of a dead publish job go back to NEW when an operator retries the job, with a
+/// fresh retry window.
 pub async fn revive_for_job(conn: &mut MySqlConnection, job_id: &str) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("UPDATE outbox_events SET status = 'NEW', last_error = NULL WHERE job_id = ? AND status = 'DEAD'")
-        .bind(job_id)
-        .execute(conn)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE outbox_events SET status = 'NEW', last_error = NULL, first_failed_at = NULL \
+         WHERE job_id = ? AND status = 'DEAD'",
+    )
+    .bind(job_id)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected())
 }
 
-/// NEW rows older than `grace` whose publish job is gone (never pushed, lost, or finished
-/// without publishing them): the sweeper gives them a new job.
+/// How many DEAD rows name `job_id`.
+pub async fn dead_of_job(pool: &MySqlPool, job_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events WHERE job_id = ? AND status = 'DEAD'")
+        .bind(job_id)
+        .fetch_one(pool)
+        .await
+}
+
+/// NEW rows older than `grace` whose publish job is gone (never pushed, lost, finished
+/// without publishing them, or dead while they were not: a job that died of another row's
+/// permanent error): the sweeper gives them a new job.
 pub async fn orphaned(
     pool: &MySqlPool,
     grace: Duration,
@@ -268,7 +390,7 @@ pub async fn orphaned(
     sqlx::query_scalar(
         "SELECT e.id FROM outbox_events e LEFT JOIN jobs j ON j.id = e.job_id \
          WHERE e.status = 'NEW' AND e.created_at < CURRENT_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
-         AND (j.id IS NULL OR j.status = 'Done') ORDER BY e.id LIMIT ?",
+         AND (j.id IS NULL OR j.status IN ('Done', 'Killed')) ORDER BY e.id LIMIT ?",
     )
     .bind(grace.as_micros() as i64)
     .bind(limit)

@@ -1,17 +1,20 @@
 //! publish-outbox: NEW outbox rows → Kafka (topic = prefix + event type, key = order id,
 //! headers = event id, event type, traceparent) → PUBLISHED.
 //!
-//! The rows are locked with `FOR UPDATE SKIP LOCKED` for the duration of the publish, so two
-//! workers (or replicas) never publish one row at once, and a row is marked PUBLISHED only
-//! after Kafka acknowledged it (acks=all). A crash between the acknowledgement and the commit
-//! can publish a row twice; consumers deduplicate on the event id.
+//! Claim, send, settle: the rows are locked (`FOR UPDATE SKIP LOCKED`) only long enough to
+//! claim them (`claimed_until`, a lease longer than a send can last), so two workers (or
+//! replicas) never send one row at once, and no database lock is held across the send — a
+//! lock held for the delivery timeout made every other writer of those rows (the batcher, a
+//! job waiting for its row) fail on the 5 s lock wait. A row is marked PUBLISHED only after
+//! Kafka acknowledged it (acks=all). A crash between the acknowledgement and that UPDATE can
+//! publish a row twice (after the claim expires); consumers deduplicate on the event id.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use apalis::prelude::{Attempt, BoxDynError, Data, TaskId};
+use apalis::prelude::{AbortError, Attempt, BoxDynError, Data, TaskId};
 use apalis_mysql::MySqlContext;
 use rdkafka::{
     message::{Header, OwnedHeaders},
@@ -27,6 +30,7 @@ use crate::{
     kafka::headers,
     outbox::{self, Held, OutboxRow},
     queue::{self, PublishOutbox, QueueSettings, PUBLISH_OUTBOX},
+    retry_policy::{self, RetryPolicy},
     trace::{self, Outcome, TraceContext},
 };
 
@@ -37,7 +41,16 @@ pub struct PublishContext {
     pub settings: QueueSettings,
     /// NEW rows of other jobs a job may publish along with its own (`PUBLISH_BATCH_SIZE`).
     pub backlog_batch: u32,
+    /// How long transient failures are retried (`retry_policy`).
+    pub retry: RetryPolicy,
+    /// How long a job's claim on the rows it sends lasts: longer than a send can take (the
+    /// delivery timeout plus the producer's queue wait), so that it only expires when its
+    /// job died mid-send.
+    pub claim_lease: Duration,
 }
+
+/// The longest a send waits for room in the producer's queue.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct PublishReport {
@@ -50,14 +63,29 @@ pub struct PublishReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("kafka delivery failed for {failed} of {total} events: {cause}")]
+    #[error("kafka delivery failed for {} of {total} events: {cause}", failed.len())]
     Kafka {
-        failed: usize,
+        /// The job's own rows Kafka did not take.
+        failed: Vec<FailedRow>,
         total: usize,
         cause: String,
     },
+    #[error("the job's outbox rows are DEAD; retry the job to publish them")]
+    RowsDead,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+}
+
+/// One of a job's rows that Kafka did not take, and whether retrying could change that.
+#[derive(Debug, Clone)]
+pub struct FailedRow {
+    pub id: i64,
+    pub permanent: bool,
+}
+
+/// Whether `row` is `job`'s own (no job: every listed row is).
+fn names(row: &OutboxRow, job: Option<&str>) -> bool {
+    job.is_none_or(|job| row.job_id.as_deref() == Some(job))
 }
 
 /// The producer span of one event. It continues the row's own trace (a sweeper batch carries
@@ -111,21 +139,29 @@ fn record_headers(row: &OutboxRow, span: &Span) -> OwnedHeaders {
 }
 
 /// Publishes the rows of `ids` that are still NEW; commits the ones Kafka acknowledged.
+/// With `job`, only the rows that name that job are its own (their failures fail it); a
+/// listed row that names another job is carried, like the backlog, and left to that job.
 pub async fn publish_rows(
     ctx: &PublishContext,
     ids: &[i64],
     job_trace: &TraceContext,
+    job: Option<&str>,
 ) -> Result<PublishReport, PublishError> {
-    let first = publish_claimed(ctx, ids, job_trace, Held::Skip).await?;
+    let first = publish_claimed(ctx, ids, job_trace, Held::Skip, job).await?;
     if first.skipped == 0 {
         return Ok(first);
     }
-    // Some of our rows were held by another job. Usually it was publishing them, but a
-    // locking scan can also hold a row it does not return (the backlog claim's LIMIT), and a
-    // carried row it failed to deliver stays NEW: wait for that job, holding nothing else
-    // (so the wait cannot deadlock), and publish what it left, instead of leaving the row
-    // to the sweeper's grace period (seen in bench/: pipeline, a row 48 s late).
-    let second = publish_claimed(ctx, ids, job_trace, Held::Wait).await?;
+    // Some of our rows were held by another job. Usually it was sending them, but a locking
+    // scan can also hold a row it does not return (the backlog claim's LIMIT), and a carried
+    // row it failed to deliver stays NEW: wait for that job's send to end (its claim released,
+    // or expired), holding nothing, then for any claiming transaction (milliseconds), and
+    // publish what it left, instead of leaving the row to the sweeper's grace period (seen in
+    // bench/: pipeline, a row 48 s late).
+    let until = Instant::now() + ctx.claim_lease;
+    while outbox::claimed(&ctx.pool, ids).await? > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = publish_claimed(ctx, ids, job_trace, Held::Wait, job).await?;
     Ok(PublishReport {
         published: first.published + second.published,
         skipped: second.skipped,
@@ -138,6 +174,7 @@ async fn publish_claimed(
     ids: &[i64],
     job_trace: &TraceContext,
     held: Held,
+    job: Option<&str>,
 ) -> Result<PublishReport, PublishError> {
     let mut tx = ctx.pool.begin().await?;
     let mut rows = outbox::claim(&mut tx, ids, held).await?;
@@ -145,6 +182,9 @@ async fn publish_claimed(
     if held == Held::Skip {
         rows.extend(outbox::claim_backlog(&mut tx, ids, ctx.backlog_batch).await?);
     }
+    let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    outbox::hold(&mut tx, &claimed, ctx.claim_lease).await?;
+    tx.commit().await?;
     let keys: Vec<String> = rows.iter().map(|r| r.aggregate_id.to_string()).collect();
     let topics: Vec<String> = rows
         .iter()
@@ -161,14 +201,14 @@ async fn publish_claimed(
             .payload(&row.payload)
             .headers(record_headers(row, &spans[i]));
         ctx.producer
-            .send(record, Timeout::After(Duration::from_secs(5)))
+            .send(record, Timeout::After(QUEUE_WAIT))
             .instrument(spans[i].clone())
     });
     let results = futures_util::future::join_all(sends).await;
 
     let mut delivered = Vec::new();
     // Only the job's own rows decide its outcome; carried rows that fail stay NEW for theirs.
-    let mut failures = Vec::new();
+    let mut failures: Vec<(FailedRow, String)> = Vec::new();
     for (i, ((row, result), span)) in rows.iter().zip(results).zip(&spans).enumerate() {
         if result.is_err() {
             span.record("otel.status_code", "ERROR");
@@ -181,20 +221,37 @@ async fn publish_claimed(
                 metrics::histogram!("outbox_publish_lag_seconds").record(lag as f64 / 1e6);
                 delivered.push(row.id);
             }
-            Err((e, _)) if i < own => failures.push(e.to_string()),
+            Err((e, _)) if i < own && names(row, job) => failures.push((
+                FailedRow {
+                    id: row.id,
+                    permanent: retry_policy::is_permanent(&e),
+                },
+                e.to_string(),
+            )),
             Err((e, _)) => {
                 tracing::debug!(outbox_id = row.id, error = %e, "a carried row was not published; its own job will retry it")
             }
         }
     }
-    outbox::mark_published(&mut tx, &delivered).await?;
-    tx.commit().await?;
+    outbox::mark_published(&ctx.pool, &delivered).await?;
+    let undelivered: Vec<i64> = claimed
+        .iter()
+        .copied()
+        .filter(|id| !delivered.contains(id))
+        .collect();
+    outbox::release(&ctx.pool, &undelivered).await?;
     metrics::counter!("outbox_published_total").increment(delivered.len() as u64);
-    if let Some(cause) = failures.first() {
+    if let Some((_, cause)) = failures.first() {
+        // A permanent cause first: it is the one that decides the job's fate.
+        let cause = failures
+            .iter()
+            .find(|(f, _)| f.permanent)
+            .map_or(cause, |(_, c)| c)
+            .clone();
         return Err(PublishError::Kafka {
-            failed: failures.len(),
+            failed: failures.into_iter().map(|(f, _)| f).collect(),
             total: own,
-            cause: cause.clone(),
+            cause,
         });
     }
     let carried = delivered.iter().filter(|id| !ids.contains(id)).count();
@@ -205,54 +262,133 @@ async fn publish_claimed(
     })
 }
 
-/// The apalis handler. On failure it records the attempt on the rows and pushes the job's
-/// next run out by the backoff; after the last attempt the rows become DEAD and the job
-/// (returning an error with attempts exhausted) is `Killed` — dead in the job table.
+/// The apalis handler. A failure is settled on the rows first (`settle`): a transient one
+/// keeps them NEW and pushes the job's next run out by the backoff; a permanent one, or the
+/// end of the retry window, makes them DEAD and the job dead (`AbortError`: `Killed`), so an
+/// operator's retry of this job revives exactly them. apalis' attempt count decides nothing
+/// (`retry_policy::PUBLISH_MAX_ATTEMPTS`).
 pub async fn handle(
     job: PublishOutbox,
     ctx: Data<Arc<PublishContext>>,
     id: TaskId<Ulid>,
     attempt: Attempt,
-    task: MySqlContext,
+    _task: MySqlContext,
 ) -> Result<PublishReport, BoxDynError> {
     let attempt = attempt.current();
-    let last = queue::is_last_attempt(attempt, task.max_attempts());
     let span = trace::job_span(PUBLISH_OUTBOX, &id.to_string(), attempt, &job.trace);
     let started = Instant::now();
-    let result = run(&ctx, &job, &id, attempt, last)
+    let result = run(&ctx, &job, &id.to_string(), attempt)
         .instrument(span.clone())
         .await;
-    let outcome = match (&result, last) {
-        (Ok(_), _) => Outcome::Done,
-        (Err(_), false) => Outcome::Retry,
-        (Err(_), true) => Outcome::Dead,
+    let outcome = match &result {
+        Ok(_) => Outcome::Done,
+        Err(e) if e.downcast_ref::<AbortError>().is_some() => Outcome::Dead,
+        Err(_) => Outcome::Retry,
     };
     trace::finish_job(&span, PUBLISH_OUTBOX, started, outcome);
     result
 }
 
+/// What a failed attempt left its rows and its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// The rows stay NEW; the job runs again after the backoff.
+    Retry,
+    /// Rows are DEAD under this job, which must die with them.
+    Dead,
+}
+
 async fn run(
     ctx: &PublishContext,
     job: &PublishOutbox,
-    id: &TaskId<Ulid>,
+    id: &str,
     attempt: usize,
-    last: bool,
 ) -> Result<PublishReport, BoxDynError> {
+    let (ids, error) = match rows_and_publish(ctx, job, id).await {
+        // A job that published none of its rows may be one whose rows are already DEAD: its
+        // last attempt marked them, then its acknowledgement was lost and it ran again. It
+        // must end dead again, or no retry of it could revive them.
+        Ok(report) if report.published == 0 => {
+            if outbox::dead_of_job(&ctx.pool, id).await? > 0 {
+                return Err(AbortError::new(PublishError::RowsDead).into());
+            }
+            return Ok(report);
+        }
+        Ok(report) => return Ok(report),
+        Err(e) => e,
+    };
+    let message = error.to_string();
+    let settled = settle(ctx, id, &ids, &error, &message).await;
+    tracing::warn!(job_id = %id, attempt, error = %message, settled = ?settled, "publish-outbox attempt failed");
+    match settled {
+        Ok(Settled::Dead) => Err(AbortError::new(error).into()),
+        Ok(Settled::Retry) => {
+            queue::retry_later(&ctx.pool, &ctx.settings, id, attempt).await?;
+            Err(error.into())
+        }
+        Err(db) => {
+            // The rows could not be told (the database is failing too). They are still NEW
+            // and this job still carries them: retry it after the backoff like any transient
+            // failure, instead of at once.
+            tracing::warn!(job_id = %id, error = %db, "could not record the failed publish on its rows");
+            queue::retry_later(&ctx.pool, &ctx.settings, id, attempt).await?;
+            Err(error.into())
+        }
+    }
+}
+
+/// The job's rows (its id list, or the NEW rows that name it), then the publish of them.
+async fn rows_and_publish(
+    ctx: &PublishContext,
+    job: &PublishOutbox,
+    id: &str,
+) -> Result<PublishReport, (Vec<i64>, PublishError)> {
     let ids = if job.outbox_ids.is_empty() {
-        outbox::rows_of_job(&ctx.pool, &id.to_string()).await?
+        outbox::rows_of_job(&ctx.pool, id)
+            .await
+            .map_err(|e| (Vec::new(), e.into()))?
     } else {
         job.outbox_ids.clone()
     };
-    match publish_rows(ctx, &ids, &job.trace).await {
-        Ok(report) => Ok(report),
-        Err(e) => {
-            let message = e.to_string();
-            tracing::warn!(job_id = %id, attempt, last, error = %message, "publish-outbox attempt failed");
-            outbox::record_failure(&ctx.pool, &ids, &message, last).await?;
-            if !last {
-                queue::retry_later(&ctx.pool, &ctx.settings, &id.to_string(), attempt).await?;
-            }
-            Err(e.into())
-        }
+    publish_rows(ctx, &ids, &job.trace, Some(id))
+        .await
+        .map_err(|e| (ids, e))
+}
+
+/// Records a failed attempt on the job's rows still NEW: the ones Kafka refused for good
+/// become DEAD; the others keep retrying until the window since their first failure ends,
+/// and then all of them become DEAD. A database error counts as transient.
+async fn settle(
+    ctx: &PublishContext,
+    job_id: &str,
+    ids: &[i64],
+    error: &PublishError,
+    message: &str,
+) -> Result<Settled, sqlx::Error> {
+    let permanent: Vec<i64> = match error {
+        PublishError::Kafka { failed, .. } => failed
+            .iter()
+            .filter(|f| f.permanent)
+            .map(|f| f.id)
+            .collect(),
+        PublishError::Db(_) | PublishError::RowsDead => Vec::new(),
+    };
+    let dead = outbox::record_failure(&ctx.pool, job_id, &permanent, message, true).await?;
+    let retrying: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !permanent.contains(id))
+        .collect();
+    let expired =
+        outbox::record_retry(&ctx.pool, job_id, &retrying, message, ctx.retry.window).await?;
+    if expired > 0 {
+        tracing::warn!(job_id, rows = retrying.len(), window = ?ctx.retry.window, "publish retry window ended; the job's rows are DEAD");
+        outbox::mark_dead(&ctx.pool, job_id, &retrying).await?;
+        return Ok(Settled::Dead);
     }
+    Ok(if dead > 0 {
+        Settled::Dead
+    } else {
+        Settled::Retry
+    })
 }
