@@ -33,12 +33,7 @@ fn start(db: &str, bootstrap: &str, prefix: &str) -> Service {
 
 /// Starts the service; without a `bootstrap` it runs the default configuration (no
 /// `KAFKA_BROKERS`: its own in-process broker, which dies with it).
-fn start_with(
-    db: &str,
-    bootstrap: Option<&str>,
-    prefix: &str,
-    extra: &[(&str, &str)],
-) -> Service {
+fn start_with(db: &str, bootstrap: Option<&str>, prefix: &str, extra: &[(&str, &str)]) -> Service {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

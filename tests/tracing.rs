@@ -115,7 +115,10 @@ async fn one_order_is_one_trace_from_the_request_to_the_notification_insert() {
             async move { done }
         })
         .await;
-    assert!(complete, "the chain down to the notification INSERT never arrived");
+    assert!(
+        complete,
+        "the chain down to the notification INSERT never arrived"
+    );
 
     let ours = of_trace(&spans, TRACE_ID);
     let by_id = by_span_id(&ours);

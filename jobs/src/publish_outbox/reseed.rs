@@ -39,11 +39,10 @@ pub struct Mark {
 }
 
 pub async fn mark(pool: &MySqlPool) -> Result<Mark, sqlx::Error> {
-    let (before, min_id, max_id): (DateTime<Utc>, Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT CURRENT_TIMESTAMP(6), MIN(id), MAX(id) FROM outbox_events",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (before, min_id, max_id): (DateTime<Utc>, Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT CURRENT_TIMESTAMP(6), MIN(id), MAX(id) FROM outbox_events")
+            .fetch_one(pool)
+            .await?;
     Ok(Mark {
         before,
         min_id: min_id.unwrap_or(0),
