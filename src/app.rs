@@ -304,10 +304,20 @@ pub fn spawn_workers(
     state: &AppState,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![tokio::spawn(orderflow_workflows::run(
+    let mut tasks = Vec::new();
+    if state.events.embedded.is_some() {
+        tasks.push(tokio::spawn(events::reseed_embedded(
+            state.db.clone(),
+            state.events.producer.clone(),
+            state.config.events.topic_prefix.clone(),
+            shutdown.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(orderflow_workflows::run(
         pipeline(state),
         shutdown,
-    ))]
+    )));
+    tasks
 }
 
 /// Serves until `signal` resolves, then drains in-flight requests and stops the workers.

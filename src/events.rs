@@ -6,8 +6,11 @@ use std::time::Duration;
 use orderflow_jobs::{
     kafka::{self, EmbeddedKafka},
     queue::Wake,
+    reseed,
 };
 use rdkafka::producer::FutureProducer;
+use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::EventsConfig;
 
@@ -42,7 +45,8 @@ pub async fn connect(cfg: &EventsConfig) -> anyhow::Result<Events> {
             tracing::warn!(
                 bootstrap = embedded.bootstrap_servers(),
                 "KAFKA_BROKERS is not set: using an in-process Kafka (librdkafka mock cluster). \
-                 Events live in memory and are lost on exit; set KAFKA_BROKERS in production."
+                 Its log lives in memory: at start the outbox publishes again what the last \
+                 process's broker may have lost. For one process; set KAFKA_BROKERS in production."
             );
             (embedded.bootstrap_servers().to_owned(), Some(embedded))
         }
@@ -54,4 +58,46 @@ pub async fn connect(cfg: &EventsConfig) -> anyhow::Result<Events> {
         embedded,
         publish_wake: Wake::default(),
     })
+}
+
+/// With the embedded broker, a process starts with an empty log: the events the previous
+/// process published and had not handed to a job yet are gone. Publishes again every
+/// PUBLISHED row without a notification (ADR 0016); retried until done or `stop`.
+pub async fn reseed_embedded(
+    pool: MySqlPool,
+    producer: FutureProducer,
+    topic_prefix: String,
+    stop: CancellationToken,
+) {
+    let mut mark = None;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let attempt = async {
+            let m = match mark {
+                Some(m) => m,
+                None => *mark.insert(reseed::mark(&pool).await?),
+            };
+            reseed::reseed(&pool, &producer, &topic_prefix, &m).await
+        };
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            result = attempt => result,
+        };
+        match result {
+            Ok(done) => {
+                tracing::info!(
+                    republished = done.republished,
+                    scanned_ids = done.scanned_ids,
+                    "embedded kafka re-seeded with the published events not notified yet"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "re-seeding the embedded kafka failed; retrying"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
 }

@@ -28,21 +28,26 @@ impl Drop for Service {
 }
 
 fn start(db: &str, bootstrap: &str, prefix: &str) -> Service {
-    start_with(db, bootstrap, prefix, &[])
+    start_with(db, Some(bootstrap), prefix, &[])
 }
 
-fn start_with(db: &str, bootstrap: &str, prefix: &str, extra: &[(&str, &str)]) -> Service {
+/// Starts the service; without a `bootstrap` it runs the default configuration (no
+/// `KAFKA_BROKERS`: its own in-process broker, which dies with it).
+fn start_with(db: &str, bootstrap: Option<&str>, prefix: &str, extra: &[(&str, &str)]) -> Service {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-        .env_clear()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    command.env_clear();
+    if let Some(bootstrap) = bootstrap {
+        command.env("KAFKA_BROKERS", bootstrap);
+    }
+    let child = command
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", db)
         .env("REDIS_URL", common::redis_url())
-        .env("KAFKA_BROKERS", bootstrap)
         .env("KAFKA_TOPIC_PREFIX", prefix)
         .env("KAFKA_CONSUMER_GROUP", format!("{prefix}group"))
         // The restarted process is the same member of the group (as a restarted pod of a
@@ -327,7 +332,7 @@ async fn sigkill_inside_a_batch_commits_none_of_it_and_each_retried_key_succeeds
         ("ORDER_COMMIT_LANES", "1"),
         ("ORDER_BATCH_LINGER_US", "300000"),
     ];
-    let mut first = start_with(&db, &bootstrap, &prefix, &batching);
+    let mut first = start_with(&db, Some(&bootstrap), &prefix, &batching);
     ready(&client, &first).await;
     let (_, login) = post(
         &client,
@@ -432,7 +437,7 @@ async fn sigkill_inside_a_batch_commits_none_of_it_and_each_retried_key_succeeds
         200
     );
 
-    let second = start_with(&db, &bootstrap, &prefix, &batching);
+    let second = start_with(&db, Some(&bootstrap), &prefix, &batching);
     ready(&client, &second).await;
     let retries = (0..8).map(|i| {
         let (client, base, token, items) = (&client, &second.base, &token, items.clone());
@@ -484,6 +489,145 @@ async fn sigkill_inside_a_batch_commits_none_of_it_and_each_retried_key_succeeds
         count("SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e WHERE e.aggregate_id = o.id) <> 1".into()).await,
         0,
         "exactly one outbox row per order"
+    );
+    drop(second);
+    pool.close().await;
+}
+
+/// The default configuration (no `KAFKA_BROKERS`): the in-process broker dies with the
+/// process, taking with it the events published to it and not yet handed to a job, while
+/// their outbox rows say PUBLISHED. Killed in the middle of a burst from 16 clients and
+/// restarted on the same database, with every unanswered key sent again: every committed
+/// order is published and notified exactly once (ADR 0016).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_on_the_default_embedded_broker_loses_no_notification() {
+    let db = common::fresh_database_url();
+    let _guard = DatabaseGuard { url: db.clone() };
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("crashdefault{}.", &run[..10]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+
+    let mut first = start_with(&db, None, &prefix, &[]);
+    ready(&client, &first).await;
+    let (_, login) = post(
+        &client,
+        format!("{}/api/v1/auth/login", first.base),
+        None,
+        None,
+        json!({"email": common::ADMIN_EMAIL, "password": common::ADMIN_PASSWORD}),
+    )
+    .await
+    .unwrap();
+    let token = login["accessToken"].as_str().unwrap().to_owned();
+    let (_, product) = post(
+        &client,
+        format!("{}/api/v1/admin/products", first.base),
+        Some(&token),
+        None,
+        json!({"sku": "CRASH-DEFAULT", "name": "c", "price": 5, "initialStock": 100000}),
+    )
+    .await
+    .unwrap();
+    let product = product["id"].as_i64().unwrap();
+    let order = json!({"items": [{"productId": product, "quantity": 1}]});
+
+    // 16 clients, each sending its keys one after another until the process is gone: the
+    // pipeline is busy end to end when the kill lands. Each returns its unanswered key.
+    let base = first.base.clone();
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let (client, token, base, order) =
+                (client.clone(), token.clone(), base.clone(), order.clone());
+            tokio::spawn(async move {
+                for n in 0..1000 {
+                    let key = format!("default-{c}-{n}");
+                    let url = format!("{base}/api/v1/orders");
+                    match post(&client, url, Some(&token), Some(&key), order.clone()).await {
+                        Some((201, _)) => {}
+                        Some(other) => panic!("{key}: {other:?}"),
+                        None => return Some(key),
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().unwrap();
+    drop(first);
+    let mut unanswered = Vec::new();
+    for c in clients {
+        unanswered.extend(c.await.unwrap());
+    }
+
+    let second = start_with(&db, None, &prefix, &[]);
+    ready(&client, &second).await;
+    for key in &unanswered {
+        let url = format!("{}/api/v1/orders", second.base);
+        let outcome = post(&client, url, Some(&token), Some(key), order.clone()).await;
+        assert!(
+            matches!(outcome, Some((201, _))),
+            "{key} retried: {outcome:?}"
+        );
+    }
+    let pool = sqlx::MySqlPool::connect(&db).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let orders = count("SELECT COUNT(*) FROM orders").await;
+    assert!(orders > 0, "orders were committed before the kill");
+    assert_eq!(
+        count("SELECT 100000 - quantity FROM stocks").await,
+        orders,
+        "one decrement per committed order"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e WHERE e.aggregate_id = o.id) <> 1").await,
+        0,
+        "exactly one outbox row per committed order"
+    );
+
+    let mut settled = false;
+    let mut last = (0, 0);
+    for _ in 0..180 {
+        let unpublished =
+            count("SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'").await;
+        let notified = count("SELECT COUNT(*) FROM notifications").await;
+        last = (unpublished, notified);
+        if unpublished == 0 && notified == orders {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        settled,
+        "after the restart every committed order is published and notified: \
+         {orders} orders ({} keys retried), {} unpublished, {} notified",
+        unanswered.len(),
+        last.0,
+        last.1
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count("SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM notifications n WHERE n.order_id = o.id) <> 1").await,
+        0,
+        "each order notified exactly once"
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM notifications").await, orders);
+    eprintln!(
+        "committed {orders}, retried {} unanswered keys",
+        unanswered.len()
     );
     drop(second);
     pool.close().await;

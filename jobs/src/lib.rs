@@ -27,7 +27,7 @@ pub mod sql_script;
 pub use archive_run::{archive, archive_steps};
 pub use consume_notification::{notifications, notify};
 pub use engine::{backend, ops, queue, reaper, sql_error, trace};
-pub use publish_outbox::{outbox, publish, publish_batch, retry_policy};
+pub use publish_outbox::{outbox, publish, publish_batch, reseed, retry_policy};
 
 /// Appends ` (?, ?, …)` binding `ids`, for `IN` lists.
 pub(crate) fn push_id_list(q: &mut sqlx::QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {

@@ -5,10 +5,12 @@
 //! * `publish` — the job's handler: NEW rows → Kafka → PUBLISHED (or DEAD);
 //! * `retry_policy` — which failures are retried, for how long, and which are DEAD at once;
 //! * `publish_batch` — rows committed together get one publish-outbox job;
-//! * `carried` — the rows as operators see and change them.
+//! * `carried` — the rows as operators see and change them;
+//! * `reseed` — a fresh embedded broker given again what the last one may have lost.
 
 pub mod carried;
 pub mod outbox;
 pub mod publish;
 pub mod publish_batch;
 pub mod retry_policy;
+pub mod reseed;

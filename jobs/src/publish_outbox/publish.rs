@@ -90,7 +90,7 @@ fn names(row: &OutboxRow, job: Option<&str>) -> bool {
 
 /// The producer span of one event. It continues the row's own trace (a sweeper batch carries
 /// rows of many orders), nested under the job's span when the job belongs to that trace.
-fn produce_span(row: &OutboxRow, topic: &str, job_trace: &TraceContext) -> Span {
+pub(crate) fn produce_span(row: &OutboxRow, topic: &str, job_trace: &TraceContext) -> Span {
     let span = tracing::info_span!(
         "kafka.produce",
         otel.name = format!("publish {topic}"),
@@ -112,7 +112,7 @@ fn produce_span(row: &OutboxRow, topic: &str, job_trace: &TraceContext) -> Span 
 
 /// Headers of the Kafka record; the trace context is the producer span's, so the consumer
 /// continues from it (or the row's, when nothing is recorded in this process).
-fn record_headers(row: &OutboxRow, span: &Span) -> OwnedHeaders {
+pub(crate) fn record_headers(row: &OutboxRow, span: &Span) -> OwnedHeaders {
     let trace = TraceContext::of_span(span).unwrap_or_else(|| row.trace());
     let mut h = OwnedHeaders::new()
         .insert(Header {
