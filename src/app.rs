@@ -270,6 +270,10 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         shutdown_timeout: cfg.shutdown_timeout,
         archive: state.config.archive.clone(),
         retention: retention_schedule(&state.config),
+        audit: orderflow_workflows::AuditSchedule {
+            cron: state.config.audit.cron.clone(),
+            auditor: crate::audit::scheduled(&state.config),
+        },
         publish_wake: state.events.publish_wake.clone(),
         notify_wake: Default::default(),
         pauses: Default::default(),

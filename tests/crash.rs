@@ -308,6 +308,7 @@ async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
 
     drop(second);
     pool.close().await;
+    common::audit::assert_passes(&db);
 }
 
 /// The process dies while a batch of orders is inside its transaction (it holds one stock row
@@ -487,4 +488,5 @@ async fn sigkill_inside_a_batch_commits_none_of_it_and_each_retried_key_succeeds
     );
     drop(second);
     pool.close().await;
+    common::audit::assert_passes(&db);
 }

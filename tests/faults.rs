@@ -218,6 +218,7 @@ async fn kafka_down_for_30_s_under_steady_orders_loses_nothing() {
         notified_after.as_secs_f64(),
         events.len()
     );
+    common::audit::assert_passes(&app.db_guard.url);
 }
 
 /// An order request that may fail at the transport: `Err` is a hang (client timeout) or a
@@ -550,4 +551,5 @@ async fn database_cut_mid_transaction_leaves_nothing_half_written_and_a_retry_su
          {retried} retried, of which {lost_acknowledgements} had committed (answer lost, replayed on retry)"
     );
     direct.close().await;
+    common::audit::assert_passes(&url);
 }

@@ -18,12 +18,13 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use orderflow_jobs::{
+    audit_run::{self, AuditContext, AuditTick},
     engine::{attempts::AttemptHistoryLayer, pause::Pauses},
     notify::{self, NotifyContext},
     publish::{self, PublishContext},
     queue::{
-        self, ConsumeNotification, PublishOutbox, QueueSettings, Wake, CONSUME_NOTIFICATION,
-        PUBLISH_OUTBOX, RETENTION,
+        self, ConsumeNotification, PublishOutbox, QueueSettings, Wake, AUDIT,
+        CONSUME_NOTIFICATION, PUBLISH_OUTBOX, RETENTION,
     },
     reaper,
     retention::{self, Purge, RetentionContext},
@@ -35,7 +36,9 @@ use ulid::Ulid;
 
 pub use archive::run_archive_worker;
 pub use consumer::consume_events;
-pub use schedule::{daily_run_key, parse_schedule, ArchiveSchedule, RetentionSchedule};
+pub use schedule::{
+    daily_run_key, parse_schedule, ArchiveSchedule, AuditSchedule, RetentionSchedule,
+};
 pub use sweeper::sweep_once;
 
 #[derive(Clone)]
@@ -56,6 +59,7 @@ pub struct Pipeline {
     pub shutdown_timeout: Duration,
     pub archive: ArchiveSchedule,
     pub retention: RetentionSchedule,
+    pub audit: AuditSchedule,
     /// Wake the local publish-outbox worker (orders committed by this process's API).
     pub publish_wake: Wake,
     /// Wake the local consume-notification worker (messages this process's consumer stored).
@@ -281,12 +285,40 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
             }
         },
     );
+    let audit_ctx = Arc::new(AuditContext {
+        pool: p.pool.clone(),
+        settings,
+        auditor: p.audit.auditor.clone(),
+    });
+    let audit_worker = supervise(AUDIT, "audit", Some(p.pool.clone()), stop.clone(), {
+        let (pool, pauses) = (p.pool.clone(), p.pauses.clone());
+        move |name| {
+            let (pool, ctx, pauses) = (pool.clone(), audit_ctx.clone(), pauses.clone());
+            Monitor::new()
+                .register(move |_| {
+                    WorkerBuilder::new(name.clone())
+                        .backend(queue::worker_storage::<AuditTick>(
+                            &pool,
+                            AUDIT,
+                            &settings,
+                            None,
+                            pauses.gate(AUDIT),
+                        ))
+                        .layer(AttemptHistoryLayer::new(&pool, AUDIT))
+                        .concurrency(1)
+                        .data(ctx.clone())
+                        .build(audit_run::handle)
+                })
+                .shutdown_timeout(shutdown_timeout)
+        }
+    });
     let schedules = schedule::run_schedules(p.clone(), stop.clone());
     tokio::join!(
         publish_worker,
         notify_worker,
         archive_worker,
         retention_worker,
+        audit_worker,
         schedules
     );
     for task in background {
