@@ -83,12 +83,15 @@ pub async fn run(
     let started = std::time::Instant::now();
     let mut conn = pool.acquire().await?;
     // The pool's sessions read committed; this one transaction reads one snapshot.
-    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    // Plain text statements (no prepare): MariaDB cannot prepare every transaction statement.
+    (&mut *conn)
+        .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .await?;
-    conn.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+    (&mut *conn)
+        .execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await?;
     let mut scan = Scan {
-        conn: &mut conn,
+        conn: &mut *conn,
         settings,
         progress,
         rows: 0,
@@ -103,7 +106,7 @@ pub async fn run(
     };
     let rows = scan.rows;
     scan.progress.finish(rows);
-    conn.execute("COMMIT").await?;
+    (&mut *conn).execute("COMMIT").await?;
     Ok(Report {
         checks,
         rows,
