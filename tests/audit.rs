@@ -63,7 +63,7 @@ impl History {
             .await,
             "4 ORDER_CREATED and 1 ORDER_CANCELLED notified"
         );
-        let key = format!("audit-test-{}", uuid::Uuid::new_v4().simple());
+        let key = format!("audit-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         queue::push_archive(
             app.db(),
             &app.state.config.events.queue,
