@@ -177,12 +177,8 @@ async fn audit(config: Config, json: bool, chunk_size: Option<u32>) -> anyhow::R
     if let Some(chunk) = chunk_size.filter(|c| *c > 0) {
         settings.chunk = chunk;
     }
-    let report = orderflow::audit::run(
-        &pool,
-        settings,
-        &mut orderflow::audit::Terminal::stderr(),
-    )
-    .await?;
+    let report =
+        orderflow::audit::run(&pool, settings, &mut orderflow::audit::Terminal::stderr()).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -9,7 +9,10 @@ use std::{sync::Arc, time::Duration};
 
 use common::{audit, DatabaseGuard, TestApp};
 use orderflow::config::Config;
-use orderflow_jobs::{archive::{self, ArchiveRun}, queue};
+use orderflow_jobs::{
+    archive::{self, ArchiveRun},
+    queue,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::MySqlPool;
@@ -39,13 +42,21 @@ impl History {
         let mut orders = Vec::new();
         for n in 0..4 {
             let r = app
-                .order(&user, &format!("audit-{n}"), json!([{"productId": product, "quantity": 2}]))
+                .order(
+                    &user,
+                    &format!("audit-{n}"),
+                    json!([{"productId": product, "quantity": 2}]),
+                )
                 .await;
             assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
             orders.push(r.body["id"].as_i64().unwrap());
         }
         let r = app
-            .post(&format!("/api/v1/orders/{}/cancel", orders[0]), Some(&user), json!({}))
+            .post(
+                &format!("/api/v1/orders/{}/cancel", orders[0]),
+                Some(&user),
+                json!({}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         let r = app
@@ -120,7 +131,10 @@ fn assert_fails(url: &str, check: &str, ids: &[String]) -> String {
         .unwrap_or_else(|| panic!("{check} is not reported:\n{}", run.stdout));
     for id in ids {
         assert!(
-            section.lines().skip(1).any(|l| l.trim_start().starts_with(&format!("{id}:"))),
+            section
+                .lines()
+                .skip(1)
+                .any(|l| l.trim_start().starts_with(&format!("{id}:"))),
             "{id} is not named under {check}:\n{}",
             run.stdout
         );
@@ -151,8 +165,18 @@ async fn an_order_without_or_with_two_order_created_events_fails() {
     let (o2, o3, archived) = (h.orders[2], h.orders[3], h.orders[1]);
     let (guard, pool) = h.stop().await;
     // Lost: no outbox row and no notification.
-    exec(&pool, &format!("DELETE FROM outbox_events WHERE aggregate_id = {o2} AND event_type = 'ORDER_CREATED'")).await;
-    exec(&pool, &format!("DELETE FROM notifications WHERE order_id = {o2} AND type = 'ORDER_CREATED'")).await;
+    exec(
+        &pool,
+        &format!(
+            "DELETE FROM outbox_events WHERE aggregate_id = {o2} AND event_type = 'ORDER_CREATED'"
+        ),
+    )
+    .await;
+    exec(
+        &pool,
+        &format!("DELETE FROM notifications WHERE order_id = {o2} AND type = 'ORDER_CREATED'"),
+    )
+    .await;
     // Twice: a second row with its own event id.
     exec(
         &pool,
@@ -164,9 +188,20 @@ async fn an_order_without_or_with_two_order_created_events_fails() {
     )
     .await;
     // An archived order's row purged by the retention still counts by its notification.
-    exec(&pool, &format!("DELETE FROM outbox_events WHERE aggregate_id = {archived}")).await;
-    let section = assert_fails(&guard.url, "order_created", &[format!("order {o2}"), format!("order {o3}")]);
-    assert!(!section.contains(&format!("order {archived}:")), "{section}");
+    exec(
+        &pool,
+        &format!("DELETE FROM outbox_events WHERE aggregate_id = {archived}"),
+    )
+    .await;
+    let section = assert_fails(
+        &guard.url,
+        "order_created",
+        &[format!("order {o2}"), format!("order {o3}")],
+    );
+    assert!(
+        !section.contains(&format!("order {archived}:")),
+        "{section}"
+    );
     assert!(section.contains("2 violations"), "{section}");
 }
 
@@ -176,7 +211,13 @@ async fn a_cancelled_order_without_its_order_cancelled_event_fails_even_archived
     let (cancelled, live) = (h.orders[0], h.orders[2]);
     let (guard, pool) = h.stop().await;
     exec(&pool, &format!("DELETE FROM outbox_events WHERE aggregate_id = {cancelled} AND event_type = 'ORDER_CANCELLED'")).await;
-    exec(&pool, &format!("DELETE FROM notifications WHERE order_id = {cancelled} AND type = 'ORDER_CANCELLED'")).await;
+    exec(
+        &pool,
+        &format!(
+            "DELETE FROM notifications WHERE order_id = {cancelled} AND type = 'ORDER_CANCELLED'"
+        ),
+    )
+    .await;
     // And a live order that is not cancelled but has an ORDER_CANCELLED event.
     exec(
         &pool,
@@ -186,7 +227,11 @@ async fn a_cancelled_order_without_its_order_cancelled_event_fails_even_archived
         ),
     )
     .await;
-    assert_fails(&guard.url, "order_cancelled", &[format!("order {cancelled}"), format!("order {live}")]);
+    assert_fails(
+        &guard.url,
+        "order_cancelled",
+        &[format!("order {cancelled}"), format!("order {live}")],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +239,11 @@ async fn stock_that_moved_outside_an_order_or_adjustment_fails() {
     let h = History::build(|_| {}).await;
     let product = h.product;
     let (guard, pool) = h.stop().await;
-    exec(&pool, &format!("UPDATE stocks SET quantity = quantity - 1 WHERE product_id = {product}")).await;
+    exec(
+        &pool,
+        &format!("UPDATE stocks SET quantity = quantity - 1 WHERE product_id = {product}"),
+    )
+    .await;
     let section = assert_fails(&guard.url, "stock", &[format!("product {product}")]);
     // 50 + 5 - 3 orders of 2 not cancelled (one archived) = 49; the row says 48.
     assert!(section.contains("stock 48, expected 49"), "{section}");
@@ -205,7 +254,11 @@ async fn a_published_event_past_the_grace_without_its_notification_fails() {
     let h = History::build(|_| {}).await;
     let o3 = h.orders[3];
     let (guard, pool) = h.stop().await;
-    exec(&pool, &format!("DELETE FROM notifications WHERE order_id = {o3}")).await;
+    exec(
+        &pool,
+        &format!("DELETE FROM notifications WHERE order_id = {o3}"),
+    )
+    .await;
     let row: i64 = sqlx::query_scalar(&format!(
         "SELECT id FROM outbox_events WHERE aggregate_id = {o3} AND event_type = 'ORDER_CREATED'"
     ))
@@ -265,17 +318,27 @@ async fn an_idempotency_key_with_two_orders_or_an_order_with_two_keys_fails() {
     let key_of = |order: i64| {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, i64>(&format!("SELECT id FROM idempotency_keys WHERE order_id = {order}"))
-                .fetch_one(&pool)
-                .await
-                .unwrap()
+            sqlx::query_scalar::<_, i64>(&format!(
+                "SELECT id FROM idempotency_keys WHERE order_id = {order}"
+            ))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
         }
     };
     let (k2, k3) = (key_of(o2).await, key_of(o3).await);
     // The key of order 2 now names order 3 too.
-    exec(&pool, &format!("UPDATE idempotency_keys SET order_id = {o3} WHERE id = {k2}")).await;
+    exec(
+        &pool,
+        &format!("UPDATE idempotency_keys SET order_id = {o3} WHERE id = {k2}"),
+    )
+    .await;
     // One (user, key) stored twice: only possible once the UNIQUE key is gone.
-    exec(&pool, "ALTER TABLE idempotency_keys DROP INDEX uq_idempotency_user_key").await;
+    exec(
+        &pool,
+        "ALTER TABLE idempotency_keys DROP INDEX uq_idempotency_user_key",
+    )
+    .await;
     exec(
         &pool,
         &format!(
@@ -289,10 +352,16 @@ async fn an_idempotency_key_with_two_orders_or_an_order_with_two_keys_fails() {
         "idempotency",
         &[format!("idempotency key {k3}")],
     );
-    assert!(section.contains(&format!("order {o3} is also key")), "{section}");
+    assert!(
+        section.contains(&format!("order {o3} is also key")),
+        "{section}"
+    );
     assert!(section.contains("stored 2 times"), "{section}");
     // Order 2 lost its key: that is not a violation (keys expire).
-    assert!(!section.contains(&format!("idempotency key {k2}: order {o2}")), "{section}");
+    assert!(
+        !section.contains(&format!("idempotency key {k2}: order {o2}")),
+        "{section}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,10 +389,14 @@ async fn dead_outbox_rows_and_dead_jobs_are_listed_not_failed() {
     let run = audit::run(&guard.url, &[]);
     assert_eq!(run.code, 0, "listing is not failing:\n{}", run.stdout);
     let rows = run.listed("outbox_dead").expect("DEAD rows listed");
-    assert!(rows.contains("broker said no") && rows.contains(&format!("order {o3}")), "{rows}");
+    assert!(
+        rows.contains("broker said no") && rows.contains(&format!("order {o3}")),
+        "{rows}"
+    );
     let jobs = run.listed("dead_jobs").expect("dead jobs listed");
     assert!(
-        jobs.contains(&format!("job {job}: queue publish-outbox")) && jobs.contains("kafka unreachable"),
+        jobs.contains(&format!("job {job}: queue publish-outbox"))
+            && jobs.contains("kafka unreachable"),
         "{jobs}"
     );
 }
@@ -332,7 +405,11 @@ async fn dead_outbox_rows_and_dead_jobs_are_listed_not_failed() {
 async fn the_scheduled_audit_exports_its_violations_per_check() {
     let h = History::build(|c| c.audit.cron = "* * * * * *".into()).await;
     let product = h.product;
-    exec(h.app.db(), &format!("UPDATE stocks SET quantity = quantity + 7 WHERE product_id = {product}")).await;
+    exec(
+        h.app.db(),
+        &format!("UPDATE stocks SET quantity = quantity + 7 WHERE product_id = {product}"),
+    )
+    .await;
     let metric = "audit_violations{check=\"stock\"} 1";
     let mut text = String::new();
     let mut seen = false;
@@ -354,5 +431,8 @@ async fn the_scheduled_audit_exports_its_violations_per_check() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen, "{metric} never exported:\n{text}");
-    assert!(text.contains("audit_violations{check=\"order_created\"} 0"), "{text}");
+    assert!(
+        text.contains("audit_violations{check=\"order_created\"} 0"),
+        "{text}"
+    );
 }

@@ -132,17 +132,15 @@ async fn chunk(
         let count = events.entry((order, kind)).or_default();
         *count = (*count).max(n);
     }
-    let count = |order: i64, kind: &str| {
-        events
-            .get(&(order, kind.to_owned()))
-            .copied()
-            .unwrap_or(0)
-    };
+    let count =
+        |order: i64, kind: &str| events.get(&(order, kind.to_owned())).copied().unwrap_or(0);
     for (id, status) in orders {
         let created = count(*id, CREATED);
         if created != 1 {
-            out.created
-                .found(format!("order {id}"), format!("{created} ORDER_CREATED events"));
+            out.created.found(
+                format!("order {id}"),
+                format!("{created} ORDER_CREATED events"),
+            );
         }
         let cancelled = count(*id, CANCELLED);
         let expected = i64::from(status == "CANCELLED");

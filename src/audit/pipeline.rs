@@ -69,14 +69,16 @@ pub(super) async fn scan(scan: &mut Scan<'_>) -> Result<Pipeline, sqlx::Error> {
         let Some(last) = rows.last().map(|r| r.0) else {
             break;
         };
-        for (id, order, kind, status, job_id, stale_new, due, notified, job, last_error) in &rows
-        {
+        for (id, order, kind, status, job_id, stale_new, due, notified, job, last_error) in &rows {
             let what = format!("{kind} of order {order}");
             if *due == 1 && *notified == 0 {
-                out.notified
-                    .found(format!("outbox {id}"), format!("{what}: published, no notification"));
+                out.notified.found(
+                    format!("outbox {id}"),
+                    format!("{what}: published, no notification"),
+                );
             }
-            let live = matches!(job.as_deref(), Some(s) if !matches!(s, "Done" | "Killed" | "Discarded"));
+            let live =
+                matches!(job.as_deref(), Some(s) if !matches!(s, "Done" | "Killed" | "Discarded"));
             if *stale_new == 1 && !live {
                 out.unqueued.found(
                     format!("outbox {id}"),

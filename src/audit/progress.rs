@@ -38,7 +38,11 @@ impl Terminal {
 
 impl Progress for Terminal {
     fn advance(&mut self, stage: &'static str, rows: u64) {
-        if !self.on || self.shown.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+        if !self.on
+            || self
+                .shown
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
+        {
             return;
         }
         self.shown = Some(Instant::now());

@@ -23,8 +23,8 @@ use orderflow_jobs::{
     notify::{self, NotifyContext},
     publish::{self, PublishContext},
     queue::{
-        self, ConsumeNotification, PublishOutbox, QueueSettings, Wake, AUDIT,
-        CONSUME_NOTIFICATION, PUBLISH_OUTBOX, RETENTION,
+        self, ConsumeNotification, PublishOutbox, QueueSettings, Wake, AUDIT, CONSUME_NOTIFICATION,
+        PUBLISH_OUTBOX, RETENTION,
     },
     reaper,
     retention::{self, Purge, RetentionContext},

@@ -150,7 +150,13 @@ pub(crate) async fn run_schedules(p: Pipeline, stop: CancellationToken) {
             stop.clone(),
             on_retention_tick,
         ),
-        run_schedule("audit-schedule", &p.audit.cron, p.clone(), stop, on_audit_tick),
+        run_schedule(
+            "audit-schedule",
+            &p.audit.cron,
+            p.clone(),
+            stop,
+            on_audit_tick
+        ),
     );
 }
 
