@@ -278,6 +278,10 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
             + std::time::Duration::from_secs(5),
         archive: state.config.archive.clone(),
         retention: retention_schedule(&state.config),
+        audit: orderflow_workflows::AuditSchedule {
+            cron: state.config.audit.cron.clone(),
+            auditor: crate::audit::scheduled(&state.config),
+        },
         publish_wake: state.events.publish_wake.clone(),
         notify_wake: Default::default(),
         pauses: Default::default(),

@@ -48,6 +48,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ArchiveCommand,
     },
+    /// Check the invariants over the whole history, live and archived; exit 0 when all hold,
+    /// 1 when any fails (the offending ids are printed), 2 when the history cannot be read.
+    Audit {
+        /// Print the report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Rows per read (defaults to AUDIT_CHUNK_SIZE).
+        #[arg(long)]
+        chunk_size: Option<u32>,
+    },
     /// Print the OpenAPI document (the one served at /api-docs/openapi.json) and exit.
     Openapi,
     /// Exit 0 when the local service answers its liveness probe (for container healthchecks).

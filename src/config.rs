@@ -48,6 +48,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub archive: ArchiveSchedule,
     pub retention: RetentionConfig,
+    pub audit: AuditConfig,
     pub http_addr: SocketAddr,
     pub http_request_timeout: Duration,
     pub http_body_limit_bytes: usize,
@@ -189,6 +190,16 @@ pub struct IdempotencyConfig {
 pub struct RetentionConfig {
     pub cron: String,
     pub finished_after: Duration,
+}
+
+/// The invariant audit (`crate::audit`, docs/adr/0017-audit.md): its schedule on the job
+/// engine, the rows each of its reads covers, and how long a published event may wait for its
+/// notification before the audit counts it missing.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub cron: String,
+    pub chunk_size: u32,
+    pub notification_grace: Duration,
 }
 
 /// Login brute-force throttling (`crate::auth::throttle`, policy in ADR 0013); the counters
@@ -397,6 +408,14 @@ impl Config {
                 finished_after: Duration::from_secs(
                     86_400 * positive("RETENTION_DAYS", var("RETENTION_DAYS", 7u64)?)?,
                 ),
+            },
+            audit: AuditConfig {
+                cron: cron_var("AUDIT_CRON", "0 17 * * * *")?,
+                chunk_size: positive("AUDIT_CHUNK_SIZE", var("AUDIT_CHUNK_SIZE", 2000u32)?)?,
+                notification_grace: Duration::from_secs(var(
+                    "AUDIT_NOTIFICATION_GRACE_SECS",
+                    300u64,
+                )?),
             },
             jwt: JwtConfig {
                 using_dev_secret: jwt_secret.is_none(),

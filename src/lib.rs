@@ -4,6 +4,7 @@
 
 pub mod actuator;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod cli;

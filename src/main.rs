@@ -70,6 +70,16 @@ fn main() -> ExitCode {
     // Outside the runtime: the trace exporter's blocking HTTP client must not be created or
     // dropped on an async worker thread. Dropped before the runtime, flushing what is left.
     let _telemetry = telemetry::init(config.log_format, &config.tracing);
+    if let Command::Audit { json, chunk_size } = command {
+        return match runtime.block_on(audit(config, json, chunk_size)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("orderflow: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match runtime.block_on(run(command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -151,8 +161,30 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Healthcheck { .. } | Command::Openapi => {
             unreachable!("handled before configuration is read")
         }
+        Command::Audit { .. } => unreachable!("handled with its own exit codes"),
     }
     Ok(())
+}
+
+/// Runs the audit and prints its report; returns whether every invariant holds.
+async fn audit(config: Config, json: bool, chunk_size: Option<u32>) -> anyhow::Result<bool> {
+    let pool = db::connect(
+        &config.database_url,
+        &db::PoolSettings::for_command(&config),
+    )
+    .await?;
+    let mut settings = orderflow::audit::Settings::from_config(&config);
+    if let Some(chunk) = chunk_size.filter(|c| *c > 0) {
+        settings.chunk = chunk;
+    }
+    let report =
+        orderflow::audit::run(&pool, settings, &mut orderflow::audit::Terminal::stderr()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(report.holds())
 }
 
 /// Starts an archive run on the job engine and waits for its summary.

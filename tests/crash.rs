@@ -313,6 +313,7 @@ async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
 
     drop(second);
     pool.close().await;
+    common::audit::assert_passes(&db);
 }
 
 /// The process dies while a batch of orders is inside its transaction (it holds one stock row
@@ -492,6 +493,7 @@ async fn sigkill_inside_a_batch_commits_none_of_it_and_each_retried_key_succeeds
     );
     drop(second);
     pool.close().await;
+    common::audit::assert_passes(&db);
 }
 
 /// The default configuration (no `KAFKA_BROKERS`): the in-process broker dies with the

@@ -227,6 +227,7 @@ async fn kafka_down_under_steady_orders_loses_nothing_and_kills_nothing() {
         notified_after.as_secs_f64(),
         events.len()
     );
+    common::audit::assert_passes(&app.db_guard.url);
 }
 
 /// An order request that may fail at the transport: `Err` is a hang (client timeout) or a
@@ -559,6 +560,7 @@ async fn database_cut_mid_transaction_leaves_nothing_half_written_and_a_retry_su
          {retried} retried, of which {lost_acknowledgements} had committed (answer lost, replayed on retry)"
     );
     direct.close().await;
+    common::audit::assert_passes(&url);
 }
 
 /// Issue 20: the database unreachable for 3 s under steady orders. A job worker whose

@@ -405,4 +405,5 @@ async fn order_cancel_complete_adjust_storm_conserves_stock() {
         bad_cancelled, 0,
         "one ORDER_CANCELLED per cancelled order, none otherwise"
     );
+    common::audit::assert_passes(&app.db_guard.url);
 }

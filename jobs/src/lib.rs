@@ -7,6 +7,7 @@
 //! * `consume_notification` — the job that turns received events into notifications;
 //! * `archive_run` — the archive workflow's steps and their SQL;
 //! * `retention` — the retention job: expired rows of every kind, purged in batches;
+//! * `audit_run` — the scheduled invariant audit (its checks are the service's);
 //! * `kafka` — producer, consumer and the embedded broker;
 //! * `sql_script` — statements sent together in one round trip (the order path's batches);
 //! * `search` — the jobs an operator's search names (a job, an order or an event id), across
@@ -16,6 +17,7 @@
 //! `orderflow_jobs::outbox`, …), the paths the service, the workflows and the tests use.
 
 pub mod archive_run;
+pub mod audit_run;
 pub mod consume_notification;
 pub mod engine;
 pub mod kafka;

@@ -64,6 +64,7 @@ pub async fn create(
         .bind(initial_stock)
         .execute(&mut *tx)
         .await?;
+    record_adjustment(&mut tx, id, initial_stock, "INITIAL").await?;
     tx.commit().await?;
     Ok(Product {
         id,
@@ -100,8 +101,26 @@ pub async fn adjust_stock(
         (_, None) => Err(CatalogError::NotFound),
         (0, Some(_)) => Err(CatalogError::InsufficientStock),
         (_, Some(q)) => {
+            record_adjustment(&mut tx, product_id, delta, "ADJUST").await?;
             tx.commit().await?;
             Ok(q)
         }
     }
+}
+
+/// Records a stock change that is not an order, in the change's own transaction, so that the
+/// audit can check stock is conserved (docs/adr/0017-audit.md).
+async fn record_adjustment(
+    tx: &mut Transaction<'_, MySql>,
+    product_id: i64,
+    delta: i64,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO stock_adjustments (product_id, delta, reason) VALUES (?, ?, ?)")
+        .bind(product_id)
+        .bind(delta)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

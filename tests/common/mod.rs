@@ -7,6 +7,7 @@
 //! started in containers instead (needs a Docker engine).
 #![allow(dead_code)]
 
+pub mod audit;
 pub mod browser;
 pub mod console;
 #[cfg(feature = "testcontainers")]

@@ -18,6 +18,7 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use orderflow_jobs::{
+    audit_run::{self, AuditContext, AuditTick},
     engine::{
         attempts::AttemptHistoryLayer,
         lost_acks::{self, LostAcks},
@@ -26,7 +27,7 @@ use orderflow_jobs::{
     notify::{self, NotifyContext},
     publish::{self, PublishContext},
     queue::{
-        self, ConsumeNotification, PublishOutbox, QueueSettings, Wake, CONSUME_NOTIFICATION,
+        self, ConsumeNotification, PublishOutbox, QueueSettings, Wake, AUDIT, CONSUME_NOTIFICATION,
         PUBLISH_OUTBOX, RETENTION,
     },
     reaper,
@@ -40,7 +41,9 @@ use ulid::Ulid;
 
 pub use archive::run_archive_worker;
 pub use consumer::consume_events;
-pub use schedule::{daily_run_key, parse_schedule, ArchiveSchedule, RetentionSchedule};
+pub use schedule::{
+    daily_run_key, parse_schedule, ArchiveSchedule, AuditSchedule, RetentionSchedule,
+};
 pub use sweeper::sweep_once;
 
 #[derive(Clone)]
@@ -65,6 +68,7 @@ pub struct Pipeline {
     pub publish_claim_lease: Duration,
     pub archive: ArchiveSchedule,
     pub retention: RetentionSchedule,
+    pub audit: AuditSchedule,
     /// Wake the local publish-outbox worker (orders committed by this process's API).
     pub publish_wake: Wake,
     /// Wake the local consume-notification worker (messages this process's consumer stored).
@@ -341,12 +345,40 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
             }
         },
     );
+    let audit_ctx = Arc::new(AuditContext {
+        pool: p.pool.clone(),
+        settings,
+        auditor: p.audit.auditor.clone(),
+    });
+    let audit_worker = supervise(AUDIT, "audit", Some(p.pool.clone()), stop.clone(), {
+        let (pool, pauses) = (p.pool.clone(), p.pauses.clone());
+        move |name| {
+            let (pool, ctx, pauses) = (pool.clone(), audit_ctx.clone(), pauses.clone());
+            Monitor::new()
+                .register(move |_| {
+                    WorkerBuilder::new(name.clone())
+                        .backend(queue::worker_storage::<AuditTick>(
+                            &pool,
+                            AUDIT,
+                            &settings,
+                            None,
+                            pauses.gate(AUDIT),
+                        ))
+                        .layer(AttemptHistoryLayer::new(&pool, AUDIT))
+                        .concurrency(1)
+                        .data(ctx.clone())
+                        .build(audit_run::handle)
+                })
+                .shutdown_timeout(shutdown_timeout)
+        }
+    });
     let schedules = schedule::run_schedules(p.clone(), stop.clone());
     tokio::join!(
         publish_worker,
         notify_worker,
         archive_worker,
         retention_worker,
+        audit_worker,
         schedules
     );
     for task in background {

@@ -1,4 +1,4 @@
-//! The schedules (apalis-cron): the daily archive run and the retention purge. Every replica
+//! The schedules (apalis-cron): the daily archive run, the retention purge and the audit. Every replica
 //! ticks; each tick queues its job under an idempotency key made of the tick (the day for the
 //! archive run), so the job is queued once however many replicas tick (apalis-cron alone
 //! would run it once per replica, apalis issue 281).
@@ -10,6 +10,7 @@ use apalis_cron::{CronStream, Tick};
 use chrono::{DateTime, Utc};
 use orderflow_jobs::{
     archive::ArchiveRun,
+    audit_run::{AuditTick, Auditor},
     queue::{self, Pushed},
     retention::{Expiring, Purge},
 };
@@ -31,6 +32,14 @@ pub struct RetentionSchedule {
     pub cron: String,
     /// What each run purges (each kind knows its own retention).
     pub kinds: Vec<Arc<dyn Expiring>>,
+}
+
+/// The invariant audit's schedule (`AUDIT_CRON`), and the checks it runs.
+#[derive(Clone)]
+pub struct AuditSchedule {
+    /// Cron expression with seconds, in UTC.
+    pub cron: String,
+    pub auditor: Arc<dyn Auditor>,
 }
 
 pub fn parse_schedule(expr: &str) -> Result<cron::Schedule, String> {
@@ -81,6 +90,19 @@ async fn on_retention_tick(tick: Tick, p: Data<Arc<Pipeline>>) -> Result<(), Box
     Ok(())
 }
 
+async fn on_audit_tick(tick: Tick, p: Data<Arc<Pipeline>>) -> Result<(), BoxDynError> {
+    let audit = AuditTick {
+        tick: tick_time(&tick).format("%Y%m%dT%H%M%S").to_string(),
+    };
+    let key = audit.key();
+    log_push(
+        "audit",
+        &key,
+        queue::push_audit(&p.pool, &p.settings, audit).await?,
+    );
+    Ok(())
+}
+
 /// Ticks `expr` until `stop`, calling `on_tick` for each tick.
 async fn run_schedule<F, Fut>(
     name: &'static str,
@@ -125,8 +147,15 @@ pub(crate) async fn run_schedules(p: Pipeline, stop: CancellationToken) {
             "retention-schedule",
             &p.retention.cron,
             p.clone(),
-            stop,
+            stop.clone(),
             on_retention_tick,
+        ),
+        run_schedule(
+            "audit-schedule",
+            &p.audit.cron,
+            p.clone(),
+            stop,
+            on_audit_tick
         ),
     );
 }

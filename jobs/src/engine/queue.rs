@@ -29,7 +29,15 @@ pub const CONSUME_NOTIFICATION: &str = "consume-notification";
 /// The archive workflow: its plan, chunk and summary jobs.
 pub const ARCHIVE_RUN: &str = "archive-run";
 pub const RETENTION: &str = "retention";
-pub const QUEUES: [&str; 4] = [PUBLISH_OUTBOX, CONSUME_NOTIFICATION, ARCHIVE_RUN, RETENTION];
+/// The scheduled invariant audit (`AUDIT_CRON`).
+pub const AUDIT: &str = "audit";
+pub const QUEUES: [&str; 5] = [
+    PUBLISH_OUTBOX,
+    CONSUME_NOTIFICATION,
+    ARCHIVE_RUN,
+    RETENTION,
+    AUDIT,
+];
 
 pub type Storage<T> = MySqlStorage<T, JsonCodec<Vec<u8>>, MySqlFetcher>;
 
@@ -313,6 +321,20 @@ pub async fn push_retention(
         .with_idempotency_key(key)
         .build();
     push_once(storage(pool, RETENTION, settings), task).await
+}
+
+/// Queues the audit of one schedule tick (once, however many replicas tick).
+pub async fn push_audit(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    tick: crate::audit_run::AuditTick,
+) -> Result<Pushed, BoxDynError> {
+    let key = tick.key();
+    let task = TaskBuilder::new(tick)
+        .max_attempts(settings.max_attempts)
+        .with_idempotency_key(key)
+        .build();
+    push_once(storage(pool, AUDIT, settings), task).await
 }
 
 /// Whether the attempt that just failed was the job's last (apalis then marks it Killed).
