@@ -155,12 +155,11 @@ pub struct DbMeter {
 }
 
 async fn db_counters(pool: &sqlx::MySqlPool) -> Option<(u64, u64)> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Com_commit')",
-    )
-    .fetch_all(pool)
-    .await
-    .ok()?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Com_commit')")
+            .fetch_all(pool)
+            .await
+            .ok()?;
     let get = |name: &str| {
         rows.iter()
             .find(|(n, _)| n == name)

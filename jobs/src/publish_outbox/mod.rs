@@ -12,5 +12,5 @@ pub mod carried;
 pub mod outbox;
 pub mod publish;
 pub mod publish_batch;
-pub mod retry_policy;
 pub mod reseed;
+pub mod retry_policy;
