@@ -91,7 +91,7 @@ pub async fn run(
         .execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await?;
     let mut scan = Scan {
-        conn: &mut *conn,
+        conn: &mut conn,
         settings,
         progress,
         rows: 0,
