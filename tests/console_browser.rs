@@ -131,14 +131,9 @@ async fn a_job_killed_by_a_kafka_outage_shows_its_attempts_and_a_retry_from_its_
     for e in &errors {
         assert!(e.contains("kafka delivery failed"), "{e}");
     }
-    let links = browser
-        .client
-        .find_all(fantoccini::Locator::Css("#attempts-table a.trace"))
-        .await
-        .unwrap();
+    let links = browser.attrs("#attempts-table a.trace", "href").await;
     assert_eq!(links.len(), attempts as usize);
-    for link in links {
-        let href = link.attr("href").await.unwrap().unwrap_or_default();
+    for href in links {
         assert_eq!(href, format!("http://jaeger.test:16686/trace/{TRACE_ID}"));
     }
     assert_eq!(browser.text("#job-state").await, "dead");

@@ -180,6 +180,26 @@ impl Browser {
         }
     }
 
+    /// The attribute `name` of every element `css` matches now, read from one rendering of
+    /// the page, as `texts` does.
+    pub async fn attrs(&self, css: &str, name: &str) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        'page: loop {
+            let mut out = Vec::new();
+            for e in self.client.find_all(Locator::Css(css)).await.expect("find") {
+                match e.attr(name).await {
+                    Ok(value) => out.push(value.unwrap_or_default()),
+                    Err(e) if is_stale(&e) && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue 'page;
+                    }
+                    Err(e) => panic!("{name} of {css}: {e}"),
+                }
+            }
+            return out;
+        }
+    }
+
     /// Waits until `check` holds, checking every 100 ms; panics with `what` after WAIT.
     pub async fn until<F, Fut>(&self, what: &str, mut check: F)
     where

@@ -74,7 +74,7 @@ async fn unnotified(
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT e.id, e.event_id, e.aggregate_id, e.event_type, e.payload, e.traceparent, \
-         e.tracestate, e.created_at FROM outbox_events e \
+         e.tracestate, e.created_at, e.job_id FROM outbox_events e \
          WHERE e.id > ? AND e.id <= ? AND e.status = 'PUBLISHED' AND e.published_at < ? \
          AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.event_id = e.event_id) \
          ORDER BY e.id",
