@@ -45,6 +45,8 @@ curl -sf -X POST "$base/api/v1/admin/products" -H "Authorization: Bearer $token"
   -H 'Content-Type: application/json' \
   -d '{"sku":"ST-1","name":"Schemathesis","price":100,"initialStock":1000000}' >/dev/null
 
+# One worker: with two threads, CPython 3.11 can fail inside schemathesis with "SystemError: AST
+# constructor recursion depth mismatch" (concurrent compile() calls; seen once in .ci/run).
 "$VENV/bin/schemathesis" --config-file .ci/schemathesis.toml run "$base/api-docs/openapi.json" \
-  -H "Authorization: Bearer $token" --max-examples "$MAX_EXAMPLES" --workers 2 \
+  -H "Authorization: Bearer $token" --max-examples "$MAX_EXAMPLES" --workers 1 \
   --seed 20261126 "$@"
