@@ -234,30 +234,8 @@ async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
         orders > 0 && orders < 120,
         "the kill landed mid-burst ({orders} committed)"
     );
-    assert_eq!(
-        count("SELECT 100000 - quantity FROM stocks").await,
-        orders,
-        "one decrement per committed order"
-    );
-    assert_eq!(
-        count("SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e WHERE e.aggregate_id = o.id) <> 1").await,
-        0,
-        "exactly one outbox row per committed order"
-    );
-
-    let mut settled = false;
-    let mut last = (0, 0);
-    for _ in 0..180 {
-        let unpublished =
-            count("SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'").await;
-        let notified = count("SELECT COUNT(*) FROM notifications").await;
-        last = (unpublished, notified);
-        if unpublished == 0 && notified == orders {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    assert_committed_once(&pool, orders).await;
+    let (settled, last) = settled(&pool, orders).await;
     if !settled {
         let jobs: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT job_type, status, COUNT(*) FROM jobs GROUP BY job_type, status ORDER BY 1, 2",
@@ -314,6 +292,47 @@ async fn sigkill_during_a_burst_loses_nothing_and_notifies_each_order_once() {
     drop(second);
     pool.close().await;
     common::audit::assert_passes(&db);
+}
+
+/// One stock decrement and one outbox row per committed order (stock started at 100,000).
+async fn assert_committed_once(pool: &sqlx::MySqlPool, orders: i64) {
+    assert_eq!(
+        scalar(pool, "SELECT 100000 - quantity FROM stocks").await,
+        orders,
+        "one decrement per committed order"
+    );
+    assert_eq!(
+        scalar(pool, "SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e WHERE e.aggregate_id = o.id) <> 1").await,
+        0,
+        "exactly one outbox row per committed order"
+    );
+}
+
+/// Waits up to 90 s for every outbox row to be PUBLISHED and `orders` notifications;
+/// whether that happened, and the last (unpublished, notified) seen.
+async fn settled(pool: &sqlx::MySqlPool, orders: i64) -> (bool, (i64, i64)) {
+    let mut last = (0, 0);
+    for _ in 0..180 {
+        let unpublished = scalar(
+            pool,
+            "SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'",
+        )
+        .await;
+        let notified = scalar(pool, "SELECT COUNT(*) FROM notifications").await;
+        last = (unpublished, notified);
+        if unpublished == 0 && notified == orders {
+            return (true, last);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    (false, last)
+}
+
+async fn scalar(pool: &sqlx::MySqlPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// The process dies while a batch of orders is inside its transaction (it holds one stock row
@@ -588,30 +607,8 @@ async fn sigkill_on_the_default_embedded_broker_loses_no_notification() {
     };
     let orders = count("SELECT COUNT(*) FROM orders").await;
     assert!(orders > 0, "orders were committed before the kill");
-    assert_eq!(
-        count("SELECT 100000 - quantity FROM stocks").await,
-        orders,
-        "one decrement per committed order"
-    );
-    assert_eq!(
-        count("SELECT COUNT(*) FROM orders o WHERE (SELECT COUNT(*) FROM outbox_events e WHERE e.aggregate_id = o.id) <> 1").await,
-        0,
-        "exactly one outbox row per committed order"
-    );
-
-    let mut settled = false;
-    let mut last = (0, 0);
-    for _ in 0..180 {
-        let unpublished =
-            count("SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'").await;
-        let notified = count("SELECT COUNT(*) FROM notifications").await;
-        last = (unpublished, notified);
-        if unpublished == 0 && notified == orders {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    assert_committed_once(&pool, orders).await;
+    let (settled, last) = settled(&pool, orders).await;
     assert!(
         settled,
         "after the restart every committed order is published and notified: \
