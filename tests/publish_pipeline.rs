@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use common::{kafka, TestApp};
+use common::{kafka, proxy::FaultProxy, DatabaseGuard, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -742,6 +742,81 @@ async fn a_job_whose_acknowledgement_was_lost_is_run_again_and_ends_done() {
         "the job is run again and ends Done: {:?}",
         job_status(&app, &job_id).await
     );
+    assert_each_event_once(&app, "ORDER_CREATED", 1).await;
+    app.stop().await;
+}
+
+/// Finding 3, its second half: a worker's fetch reaches the database and commits (the jobs
+/// it took are `Queued` under that worker), but the answer to its COMMIT is lost with the
+/// connection. The worker is alive and heartbeating, so the lease never reclaims the job; it
+/// was never handed to the worker, so it never runs; and the sweeper leaves a live job's rows
+/// alone. The job must still run, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_whose_commit_answer_was_lost_leaves_no_job_stranded() {
+    let proxy = FaultProxy::start(common::server_addr().await).await;
+    let url = common::fresh_database_url();
+    let guard = Arc::new(DatabaseGuard { url: url.clone() });
+    // Without a prepared-statement cache each statement's text crosses the proxy every time,
+    // so the proxy can tell the fetch's transaction.
+    let through_proxy = format!(
+        "{}?statement-cache-capacity=0&ssl-mode=disabled",
+        common::with_host(&url, proxy.addr)
+    );
+    let state = orderflow::app::init(common::test_config(&through_proxy))
+        .await
+        .expect("starts through the proxy");
+    let lease = state.config.events.queue.lease;
+    let app = TestApp::serve(state, guard, None).await;
+    let direct = sqlx::MySqlPool::connect(&url).await.unwrap();
+
+    let job_id = orderflow_jobs::queue::new_job_id();
+    proxy.lose_answer_to_commit_after(&[b"SET status = 'Queued'", job_id.as_bytes()]);
+    append_row(&app, 3131, &job_id, json!({"orderId": 3131})).await;
+    push_job(&app, &job_id, Vec::new()).await;
+    assert!(
+        app.eventually(Duration::from_secs(10), || async {
+            proxy.commit_answers_lost() == 1
+        })
+        .await,
+        "the fetch that took the job lost its COMMIT's answer"
+    );
+    let job = |direct: sqlx::MySqlPool, id: String| async move {
+        sqlx::query_as::<_, (String, i32, Option<String>)>(
+            "SELECT status, attempts, lock_by FROM jobs WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_one(&direct)
+        .await
+        .unwrap()
+    };
+    // Well inside the lease: the worker stays alive, so the reaper is not what moves it.
+    let wait = lease.min(Duration::from_secs(20));
+    let done = app
+        .eventually(wait, || async {
+            job(direct.clone(), job_id.clone()).await.0 == "Done"
+        })
+        .await;
+    assert!(
+        done,
+        "the job runs and ends Done within {wait:?}; it is {:?}",
+        job(direct.clone(), job_id.clone()).await
+    );
+    let (_, attempts, _) = job(direct.clone(), job_id.clone()).await;
+    assert_eq!(attempts, 1, "the lost fetch counts no attempt; one run");
+    let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_attempts WHERE job_id = ?")
+        .bind(&job_id)
+        .fetch_one(&direct)
+        .await
+        .unwrap();
+    assert_eq!(failed, 0, "no failed or interrupted attempt recorded");
+    let published: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox_events WHERE job_id = ? AND status = 'PUBLISHED'",
+    )
+    .bind(&job_id)
+    .fetch_one(&direct)
+    .await
+    .unwrap();
+    assert_eq!(published, 1);
     assert_each_event_once(&app, "ORDER_CREATED", 1).await;
     app.stop().await;
 }

@@ -1,15 +1,18 @@
 //! A TCP proxy that can cut every connection on command: the tests' way to make the
-//! database (or Redis) unreachable, or to drop it mid-transaction, and bring it back.
+//! database (or Redis) unreachable, or to drop it mid-transaction, and bring it back. It can
+//! also lose the answer to one COMMIT: the server commits, the client sees its connection
+//! drop (what a network failure after the server's commit looks like from the client).
 
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
     },
 };
 
 use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::watch,
 };
@@ -19,6 +22,21 @@ pub struct FaultProxy {
     up: Arc<AtomicBool>,
     /// Bumped to cut the connections open at that moment.
     cut: watch::Sender<u64>,
+    lose: Arc<LoseCommit>,
+}
+
+/// One armed "lose the answer to a COMMIT" fault.
+#[derive(Default)]
+struct LoseCommit {
+    /// What the connection's transaction must have sent, each of them, before its COMMIT.
+    after: Mutex<Option<Vec<Vec<u8>>>>,
+    lost: AtomicUsize,
+}
+
+/// A MySQL COM_QUERY packet carrying `COMMIT`: payload length 7, any sequence id, 0x03.
+fn is_commit(buf: &[u8]) -> bool {
+    buf.windows(11)
+        .any(|w| w[..3] == [7, 0, 0] && &w[4..] == b"\x03COMMIT")
 }
 
 impl FaultProxy {
@@ -29,9 +47,11 @@ impl FaultProxy {
         let (cut, _) = watch::channel(0u64);
         let cut_rx = cut.subscribe();
         let up_flag = up.clone();
+        let lose = Arc::new(LoseCommit::default());
+        let lose_in = lose.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
                 if !up_flag.load(Ordering::SeqCst) {
@@ -40,18 +60,24 @@ impl FaultProxy {
                 }
                 let mut cut_rx = cut_rx.clone();
                 cut_rx.mark_unchanged();
+                let lose = lose_in.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = relay(client, server, lose) => {}
                         _ = cut_rx.changed() => {}
                     }
                 });
             }
         });
-        Self { addr, up, cut }
+        Self {
+            addr,
+            up,
+            cut,
+            lose,
+        }
     }
 
     /// Refuses new connections and cuts the open ones.
@@ -67,6 +93,89 @@ impl FaultProxy {
 
     pub fn up(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Arms a one-shot fault: on the first connection whose transaction sends every one of
+    /// `markers` (a statement's text, a bound value; the client must not cache prepared
+    /// statements, or a statement's text crosses only once per connection) and then COMMIT,
+    /// the COMMIT reaches the server, which commits and answers; the answer is dropped and
+    /// the connection cut.
+    pub fn lose_answer_to_commit_after(&self, markers: &[&[u8]]) {
+        *self.lose.after.lock().unwrap() = Some(markers.iter().map(|m| m.to_vec()).collect());
+    }
+
+    /// How many COMMIT answers have been lost.
+    pub fn commit_answers_lost(&self) -> usize {
+        self.lose.lost.load(Ordering::SeqCst)
+    }
+}
+
+/// Copies both ways until either side closes, applying an armed [`LoseCommit`].
+async fn relay(client: TcpStream, server: TcpStream, lose: Arc<LoseCommit>) {
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    // Set once this connection's COMMIT is the one whose answer is to be lost.
+    let swallow = Arc::new(AtomicBool::new(false));
+    let upstream = {
+        let (swallow, lose) = (swallow.clone(), lose.clone());
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seen: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let n = match client_rx.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let data = &buf[..n];
+                let markers = lose.after.lock().unwrap().clone();
+                if let Some(markers) = markers {
+                    let found: Vec<&Vec<u8>> = markers
+                        .iter()
+                        .filter(|m| data.windows(m.len()).any(|w| w == m.as_slice()))
+                        .collect();
+                    let all_seen = markers.iter().all(|m| seen.contains(m));
+                    if !found.is_empty() {
+                        seen.extend(found.into_iter().cloned());
+                    } else if all_seen && is_commit(data) {
+                        if lose.after.lock().unwrap().take().is_some() {
+                            swallow.store(true, Ordering::SeqCst);
+                            if server_tx.write_all(data).await.is_err() {
+                                return;
+                            }
+                            // The connection ends once the answer has come back, and
+                            // been dropped.
+                            return std::future::pending().await;
+                        }
+                    } else if data.get(4) == Some(&0x03) {
+                        seen.clear(); // another plain query (BEGIN): a new transaction
+                    }
+                }
+                if server_tx.write_all(data).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let downstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match server_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if swallow.load(Ordering::SeqCst) {
+                lose.lost.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            if client_tx.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Whichever side ends first ends the connection (both halves are dropped).
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
     }
 }
 
