@@ -12,7 +12,10 @@
 //! A fetch (`SELECT … FOR UPDATE SKIP LOCKED`, then `UPDATE`) still loses an occasional
 //! deadlock to the pushes beside it under load (seen in bench/: `1213 Deadlock found`, a
 //! restart each time, its jobs released). InnoDB rolled that fetch back whole, so nothing
-//! was taken: [`fetch_loop`] fetches again at the next poll tick instead.
+//! was taken: [`fetch_loop`] fetches again at the next poll tick instead. A fetch whose
+//! COMMIT may have taken effect (its answer lost with the connection) names the jobs it
+//! marked (`fetch`); the loop gives back those still queued under the worker before it
+//! fetches again.
 //!
 //! A paused queue (`pause`) is not fetched from: the loop waits at the queue's gate before
 //! each fetch, and fetches at once when the queue resumes.
@@ -36,7 +39,6 @@ use apalis_core::{
     worker::context::WorkerContext,
 };
 use apalis_mysql::{
-    fetcher::fetch_next,
     queries::keep_alive::{initial_heartbeat, keep_alive_stream},
     CompactType, MySqlContext, MySqlTask,
 };
@@ -46,7 +48,10 @@ use futures_util::{
 };
 use ulid::Ulid;
 
-use super::pause::QueueGate;
+use super::{
+    fetch::{self, FetchFailed, InDoubt},
+    pause::QueueGate,
+};
 use crate::{queue::Storage, sql_error};
 
 pub struct WorkerStorage<T>(pub Storage<T>, pub QueueGate);
@@ -78,34 +83,55 @@ impl<T> WorkerStorage<T> {
                 Arc::new(AtomicUsize::new(0)),
             ));
         let queue = config.queue().to_string();
-        let fetch = move || fetch_next(pool.clone(), config.clone(), worker.clone());
+        let buffer = config.buffer_size();
+        let fetcher = {
+            let (pool, queue, worker) = (pool.clone(), queue.clone(), worker.name().to_owned());
+            move || {
+                let (pool, queue, worker) = (pool.clone(), queue.clone(), worker.clone());
+                async move { fetch::fetch(&pool, &queue, buffer, &worker).await }
+            }
+        };
+        let release = move |doubt: InDoubt| {
+            let pool = pool.clone();
+            async move { fetch::release_in_doubt(&pool, &doubt).await }
+        };
         register
-            .chain(fetch_loop(queue, ticks, self.1, fetch))
+            .chain(fetch_loop(queue, ticks, self.1, fetcher, release))
             .boxed()
     }
 }
 
 /// Fetches while there are jobs, and after an empty fetch waits for the next tick of
 /// `ticks` (the poll interval, or a local push's wake). A fetch that failed for a transient
-/// reason (deadlock victim, lock wait timeout, busy pool, dropped connection) took nothing,
-/// so it is repeated at the next tick; any other error ends the stream, as apalis' own does.
+/// reason (deadlock victim, lock wait timeout, busy pool, dropped connection) is repeated at
+/// the next tick; any other error ends the stream, as apalis' own does (the worker's
+/// supervisor then gives back every job the worker held). When the failed fetch names jobs
+/// in doubt (its COMMIT may have taken effect), `release` gives back those it did take
+/// before anything else is fetched, at each tick until the database answers: no fetch of
+/// this worker can have taken one of them meanwhile, so what `release` finds queued under
+/// the worker is exactly what the failed fetch took.
 /// No fetch is made while `gate` is closed (the queue is paused); once it opens, at once.
-pub fn fetch_loop<J, F, Fut>(
+pub fn fetch_loop<J, F, Fut, R, RFut>(
     queue: String,
     ticks: Pin<Box<dyn Stream<Item = ()> + Send>>,
     gate: QueueGate,
     fetch: F,
+    release: R,
 ) -> impl Stream<Item = Result<Option<J>, sqlx::Error>> + Send + 'static
 where
     J: Send + 'static,
     F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Vec<J>, sqlx::Error>> + Send + 'static,
+    Fut: Future<Output = Result<Vec<J>, FetchFailed>> + Send + 'static,
+    R: FnMut(InDoubt) -> RFut + Send + 'static,
+    RFut: Future<Output = Result<u64, sqlx::Error>> + Send + 'static,
 {
-    struct State<J, F> {
+    struct State<J, F, R> {
         queue: String,
         ticks: Pin<Box<dyn Stream<Item = ()> + Send>>,
         gate: QueueGate,
         fetch: F,
+        release: R,
+        in_doubt: Option<InDoubt>,
         fetched: VecDeque<J>,
         wait: bool,
         ended: bool,
@@ -115,6 +141,8 @@ where
         ticks,
         gate,
         fetch,
+        release,
+        in_doubt: None,
         fetched: VecDeque::new(),
         wait: false,
         ended: false,
@@ -130,6 +158,23 @@ where
             if s.wait {
                 s.ticks.next().await?;
             }
+            if let Some(doubt) = s.in_doubt.clone() {
+                match (s.release)(doubt).await {
+                    Ok(released) => {
+                        if released > 0 {
+                            tracing::warn!(queue = %s.queue, jobs = released, "a failed fetch had taken jobs (its commit's answer was lost); gave them back");
+                            metrics::counter!("job_fetch_released_total", "queue" => s.queue.clone())
+                                .increment(released);
+                        }
+                        s.in_doubt = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue = %s.queue, error = %e, "could not give back the jobs of a failed fetch yet; trying again at the next poll");
+                        s.wait = true;
+                        continue;
+                    }
+                }
+            }
             if s.gate.is_paused() {
                 s.gate.opened().await;
             }
@@ -138,15 +183,16 @@ where
                     s.wait = jobs.is_empty();
                     s.fetched.extend(jobs);
                 }
-                Err(e) if sql_error::is_transient(&e) => {
-                    tracing::warn!(queue = %s.queue, error = %e, "job fetch failed; fetching again at the next poll");
+                Err(FetchFailed { error, in_doubt }) if sql_error::is_transient(&error) => {
+                    tracing::warn!(queue = %s.queue, error = %error, "job fetch failed; fetching again at the next poll");
                     metrics::counter!("job_fetch_retries_total", "queue" => s.queue.clone())
                         .increment(1);
+                    s.in_doubt = in_doubt;
                     s.wait = true;
                 }
-                Err(e) => {
+                Err(FetchFailed { error, .. }) => {
                     s.ended = true;
-                    return Some((Err(e), s));
+                    return Some((Err(error), s));
                 }
             }
         }
@@ -303,26 +349,47 @@ mod tests {
 
     use super::*;
 
-    type Script = Arc<Mutex<VecDeque<Result<Vec<u32>, sqlx::Error>>>>;
+    type Script = Arc<Mutex<VecDeque<Result<Vec<u32>, FetchFailed>>>>;
+    type Ready<T> = futures_util::future::Ready<T>;
 
     /// A fetch that answers from a script, then fails for good (which ends the loop).
     fn scripted(
         answers: Vec<Result<Vec<u32>, sqlx::Error>>,
     ) -> (
         Script,
-        impl FnMut() -> futures_util::future::Ready<Result<Vec<u32>, sqlx::Error>> + Send + 'static,
+        impl FnMut() -> Ready<Result<Vec<u32>, FetchFailed>> + Send + 'static,
+    ) {
+        scripted_doubts(
+            answers
+                .into_iter()
+                .map(|a| a.map_err(FetchFailed::from))
+                .collect(),
+        )
+    }
+
+    fn scripted_doubts(
+        answers: Vec<Result<Vec<u32>, FetchFailed>>,
+    ) -> (
+        Script,
+        impl FnMut() -> Ready<Result<Vec<u32>, FetchFailed>> + Send + 'static,
     ) {
         let script: Script = Arc::new(Mutex::new(answers.into()));
-        let fetch = {
-            let script = script.clone();
-            move || {
-                let next = script.lock().unwrap().pop_front();
-                futures_util::future::ready(
-                    next.unwrap_or_else(|| Err(sqlx::Error::Protocol("script ended".into()))),
-                )
-            }
-        };
+        let fetch =
+            {
+                let script = script.clone();
+                move || {
+                    let next = script.lock().unwrap().pop_front();
+                    futures_util::future::ready(next.unwrap_or_else(|| {
+                        Err(sqlx::Error::Protocol("script ended".into()).into())
+                    }))
+                }
+            };
         (script, fetch)
+    }
+
+    /// For loops whose fetches never leave anything in doubt.
+    fn no_release(_: InDoubt) -> Ready<Result<u64, sqlx::Error>> {
+        panic!("nothing was in doubt")
     }
 
     fn counted_ticks() -> (Arc<AtomicUsize>, Pin<Box<dyn Stream<Item = ()> + Send>>) {
@@ -346,9 +413,15 @@ mod tests {
             Ok(vec![]),
         ]);
         let (ticks_taken, ticks) = counted_ticks();
-        let items: Vec<_> = fetch_loop("q".into(), ticks, QueueGate::always_open(), fetch)
-            .collect()
-            .await;
+        let items: Vec<_> = fetch_loop(
+            "q".into(),
+            ticks,
+            QueueGate::always_open(),
+            fetch,
+            no_release,
+        )
+        .collect()
+        .await;
 
         let jobs: Vec<u32> = items
             .iter()
@@ -375,9 +448,15 @@ mod tests {
     async fn an_error_that_is_not_transient_ends_the_loop_at_once() {
         let (script, fetch) = scripted(vec![Err(sqlx::Error::PoolClosed), Ok(vec![7])]);
         let (ticks_taken, ticks) = counted_ticks();
-        let items: Vec<_> = fetch_loop("q".into(), ticks, QueueGate::always_open(), fetch)
-            .collect()
-            .await;
+        let items: Vec<_> = fetch_loop(
+            "q".into(),
+            ticks,
+            QueueGate::always_open(),
+            fetch,
+            no_release,
+        )
+        .collect()
+        .await;
 
         assert_eq!(items.len(), 1);
         assert!(matches!(items[0], Err(sqlx::Error::PoolClosed)));
@@ -390,7 +469,9 @@ mod tests {
         let (script, fetch) = scripted(vec![Ok(vec![1])]);
         let (switch, gate) = QueueGate::switched(true);
         let (ticks_taken, ticks) = counted_ticks();
-        let run = tokio::spawn(fetch_loop("q".into(), ticks, gate, fetch).collect::<Vec<_>>());
+        let run = tokio::spawn(
+            fetch_loop("q".into(), ticks, gate, fetch, no_release).collect::<Vec<_>>(),
+        );
         tokio::task::yield_now().await;
         assert_eq!(script.lock().unwrap().len(), 1, "no fetch while paused");
         switch.send_replace(false);
@@ -416,9 +497,57 @@ mod tests {
             Box::pin(stream::empty()),
             QueueGate::always_open(),
             fetch,
+            no_release,
         )
         .collect()
         .await;
         assert!(items.is_empty());
+    }
+
+    #[tokio::test]
+    async fn jobs_a_failed_fetch_may_have_taken_are_given_back_before_the_next_fetch() {
+        let doubt = InDoubt {
+            worker: "w1".into(),
+            ids: vec!["a".into(), "b".into()],
+        };
+        let lost_commit = FetchFailed {
+            error: sqlx::Error::Io(std::io::ErrorKind::UnexpectedEof.into()),
+            in_doubt: Some(doubt.clone()),
+        };
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (_, fetch) = scripted_doubts(vec![Err(lost_commit), Ok(vec![5])]);
+        let fetch = {
+            let (log, mut fetch) = (log.clone(), fetch);
+            move || {
+                log.lock().unwrap().push("fetch".into());
+                fetch()
+            }
+        };
+        // The database is still unreachable at the first try, then answers: two released.
+        let answers = Arc::new(Mutex::new(VecDeque::from([
+            Err(sqlx::Error::PoolTimedOut),
+            Ok(2),
+        ])));
+        let release = {
+            let log = log.clone();
+            move |d: InDoubt| {
+                assert_eq!(d, doubt);
+                log.lock().unwrap().push("release".into());
+                futures_util::future::ready(answers.lock().unwrap().pop_front().unwrap())
+            }
+        };
+        let (ticks_taken, ticks) = counted_ticks();
+        let items: Vec<_> = fetch_loop("q".into(), ticks, QueueGate::always_open(), fetch, release)
+            .collect()
+            .await;
+
+        assert!(matches!(items[0], Ok(Some(5))), "{items:?}");
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["fetch", "release", "release", "fetch", "fetch"],
+            "no fetch until the doubtful one's jobs are given back"
+        );
+        // After the failure and after the failed release; none after a fetch that found jobs.
+        assert_eq!(ticks_taken.load(Ordering::SeqCst), 2);
     }
 }

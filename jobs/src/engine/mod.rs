@@ -4,7 +4,8 @@
 //! * `queue` — the queues, their settings, storages, pushing, and one attempt of a job
 //!   (`JobAttempt`: its span, outcome and backoff);
 //! * `backend` — the storage workers run on (keep-alive-only heartbeat, a fetch loop that
-//!   survives a failed fetch);
+//!   survives a failed fetch), and `fetch`, the fetch itself, which names the jobs a failed
+//!   fetch may have taken all the same;
 //! * `reaper` — the job lease;
 //! * `lost_acks` — jobs left `Running` by a lost acknowledgement, under a live worker;
 //! * `attempts` — the history of failed attempts, recorded by a layer around every worker;
@@ -22,6 +23,7 @@
 pub mod attempts;
 pub mod audit;
 pub mod backend;
+pub mod fetch;
 pub mod job_query;
 pub mod lost_acks;
 pub mod ops;
