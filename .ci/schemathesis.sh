@@ -14,7 +14,11 @@ if [[ "$("$VENV/bin/python" -m pip show schemathesis 2>/dev/null | sed -n 's/^Ve
   PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-cargo build --quiet --bin orderflow
+# ORDERFLOW_BIN: a binary already built (CI's); otherwise cargo builds one.
+if [[ -z "${ORDERFLOW_BIN:-}" ]]; then
+  cargo build --quiet --bin orderflow
+  ORDERFLOW_BIN=./target/debug/orderflow
+fi
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 db="orderflow_schemathesis_$$"
 server="${TEST_DATABASE_URL:-mysql://root@127.0.0.1:3306}"
@@ -23,7 +27,7 @@ log="${TMPDIR:-/tmp}/orderflow-schemathesis.log"
 HTTP_ADDR="127.0.0.1:$port" DATABASE_URL="$server/$db" REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}" \
   CACHE_KEY_PREFIX="st$$:" KAFKA_TOPIC_PREFIX="st$$." KAFKA_BROKERS="${TEST_KAFKA_BROKERS:-}" \
   ADMIN_EMAIL=admin@schemathesis.test ADMIN_PASSWORD=schemathesis-admin-1 \
-  JWT_SECRET="schemathesis-$$" RUST_LOG=warn ./target/debug/orderflow serve > "$log" 2>&1 &
+  JWT_SECRET="schemathesis-$$" RUST_LOG=warn "$ORDERFLOW_BIN" serve > "$log" 2>&1 &
 pid=$!
 cleanup() {
   kill "$pid" 2>/dev/null || true

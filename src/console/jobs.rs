@@ -188,7 +188,7 @@ pub async fn list(
         .items
         .into_iter()
         .map(|j| JobLine {
-            attempts: format!("{}/{}", j.attempts, j.max_attempts),
+            attempts: attempts_label(j.attempts, j.max_attempts),
             last_result: view::shorten(&view::job_result(j.last_result.as_deref()), 120),
             run_at: view::time(j.run_at),
             done_at: view::time(j.done_at),
@@ -360,7 +360,7 @@ fn job_page(chrome: Chrome, detail: JobDetail) -> JobPage {
         chrome,
         state: job.state.as_str(),
         dead: job.state == JobState::Dead,
-        attempts: format!("{}/{}", job.attempts, job.max_attempts),
+        attempts: attempts_label(job.attempts, job.max_attempts),
         run_at: view::time(job.run_at),
         done_at: view::time(job.done_at),
         worker: detail.lock_by.unwrap_or_default(),
@@ -447,5 +447,33 @@ fn job_href(id: &str) -> String {
         format!("/console/jobs/{id}")
     } else {
         "/console/jobs".to_owned()
+    }
+}
+
+/// "3/5" for a job that a count of attempts ends. A publish job's retries end with its
+/// retry window instead (ADR 0015; its `max_attempts` only keeps apalis out of the
+/// decision), so "7/1000000" would show a limit nobody set.
+fn attempts_label(attempts: i32, max_attempts: i32) -> String {
+    let windowed =
+        i64::from(max_attempts) >= i64::from(orderflow_jobs::retry_policy::PUBLISH_MAX_ATTEMPTS);
+    if windowed {
+        format!("{attempts} (retried until its window ends)")
+    } else {
+        format!("{attempts}/{max_attempts}")
+    }
+}
+
+#[cfg(test)]
+mod attempts_tests {
+    use super::attempts_label;
+
+    #[test]
+    fn a_count_limit_is_shown_and_a_window_is_named() {
+        assert_eq!(attempts_label(2, 5), "2/5");
+        let publish = orderflow_jobs::retry_policy::PUBLISH_MAX_ATTEMPTS as i32;
+        assert_eq!(
+            attempts_label(7, publish),
+            "7 (retried until its window ends)"
+        );
     }
 }

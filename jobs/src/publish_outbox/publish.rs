@@ -72,6 +72,8 @@ pub enum PublishError {
     },
     #[error("the job's outbox rows are DEAD; retry the job to publish them")]
     RowsDead,
+    #[error("{0} of the job's outbox rows are held by another job that has not published them; trying again")]
+    HeldElsewhere(usize),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -308,11 +310,19 @@ async fn run(
         // A job that published none of its rows may be one whose rows are already DEAD: its
         // last attempt marked them, then its acknowledgement was lost and it ran again. It
         // must end dead again, or no retry of it could revive them.
-        Ok(report) if report.published == 0 => {
-            if outbox::dead_of_job(&ctx.pool, id).await? > 0 {
-                return Err(AbortError::new(PublishError::RowsDead).into());
+        Ok(report) if report.published == 0 && outbox::dead_of_job(&ctx.pool, id).await? > 0 => {
+            return Err(AbortError::new(PublishError::RowsDead).into());
+        }
+        // Rows it skipped were held by other jobs (carrying them from the backlog) past its
+        // wait. Published by them, fine; still NEW, this job is still theirs to publish: it
+        // must not end Done and leave them to the sweeper and to another job.
+        Ok(report) if report.skipped > 0 => {
+            let left = outbox::rows_of_job(&ctx.pool, id).await?.len();
+            if left == 0 {
+                return Ok(report);
             }
-            return Ok(report);
+            queue::retry_later(&ctx.pool, &ctx.settings, id, attempt).await?;
+            return Err(PublishError::HeldElsewhere(left).into());
         }
         Ok(report) => return Ok(report),
         Err(e) => e,
@@ -371,7 +381,7 @@ async fn settle(
             .filter(|f| f.permanent)
             .map(|f| f.id)
             .collect(),
-        PublishError::Db(_) | PublishError::RowsDead => Vec::new(),
+        PublishError::Db(_) | PublishError::RowsDead | PublishError::HeldElsewhere(_) => Vec::new(),
     };
     let dead = outbox::record_failure(&ctx.pool, job_id, &permanent, message, true).await?;
     let retrying: Vec<i64> = ids
