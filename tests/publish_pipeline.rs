@@ -896,3 +896,43 @@ async fn a_job_whose_row_another_job_holds_past_its_wait_retries_and_publishes_i
     assert_each_event_once(&app, "ORDER_CREATED", 1).await;
     app.stop().await;
 }
+
+/// The statement that marks delivered rows PUBLISHED loses a deadlock (InnoDB picks it as
+/// the victim; seen in bench/ under load, `1213 Deadlock found` on a publish job). Kafka has
+/// the records already: the rows must be marked at once, not left claimed for the whole claim
+/// lease and then sent again (a duplicate on the topic, and every job waiting on those rows
+/// stalled for the lease: the bench's pipeline once took 15 s to catch up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marking_rows_published_survives_a_deadlock_without_sending_them_again() {
+    let app = TestApp::spawn().await;
+    // The first UPDATE that publishes a row fails as a deadlock victim would. The flag lives
+    // in a MEMORY table: the failed statement's rollback does not undo it.
+    sqlx::raw_sql(
+        "CREATE TABLE injected_once (fired INT) ENGINE = MEMORY; \
+         CREATE TRIGGER injected_deadlock BEFORE UPDATE ON outbox_events FOR EACH ROW \
+         IF NEW.status = 'PUBLISHED' AND OLD.status = 'NEW' \
+            AND (SELECT COUNT(*) FROM injected_once) = 0 THEN \
+           INSERT INTO injected_once VALUES (1); \
+           SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, \
+             MESSAGE_TEXT = 'injected: Deadlock found when trying to get lock'; \
+         END IF",
+    )
+    .execute(app.db())
+    .await
+    .unwrap();
+    let job_id = orderflow_jobs::queue::new_job_id();
+    append_row(&app, 5150, &job_id, json!({"orderId": 5150})).await;
+    push_job(&app, &job_id, Vec::new()).await;
+    assert!(
+        app.eventually(WAIT, || all_published(&app)).await,
+        "published: {:?}",
+        by_status(&app).await
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM injected_once").await,
+        1,
+        "the deadlock was injected"
+    );
+    assert_each_event_once(&app, "ORDER_CREATED", 1).await;
+    app.stop().await;
+}
