@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
-use crate::sql_script::{Part, Script};
+use crate::{
+    sql_error,
+    sql_script::{Part, Script},
+};
 use uuid::Uuid;
 
 pub const AGGREGATE_ORDER: &str = "ORDER";
@@ -244,12 +247,12 @@ pub async fn release(pool: &MySqlPool, ids: &[i64]) -> Result<(), sqlx::Error> {
     if ids.is_empty() {
         return Ok(());
     }
-    let mut q = QueryBuilder::new(
+    settle(
+        pool,
         "UPDATE outbox_events SET claimed_until = NULL WHERE status = 'NEW' AND id IN",
-    );
-    crate::push_id_list(&mut q, ids);
-    q.build().execute(pool).await?;
-    Ok(())
+        ids,
+    )
+    .await
 }
 
 /// How many of the NEW rows among `ids` another job is sending now.
@@ -269,14 +272,41 @@ pub async fn mark_published(pool: &MySqlPool, ids: &[i64]) -> Result<(), sqlx::E
     if ids.is_empty() {
         return Ok(());
     }
-    let mut q = QueryBuilder::new(
+    settle(
+        pool,
         "UPDATE outbox_events SET status = 'PUBLISHED', published_at = CURRENT_TIMESTAMP(6), \
          attempts = attempts + 1, last_error = NULL, claimed_until = NULL \
          WHERE status = 'NEW' AND id IN",
-    );
-    crate::push_id_list(&mut q, ids);
-    q.build().execute(pool).await?;
-    Ok(())
+        ids,
+    )
+    .await
+}
+
+/// Tries of a statement that settles a send ([`mark_published`], [`release`]).
+const SETTLE_TRIES: usize = 3;
+
+/// Runs `update` on `ids`, again at once if InnoDB chose it as a deadlock victim or it timed
+/// out on a lock (the statement alone was rolled back). Giving up there would leave the rows
+/// claimed for the whole claim lease: every job waiting on them stalls that long, and rows
+/// Kafka already has are sent again (`publish_pipeline::marking_rows_published_survives…`).
+async fn settle(pool: &MySqlPool, update: &str, ids: &[i64]) -> Result<(), sqlx::Error> {
+    let mut tried = 0;
+    loop {
+        let mut q = QueryBuilder::new(update);
+        crate::push_id_list(&mut q, ids);
+        tried += 1;
+        match q.build().execute(pool).await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if tried < SETTLE_TRIES
+                    && (sql_error::is_deadlock(&e) || sql_error::is_lock_wait_timeout(&e)) =>
+            {
+                tracing::warn!(error = %e, rows = ids.len(), "settling published rows lost a lock conflict; trying again");
+                metrics::counter!("outbox_settle_retries_total").increment(1);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Records a failed attempt on the rows still NEW that name `job_id` (a row another job
