@@ -392,6 +392,23 @@ mod tests {
         panic!("nothing was in doubt")
     }
 
+    /// A loop on an open queue whose fetches never leave anything in doubt.
+    fn open_loop<F>(
+        ticks: Pin<Box<dyn Stream<Item = ()> + Send>>,
+        fetch: F,
+    ) -> impl Stream<Item = Result<Option<u32>, sqlx::Error>> + Send + 'static
+    where
+        F: FnMut() -> Ready<Result<Vec<u32>, FetchFailed>> + Send + 'static,
+    {
+        fetch_loop(
+            "q".into(),
+            ticks,
+            QueueGate::always_open(),
+            fetch,
+            no_release,
+        )
+    }
+
     fn counted_ticks() -> (Arc<AtomicUsize>, Pin<Box<dyn Stream<Item = ()> + Send>>) {
         let count = Arc::new(AtomicUsize::new(0));
         let ticks = stream::repeat(()).map({
@@ -413,15 +430,7 @@ mod tests {
             Ok(vec![]),
         ]);
         let (ticks_taken, ticks) = counted_ticks();
-        let items: Vec<_> = fetch_loop(
-            "q".into(),
-            ticks,
-            QueueGate::always_open(),
-            fetch,
-            no_release,
-        )
-        .collect()
-        .await;
+        let items: Vec<_> = open_loop(ticks, fetch).collect().await;
 
         let jobs: Vec<u32> = items
             .iter()
@@ -448,15 +457,7 @@ mod tests {
     async fn an_error_that_is_not_transient_ends_the_loop_at_once() {
         let (script, fetch) = scripted(vec![Err(sqlx::Error::PoolClosed), Ok(vec![7])]);
         let (ticks_taken, ticks) = counted_ticks();
-        let items: Vec<_> = fetch_loop(
-            "q".into(),
-            ticks,
-            QueueGate::always_open(),
-            fetch,
-            no_release,
-        )
-        .collect()
-        .await;
+        let items: Vec<_> = open_loop(ticks, fetch).collect().await;
 
         assert_eq!(items.len(), 1);
         assert!(matches!(items[0], Err(sqlx::Error::PoolClosed)));
@@ -492,15 +493,8 @@ mod tests {
     #[tokio::test]
     async fn the_loop_ends_when_its_poll_schedule_does() {
         let (_, fetch) = scripted(vec![Ok(vec![])]);
-        let items: Vec<Result<Option<u32>, _>> = fetch_loop(
-            "q".into(),
-            Box::pin(stream::empty()),
-            QueueGate::always_open(),
-            fetch,
-            no_release,
-        )
-        .collect()
-        .await;
+        let items: Vec<Result<Option<u32>, _>> =
+            open_loop(Box::pin(stream::empty()), fetch).collect().await;
         assert!(items.is_empty());
     }
 
