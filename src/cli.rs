@@ -98,7 +98,8 @@ pub enum JobsCommand {
     /// One job as JSON: payload, state, attempt history (newest first) with errors and
     /// trace links, and for a publish job the outbox rows it carries.
     Show { id: String },
-    /// Put a dead job back in its queue; `--all-dead` retries every dead job.
+    /// Put a dead job back in its queue; `--all-dead` retries every dead job (at most 1000,
+    /// in one transaction), given the count expected (`--expect N`; `--dry-run` counts).
     Retry {
         #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
         id: Option<String>,
@@ -107,6 +108,13 @@ pub enum JobsCommand {
         /// With --all-dead: only this queue.
         #[arg(long, requires = "all_dead")]
         queue: Option<String>,
+        /// With --all-dead: how many dead jobs you expect to retry; refused if that is not
+        /// how many match (required when any do).
+        #[arg(long, requires = "all_dead")]
+        expect: Option<u64>,
+        /// With --all-dead: count the dead jobs, change nothing.
+        #[arg(long, requires = "all_dead", conflicts_with = "expect")]
+        dry_run: bool,
     },
     /// Set a dead job aside for good; a publish job's DEAD outbox rows become DISCARDED.
     Discard { id: String },

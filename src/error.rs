@@ -29,6 +29,8 @@ pub enum ErrorCode {
     InsufficientStock,
     OutOfStock,
     InvalidState,
+    ConfirmationRequired,
+    TooManyJobs,
     IdempotencyKeyInProgress,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -56,6 +58,8 @@ impl ErrorCode {
             InsufficientStock => "INSUFFICIENT_STOCK",
             OutOfStock => "OUT_OF_STOCK",
             InvalidState => "INVALID_STATE",
+            ConfirmationRequired => "CONFIRMATION_REQUIRED",
+            TooManyJobs => "TOO_MANY_JOBS",
             IdempotencyKeyInProgress => "IDEMPOTENCY_KEY_IN_PROGRESS",
             PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
@@ -80,6 +84,8 @@ impl ErrorCode {
             | InsufficientStock
             | OutOfStock
             | InvalidState
+            | ConfirmationRequired
+            | TooManyJobs
             | IdempotencyKeyInProgress => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -230,7 +230,12 @@ async fn a_kafka_outage_leaves_each_attempts_error_and_trace_and_a_bulk_retry_by
     assert_eq!(entry["via"], "api");
     assert_eq!(entry["actor"], ADMIN_EMAIL);
     assert_eq!(entry["affected"], 1);
-    assert_eq!(entry["target"]["filter"]["ids"], json!([job_id]));
+    assert_eq!(entry["target"]["filter"]["q"], order_id.to_string());
+    assert_eq!(
+        entry["target"]["jobs"],
+        json!([job_id]),
+        "its one row: the job itself"
+    );
 }
 
 /// A job row as an operator's test fixture.
@@ -430,16 +435,21 @@ async fn discard_and_bulk_actions_change_only_dead_jobs_and_are_audited() {
             json!({"ids": [ids[1], ids[4], "nope"]}),
         )
         .await;
-    assert_eq!(r.body, json!({"discarded": 1}), "{}", r.text);
-    // By filter: every dead job of the queue.
+    assert_eq!(r.body["discarded"], 1, "{}", r.text);
+    // By filter: every dead job of the queue, confirmed by their count.
     let r = app
         .post(
             "/api/v1/admin/jobs/retry",
             Some(&admin),
-            json!({"filter": {"queue": "consume-notification"}}),
+            json!({"filter": {"queue": "consume-notification"}, "expectedCount": 1}),
         )
         .await;
-    assert_eq!(r.body, json!({"retried": 1}), "{}", r.text);
+    assert_eq!(
+        (r.body["retried"].clone(), r.body["matched"].clone()),
+        (json!(1), json!(1)),
+        "{}",
+        r.text
+    );
     let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
         .bind(&ids[2])
         .fetch_one(app.db())
@@ -475,7 +485,7 @@ async fn discard_and_bulk_actions_change_only_dead_jobs_and_are_audited() {
     );
     assert_eq!(
         audit.body["items"][1]["target"],
-        json!({"ids": [ids[1], ids[4], "nope"]})
+        json!({"ids": [ids[1], ids[4], "nope"], "expectedCount": null, "jobs": [ids[1]]})
     );
     // The discarded job and its row stay visible.
     let shown = app

@@ -11,7 +11,9 @@
 //! * `kafka` — producer, consumer and the embedded broker;
 //! * `sql_script` — statements sent together in one round trip (the order path's batches);
 //! * `search` — the jobs an operator's search names (a job, an order or an event id), across
-//!   the kinds.
+//!   the kinds;
+//! * `event_selection` — an operator's action by order or event id: that order's rows and
+//!   events in the dead jobs that carry them, split from their batch-mates.
 //!
 //! The modules inside them keep their short paths at the crate root (`orderflow_jobs::queue`,
 //! `orderflow_jobs::outbox`, …), the paths the service, the workflows and the tests use.
@@ -20,6 +22,7 @@ pub mod archive_run;
 pub mod audit_run;
 pub mod consume_notification;
 pub mod engine;
+pub mod event_selection;
 pub mod kafka;
 pub mod publish_outbox;
 pub mod retention;

@@ -35,6 +35,15 @@ impl Term {
             Term::Job(q.to_owned())
         })
     }
+
+    /// The term as an operator writes it.
+    pub fn as_text(&self) -> String {
+        match self {
+            Term::Order(id) => id.to_string(),
+            Term::Event(id) => id.to_string(),
+            Term::Job(id) => id.clone(),
+        }
+    }
 }
 
 /// The jobs a term names: the job itself, or the publish jobs carrying the order's (or the

@@ -1,5 +1,6 @@
 //! The jobs pages: the list (filters, counts per state, select several, retry or discard the
-//! selection or every dead job matching the filters) and one job (payload, attempts with
+//! selection, an order's or an event's dead rows and events, or every dead job matching the
+//! filters — confirmed by the count the page showed) and one job (payload, attempts with
 //! their errors and trace links, carried rows; retry or discard it).
 
 use askama::Template;
@@ -10,7 +11,7 @@ use axum::{
 use orderflow_jobs::{
     engine::{
         job_query::{JobState, StatusFilter},
-        ops::{self, ActionError, Op, Selection},
+        ops::{self, ActionError, Confirm, Op, Outcome, Selection, LIMIT},
     },
     queue::QUEUES,
 };
@@ -24,10 +25,7 @@ use crate::{
     app::AppState,
     error::{ApiError, ErrorCode},
     http::{extract::Path, paging::PageRequest},
-    operators::{
-        self,
-        views::{self as shared, FilterInput, JobDetail},
-    },
+    operators::views::{self as shared, FilterInput, JobDetail},
 };
 
 const PAGE_SIZE: u32 = 50;
@@ -129,6 +127,11 @@ struct JobsPage {
     tabs: Vec<StateTab>,
     rows: Vec<JobLine>,
     error: Option<String>,
+    /// Dead jobs matching the filters, as the "all matching" buttons confirm them (absent
+    /// with a search: an order's or event's part is what those buttons act on then).
+    expected: Option<i64>,
+    limit: usize,
+    over_limit: bool,
     total: i64,
     page: u32,
     pages: i64,
@@ -218,6 +221,9 @@ pub async fn list(
         tabs,
         rows,
         error,
+        expected: filters.q.is_none().then_some(jobs.counts.dead),
+        limit: LIMIT,
+        over_limit: jobs.counts.dead > LIMIT as i64,
         total: jobs.total_items,
         page: at,
         pages: jobs.total_pages,
@@ -227,7 +233,7 @@ pub async fn list(
 }
 
 /// The list form's buttons: the selected jobs, or every dead job matching the filters (the
-/// list's filters ride along as hidden fields).
+/// list's filters, and the dead count it showed, ride along as hidden fields).
 #[derive(Deserialize)]
 pub struct SelectionForm {
     action: String,
@@ -238,6 +244,8 @@ pub struct SelectionForm {
     q: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    /// The dead count the page showed when it was loaded.
+    expected: Option<String>,
 }
 
 fn refusal(op: Op, e: ActionError) -> Result<String, ApiError> {
@@ -253,8 +261,48 @@ fn refusal(op: Op, e: ActionError) -> Result<String, ApiError> {
         ActionError::NotDiscardable { id, reason, .. } => {
             Ok(format!("Job {id} cannot be discarded: {reason}."))
         }
+        ActionError::ConfirmationRequired { matched } => Ok(format!(
+            "Nothing was {verb}: {matched} dead job(s) match these filters, and acting on all \
+             of them needs that count confirmed. Reload the list and try again."
+        )),
+        ActionError::CountChanged { expected, matched } => Ok(format!(
+            "Nothing was {verb}: {matched} dead job(s) match these filters now, not {expected} \
+             as the page showed. Check the list and try again."
+        )),
+        ActionError::TooManyMatching { matched, limit } => Ok(format!(
+            "Nothing was {verb}: {matched} dead jobs match these filters, and one action takes \
+             at most {limit}. Narrow the filters (queue, queued since/until)."
+        )),
+        ActionError::TooManySelected { selected, limit } => Ok(format!(
+            "Nothing was {verb}: {selected} jobs selected, and one action takes at most \
+             {limit}. Select fewer, or use the filters."
+        )),
         ActionError::Db(e) => Err(e.into()),
     }
+}
+
+/// The flash message of a bulk action that went through.
+fn done(op: Op, o: &Outcome) -> String {
+    let done = match op {
+        Op::Retry => "re-queued",
+        Op::Discard => "discarded",
+    };
+    let mut message = format!("{} dead job(s) {done}", o.changed);
+    if o.outbox_rows > 0 || o.events > 0 {
+        message.push_str(&format!(
+            " ({} outbox row(s), {} event(s)",
+            o.outbox_rows, o.events
+        ));
+        if o.split > 0 {
+            message.push_str(&format!(
+                "; {} job(s) split, their other orders' events left as they were",
+                o.split
+            ));
+        }
+        message.push(')');
+    }
+    message.push('.');
+    message
 }
 
 pub async fn act_on_selection(
@@ -279,27 +327,30 @@ pub async fn act_on_selection(
         "discard-all" => (Op::Discard, true),
         _ => return Err(ApiError::new(ErrorCode::ValidationError, "unknown action")),
     };
+    let mut confirm = Confirm::default();
     let selection = if all {
         let input = filters
             .input()
             .map_err(|e| ApiError::new(ErrorCode::ValidationError, e))?;
-        Selection::Matching(input.resolve(&state.db).await?)
+        confirm.expected = match form.expected.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(n) => Some(n.parse().map_err(|_| {
+                ApiError::new(ErrorCode::ValidationError, "expected is not a count")
+            })?),
+        };
+        Selection::Filter(input.bulk())
     } else if form.ids.is_empty() {
         operator.flash("Select at least one job first.").await;
         return Ok(Redirect::to(&back));
     } else {
-        Selection::Ids(form.ids.into_iter().take(operators::MAX_BULK_IDS).collect())
+        Selection::Ids(form.ids)
     };
     let actor = operator.actor();
-    let n = match ops::act_on_all(&state.db, op, &selection, &actor).await {
-        Ok(n) => n,
-        Err(e) => refusal(op, e).map(|_| 0)?,
+    let message = match ops::act_on_all(&state.db, op, &selection, confirm, &actor).await {
+        Ok(outcome) => done(op, &outcome),
+        Err(e) => refusal(op, e)?,
     };
-    let done = match op {
-        Op::Retry => "re-queued",
-        Op::Discard => "discarded",
-    };
-    operator.flash(format!("{n} dead job(s) {done}.")).await;
+    operator.flash(message).await;
     Ok(Redirect::to(&back))
 }
 

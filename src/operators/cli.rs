@@ -8,7 +8,7 @@ use orderflow_jobs::{
     engine::{
         audit::Actor,
         job_query::{self, JobFilter},
-        ops::{self, Op, Selection},
+        ops::{self, ActionError, BulkFilter, Confirm, Op, Selection, LIMIT},
         pause, queues,
     },
     queue::QUEUES,
@@ -65,15 +65,41 @@ pub async fn jobs(
             writeln!(out, "job {id} re-queued")?;
         }
         JobsCommand::Retry {
-            id: None, queue, ..
+            id: None,
+            queue,
+            expect,
+            dry_run,
+            ..
         } => {
-            let filter = JobFilter {
+            let selection = Selection::Filter(BulkFilter {
                 queue,
-                ..JobFilter::default()
+                ..BulkFilter::default()
+            });
+            let confirm = Confirm {
+                expected: expect,
+                dry_run,
             };
-            let n =
-                ops::act_on_all(pool, Op::Retry, &Selection::Matching(filter), &actor()).await?;
-            writeln!(out, "{n} dead job(s) re-queued")?;
+            match ops::act_on_all(pool, Op::Retry, &selection, confirm, &actor()).await {
+                Ok(o) if o.dry_run => writeln!(
+                    out,
+                    "{} dead job(s) match; nothing changed (dry run; at most {LIMIT} per action)",
+                    o.matched
+                )?,
+                Ok(o) => writeln!(out, "{} dead job(s) re-queued", o.changed)?,
+                Err(ActionError::ConfirmationRequired { matched }) => bail!(
+                    "{matched} dead job(s) match; nothing was re-queued. Run again with \
+                     --expect {matched} to re-queue all of them"
+                ),
+                Err(ActionError::CountChanged { expected, matched }) => bail!(
+                    "{matched} dead job(s) match now, not the {expected} expected; nothing was \
+                     re-queued"
+                ),
+                Err(ActionError::TooManyMatching { matched, limit }) => bail!(
+                    "{matched} dead jobs match and one action re-queues at most {limit}; narrow \
+                     it with --queue; nothing was re-queued"
+                ),
+                Err(e) => return Err(e.into()),
+            }
         }
         JobsCommand::Discard { id } => {
             let rows = ops::act(pool, Op::Discard, &id, &actor()).await?;

@@ -1,8 +1,9 @@
 //! Operators' job endpoints (ADMIN):
 //! GET /admin/jobs (filters, counts per state), GET /admin/jobs/{id} (attempts, carried rows),
 //! POST /admin/jobs/{id}/retry (202), POST /admin/jobs/{id}/discard,
-//! POST /admin/jobs/retry and /admin/jobs/discard (bulk: ids, or every dead job a filter
-//! matches). Every action is recorded in the audit log.
+//! POST /admin/jobs/retry and /admin/jobs/discard (bulk: ids, an order's or an event's rows
+//! and events, or every dead job a filter matches — confirmed by its count; a dry run
+//! counts). Every action is recorded in the audit log, in the transaction that makes it.
 
 use axum::{
     extract::{Query, State},
@@ -11,7 +12,7 @@ use axum::{
 use chrono::{DateTime, Utc};
 use orderflow_jobs::engine::{
     audit::Via,
-    ops::{self, ActionError, Op, Selection, StatusFilter},
+    ops::{self, ActionError, Confirm, Op, Outcome, Selection, StatusFilter, LIMIT},
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -30,9 +31,6 @@ use crate::{
         paging::{PageParams, PageRequest},
     },
 };
-
-/// The most ids one bulk request may name.
-pub const MAX_BULK_IDS: usize = 1000;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -123,6 +121,10 @@ fn refusal(op: Op, e: ActionError) -> ApiError {
         Op::Retry => "retried",
         Op::Discard => "discarded",
     };
+    let act = match op {
+        Op::Retry => "retry",
+        Op::Discard => "discard",
+    };
     match e {
         ActionError::NotFound(_) => ApiError::not_found("job"),
         ActionError::NotDead { status, .. } => ApiError::new(
@@ -133,6 +135,38 @@ fn refusal(op: Op, e: ActionError) -> ApiError {
             ErrorCode::InvalidState,
             format!("this job cannot be discarded: {reason}"),
         ),
+        ActionError::ConfirmationRequired { matched } => ApiError::new(
+            ErrorCode::ConfirmationRequired,
+            format!(
+                "this filter matches {matched} dead job(s) and names no order, event or job; \
+                 send \"expectedCount\": {matched} to {act} all of them, or \"dryRun\": true \
+                 to count them; nothing was {verb}"
+            ),
+        )
+        .with_detail(
+            "expectedCount",
+            format!("required: {matched} dead job(s) match"),
+        ),
+        ActionError::CountChanged { expected, matched } => ApiError::new(
+            ErrorCode::ConfirmationRequired,
+            format!(
+                "{matched} dead job(s) match now, not the {expected} expected; nothing was {verb}"
+            ),
+        )
+        .with_detail("expectedCount", format!("{matched} dead job(s) match now")),
+        ActionError::TooManyMatching { matched, limit } => ApiError::new(
+            ErrorCode::TooManyJobs,
+            format!(
+                "{matched} dead jobs match and one action changes at most {limit}; narrow the \
+                 filter (queue, since, until); nothing was {verb}"
+            ),
+        ),
+        ActionError::TooManySelected { selected, limit } => {
+            ApiError::validation(vec![FieldError::new(
+                "ids",
+                format!("{selected} jobs named; at most {limit}"),
+            )])
+        }
         ActionError::Db(e) => e.into(),
     }
 }
@@ -272,7 +306,7 @@ async fn discard(
     }))
 }
 
-/// The jobs of a bulk action: these ids, or every dead job the filter matches.
+/// The jobs of a bulk action: these ids, or what a filter matches.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum BulkRequest {
@@ -281,18 +315,35 @@ pub enum BulkRequest {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ByIds {
     /// Jobs that are not dead (or do not exist) are left alone.
     #[schema(min_items = 1, max_items = 1000)]
     pub ids: Vec<String>,
+    /// When given, the action is refused unless exactly this many of the jobs are dead.
+    #[schema(minimum = 0, maximum = 1000)]
+    pub expected_count: Option<u64>,
+    /// Count the dead jobs, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ByFilter {
-    /// Every dead job matching all of these (an empty filter: every dead job).
+    /// With `q` an order or event id: that order's (or event's) outbox rows and events in the
+    /// dead jobs carrying them — jobs that also carry other orders' are split, the others'
+    /// rows and events left as they were. With `q` a job id: that job. Without `q` (or with
+    /// every field blank): every dead job the other fields match, which needs
+    /// `expectedCount`.
     pub filter: BulkFilter,
+    /// How many dead jobs the operator expects the filter to match (a dry run says). Required
+    /// when the filter names no order, event or job; a different count is refused (409).
+    #[schema(minimum = 0, maximum = 1000)]
+    pub expected_count: Option<u64>,
+    /// Count what the filter matches, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -308,18 +359,30 @@ pub struct BulkFilter {
 }
 
 impl BulkRequest {
-    async fn selection(self, state: &AppState) -> Result<Selection, ApiError> {
+    fn selection(self) -> Result<(Selection, Confirm), ApiError> {
         match self {
-            BulkRequest::Ids(ByIds { ids }) => {
-                if ids.is_empty() || ids.len() > MAX_BULK_IDS {
+            BulkRequest::Ids(ByIds {
+                ids,
+                expected_count,
+                dry_run,
+            }) => {
+                if ids.is_empty() || ids.len() > LIMIT {
                     return Err(ApiError::validation(vec![FieldError::new(
                         "ids",
-                        format!("must name 1 to {MAX_BULK_IDS} jobs"),
+                        format!("must name 1 to {LIMIT} jobs"),
                     )]));
                 }
-                Ok(Selection::Ids(ids))
+                let confirm = Confirm {
+                    expected: expected_count,
+                    dry_run,
+                };
+                Ok((Selection::Ids(ids), confirm))
             }
-            BulkRequest::Filter(ByFilter { filter: f }) => {
+            BulkRequest::Filter(ByFilter {
+                filter: f,
+                expected_count,
+                dry_run,
+            }) => {
                 let input = FilterInput {
                     status: StatusFilter::DEAD,
                     queue: f.queue,
@@ -327,8 +390,46 @@ impl BulkRequest {
                     since: f.since,
                     until: f.until,
                 };
-                Ok(Selection::Matching(input.resolve(&state.db).await?))
+                let confirm = Confirm {
+                    expected: expected_count,
+                    dry_run,
+                };
+                Ok((Selection::Filter(input.bulk()), confirm))
             }
+        }
+    }
+}
+
+/// What a bulk action matched and changed; a dry run changes nothing.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkCounts {
+    /// Dead jobs the selection matches now (what `expectedCount` confirms); by an order or
+    /// event id, the dead jobs carrying its rows or events.
+    pub matched: u64,
+    /// Outbox rows made NEW again, or DISCARDED (in a dry run: those selected by order or
+    /// event id).
+    pub outbox_rows: u64,
+    /// Received events acted on by an order or event id (in notification jobs).
+    pub events: u64,
+    /// Jobs split because they also carried other orders' rows or events: those stay as they
+    /// were, under the original job.
+    pub split: u64,
+    pub dry_run: bool,
+    /// The most jobs one action changes.
+    #[schema(example = 1000)]
+    pub limit: usize,
+}
+
+impl From<&Outcome> for BulkCounts {
+    fn from(o: &Outcome) -> Self {
+        Self {
+            matched: o.matched,
+            outbox_rows: o.outbox_rows,
+            events: o.events,
+            split: o.split,
+            dry_run: o.dry_run,
+            limit: LIMIT,
         }
     }
 }
@@ -336,19 +437,26 @@ impl BulkRequest {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BulkRetried {
-    /// Dead jobs put back in their queue.
+    /// Dead jobs put back in their queue (a part split off a job counts as one; 0 in a dry
+    /// run).
     pub retried: u64,
+    #[serde(flatten)]
+    pub counts: BulkCounts,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BulkDiscarded {
-    /// Dead jobs set aside for good.
+    /// Dead jobs set aside for good (archive-run jobs are left alone; 0 in a dry run).
     pub discarded: u64,
+    #[serde(flatten)]
+    pub counts: BulkCounts,
 }
 
-/// Retries the dead jobs among the given ids, or every dead job matching a filter (ADMIN);
-/// answers how many.
+/// Retries dead jobs in bulk (ADMIN): those among the given ids; an order's or an event's
+/// outbox rows and events (`q`), splitting them from the other orders' in the same jobs; or
+/// every dead job a filter matches, confirmed by `expectedCount`. At most 1000 jobs, in one
+/// transaction with its audit entry; `dryRun` counts and changes nothing.
 #[utoipa::path(
     post,
     path = "/admin/jobs/retry",
@@ -357,8 +465,10 @@ pub struct BulkDiscarded {
     security(("bearer" = [])),
     request_body = BulkRequest,
     responses(
-        (status = 200, description = "How many dead jobs are pending again", body = BulkRetried),
+        (status = 200, description = "What matched, and how many dead jobs are pending again", body = BulkRetried),
+        (status = 400, description = "VALIDATION_ERROR: neither ids nor filter, 1–1000 ids, a bad time", body = ErrorBody),
         (status = 403, description = "FORBIDDEN: not an ADMIN", body = ErrorBody),
+        (status = 409, description = "CONFIRMATION_REQUIRED: `expectedCount` missing for a filter that names no order, event or job, or different from the current count (in the message); TOO_MANY_JOBS: more than 1000 match. Nothing changed", body = ErrorBody),
     )
 )]
 async fn bulk_retry(
@@ -367,15 +477,20 @@ async fn bulk_retry(
     Json(req): Json<BulkRequest>,
 ) -> Result<axum::Json<BulkRetried>, ApiError> {
     let actor = actor(&state, admin, Via::Api).await?;
-    let selection = req.selection(&state).await?;
-    let retried = ops::act_on_all(&state.db, Op::Retry, &selection, &actor)
+    let (selection, confirm) = req.selection()?;
+    let outcome = ops::act_on_all(&state.db, Op::Retry, &selection, confirm, &actor)
         .await
         .map_err(|e| refusal(Op::Retry, e))?;
-    Ok(axum::Json(BulkRetried { retried }))
+    Ok(axum::Json(BulkRetried {
+        retried: outcome.changed,
+        counts: BulkCounts::from(&outcome),
+    }))
 }
 
-/// Discards the dead jobs among the given ids, or every dead job matching a filter
-/// (ADMIN; archive-run jobs are left alone); answers how many.
+/// Discards dead jobs in bulk (ADMIN), selected as for a bulk retry (archive-run jobs are
+/// left alone): an order's or an event's rows and events are split from the other orders'
+/// in the same jobs, which stay dead. At most 1000 jobs, in one transaction with its audit
+/// entry; `dryRun` counts and changes nothing.
 #[utoipa::path(
     post,
     path = "/admin/jobs/discard",
@@ -384,8 +499,10 @@ async fn bulk_retry(
     security(("bearer" = [])),
     request_body = BulkRequest,
     responses(
-        (status = 200, description = "How many dead jobs are discarded", body = BulkDiscarded),
+        (status = 200, description = "What matched, and how many dead jobs are discarded", body = BulkDiscarded),
+        (status = 400, description = "VALIDATION_ERROR: neither ids nor filter, 1–1000 ids, a bad time", body = ErrorBody),
         (status = 403, description = "FORBIDDEN: not an ADMIN", body = ErrorBody),
+        (status = 409, description = "CONFIRMATION_REQUIRED: `expectedCount` missing for a filter that names no order, event or job, or different from the current count (in the message); TOO_MANY_JOBS: more than 1000 match. Nothing changed", body = ErrorBody),
     )
 )]
 async fn bulk_discard(
@@ -394,9 +511,12 @@ async fn bulk_discard(
     Json(req): Json<BulkRequest>,
 ) -> Result<axum::Json<BulkDiscarded>, ApiError> {
     let actor = actor(&state, admin, Via::Api).await?;
-    let selection = req.selection(&state).await?;
-    let discarded = ops::act_on_all(&state.db, Op::Discard, &selection, &actor)
+    let (selection, confirm) = req.selection()?;
+    let outcome = ops::act_on_all(&state.db, Op::Discard, &selection, confirm, &actor)
         .await
         .map_err(|e| refusal(Op::Discard, e))?;
-    Ok(axum::Json(BulkDiscarded { discarded }))
+    Ok(axum::Json(BulkDiscarded {
+        discarded: outcome.changed,
+        counts: BulkCounts::from(&outcome),
+    }))
 }

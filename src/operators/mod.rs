@@ -17,8 +17,6 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::{app::AppState, auth::AdminUser, error::ApiError};
 
-pub use jobs::MAX_BULK_IDS;
-
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(jobs::router())

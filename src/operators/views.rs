@@ -7,6 +7,7 @@ use orderflow_jobs::{
     engine::{
         attempts::{self, AttemptRecord},
         job_query::{self, JobFilter, JobRow, StatusFilter},
+        ops::BulkFilter,
         queues::StateCounts,
     },
     publish_outbox::carried::{self, OutboxRecord},
@@ -50,6 +51,18 @@ impl FilterInput {
             since: self.since,
             until: self.until,
         })
+    }
+
+    /// The filter of a bulk action (on dead jobs, whatever `status`), its search left to the
+    /// action: an order or an event id selects that order's rows and events, not whole jobs.
+    /// Blank fields are absent.
+    pub fn bulk(&self) -> BulkFilter {
+        BulkFilter {
+            queue: self.queue.clone().filter(|q| !q.trim().is_empty()),
+            term: self.q.as_deref().and_then(Term::parse),
+            since: self.since,
+            until: self.until,
+        }
     }
 }
 

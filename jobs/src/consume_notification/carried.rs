@@ -5,11 +5,13 @@
 //! batch job is found by the event id in its payload, scanning only the jobs queued since
 //! the event was made: an event id is a UUIDv7, whose first 48 bits are its time, and a job's
 //! ULID starts with the time it was queued.
+//!
+//! An operator's action on some of a batch's events splits them from the others (`part`).
 
-use sqlx::{MySqlPool, QueryBuilder};
+use sqlx::{MySqlExecutor, QueryBuilder};
 use uuid::Uuid;
 
-use crate::queue::CONSUME_NOTIFICATION;
+use crate::queue::{ConsumeNotification, CONSUME_NOTIFICATION};
 
 /// Clocks of the replica that wrote the event and of the one that queued its job may differ.
 const CLOCK_SKEW_MS: u64 = 60_000;
@@ -21,8 +23,8 @@ fn made_at_ms(id: &Uuid) -> Option<u64> {
 }
 
 /// The consume-notification jobs (at most `limit`) carrying any of `events`.
-pub async fn carrying(
-    pool: &MySqlPool,
+pub async fn carrying<'c>(
+    db: impl MySqlExecutor<'c>,
     events: &[Uuid],
     limit: usize,
 ) -> Result<Vec<String>, sqlx::Error> {
@@ -50,7 +52,28 @@ pub async fn carrying(
         q.push("))");
     }
     q.push(") ORDER BY id LIMIT ").push_bind(limit as i64);
-    q.build_query_scalar().fetch_all(pool).await
+    q.build_query_scalar().fetch_all(db).await
+}
+
+/// A notification job's events in two: those an operator selected, and the others.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parted {
+    pub selected: ConsumeNotification,
+    pub others: ConsumeNotification,
+}
+
+/// Parts a job's payload by event id (`None`: not a notification job's payload). A message
+/// without a valid event id is never selected.
+pub fn part(payload: &[u8], selected: &[String]) -> Option<Parted> {
+    let job: ConsumeNotification = serde_json::from_slice(payload).ok()?;
+    let (taken, kept) = job.events.into_iter().partition(|e| {
+        e.valid_event_id()
+            .is_some_and(|id| selected.iter().any(|s| s == id))
+    });
+    Some(Parted {
+        selected: ConsumeNotification { events: taken },
+        others: ConsumeNotification { events: kept },
+    })
 }
 
 #[cfg(test)]
@@ -64,5 +87,30 @@ mod tests {
         let at = made_at_ms(&id).unwrap();
         assert!(at <= now && now - at < 60_000);
         assert_eq!(made_at_ms(&Uuid::new_v4()), None);
+    }
+
+    fn event(id: Option<&str>) -> crate::queue::ReceivedEvent {
+        crate::queue::ReceivedEvent {
+            topic: "ORDER_CREATED".into(),
+            partition: 0,
+            offset: 1,
+            event_id: id.map(str::to_owned),
+            event_type: Some("ORDER_CREATED".into()),
+            payload: Some("{}".into()),
+            traceparent: None,
+            tracestate: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_parted_by_event_id_and_a_message_without_one_stays() {
+        let (a, b) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+        let job = ConsumeNotification {
+            events: vec![event(Some(&a)), event(None), event(Some(&b))],
+        };
+        let parted = part(&serde_json::to_vec(&job).unwrap(), std::slice::from_ref(&b)).unwrap();
+        assert_eq!(parted.selected.events, [event(Some(&b))]);
+        assert_eq!(parted.others.events, [event(Some(&a)), event(None)]);
+        assert_eq!(part(b"not json", &[a]), None);
     }
 }

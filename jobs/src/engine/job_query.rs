@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{MySql, MySqlPool, QueryBuilder};
+use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder};
 use ulid::Ulid;
 
 pub(crate) const DEAD: &str =
@@ -230,16 +230,40 @@ pub async fn counts(
         .collect())
 }
 
-/// The ids of the dead jobs `filter` matches (whatever its status), oldest first.
-pub async fn dead_ids(pool: &MySqlPool, filter: &JobFilter) -> Result<Vec<String>, sqlx::Error> {
+/// Up to `limit` dead jobs `filter` matches (whatever its status), oldest first, with their
+/// queue; `lock`ed for the action that changes them (a dry run only reads).
+pub(crate) async fn dead_jobs(
+    conn: &mut MySqlConnection,
+    filter: &JobFilter,
+    limit: usize,
+    lock: bool,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
     let filter = JobFilter {
         status: StatusFilter::DEAD,
         ..filter.clone()
     };
-    let mut q = QueryBuilder::new("SELECT id FROM jobs");
+    let mut q = QueryBuilder::new("SELECT id, job_type FROM jobs");
     filter.push_where(&mut q, true);
-    q.push(" ORDER BY id");
-    q.build_query_scalar().fetch_all(pool).await
+    q.push(" ORDER BY id LIMIT ").push_bind(limit as i64);
+    if lock {
+        q.push(" FOR UPDATE");
+    }
+    q.build_query_as().fetch_all(conn).await
+}
+
+/// How many dead jobs `filter` matches (whatever its status).
+pub(crate) async fn count_dead(
+    conn: &mut MySqlConnection,
+    filter: &JobFilter,
+) -> Result<u64, sqlx::Error> {
+    let filter = JobFilter {
+        status: StatusFilter::DEAD,
+        ..filter.clone()
+    };
+    let mut q = QueryBuilder::new("SELECT COUNT(*) FROM jobs");
+    filter.push_where(&mut q, true);
+    let n: i64 = q.build_query_scalar().fetch_one(conn).await?;
+    Ok(n as u64)
 }
 
 /// One job, with what only its own page shows.

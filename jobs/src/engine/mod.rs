@@ -9,20 +9,23 @@
 //! * `reaper` — the job lease;
 //! * `lost_acks` — jobs left `Running` by a lost acknowledgement, under a live worker;
 //! * `attempts` — the history of failed attempts, recorded by a layer around every worker;
-//! * `job_query`, `ops`, `queues`, `pause`, `audit` — the operators' side: the job table as
-//!   they read it, their actions on dead jobs, the queues at a glance, pausing a queue, and
-//!   the log of every action;
+//! * `job_query`, `ops`, `bulk`, `split`, `queues`, `pause`, `audit` — the operators' side:
+//!   the job table as they read it, their actions on dead jobs (one, or many at once in one
+//!   transaction; a job split so that an action on one order's events leaves the others'),
+//!   the queues at a glance, pausing a queue, and the log of every action;
 //! * `trace` — the trace context that follows a job across processes, the span every job
 //!   run gets, and the per-queue job metrics;
 //! * `sql_error` — which database errors are worth trying again.
 //!
 //! The job kinds (`publish_outbox`, `consume_notification`, `archive_run`, `retention`) build
 //! on this module; it names them only where an operator's action on a job must also change
-//! the rows that job carries (a publish job's outbox rows).
+//! the rows that job carries (a publish job's outbox rows), or takes one order's part of it
+//! (`crate::event_selection`).
 
 pub mod attempts;
 pub mod audit;
 pub mod backend;
+pub mod bulk;
 pub mod fetch;
 pub mod job_query;
 pub mod lost_acks;
@@ -31,5 +34,6 @@ pub mod pause;
 pub mod queue;
 pub mod queues;
 pub mod reaper;
+pub(crate) mod split;
 pub mod sql_error;
 pub mod trace;

@@ -1,24 +1,24 @@
-//! Operators' actions on the job table: retry dead jobs (one, several, or every one a filter
-//! matches) and discard them, each recorded in the audit log. apalis-board only views and
-//! pushes; these are ours.
+//! Operators' actions on the job table: retry a dead job or discard it, recorded in the
+//! audit log in the same transaction; `bulk` does the same for many at once, with this
+//! module's change of whole jobs. apalis-board only views and pushes; these are ours.
 //!
 //! An action on a publish-outbox job also changes the outbox rows it carries, in the same
 //! transaction: a retry makes its DEAD rows NEW again, a discard makes them DISCARDED. That
 //! is the one place the engine knows a job kind's rows.
 
 use serde_json::json;
-use sqlx::{MySqlConnection, MySqlPool};
+use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
 use super::{
     audit::{self, Action, Actor},
-    job_query::{self, JobFilter, DEAD, DISCARDED},
+    job_query::{DEAD, DISCARDED},
 };
 use crate::{
-    outbox,
     publish_outbox::carried,
     queue::{ARCHIVE_RUN, PUBLISH_OUTBOX},
 };
 
+pub use super::bulk::{act_on_all, BulkFilter, Confirm, Outcome, Selection, LIMIT};
 pub use super::job_query::{JobRow, JobState, StatusFilter};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,16 @@ pub enum ActionError {
         queue: String,
         reason: &'static str,
     },
+    /// A filter that names no order, event or job acts on every dead job it matches only
+    /// when told how many the operator expects.
+    #[error("{matched} dead job(s) match; acting on all of them needs that count confirmed")]
+    ConfirmationRequired { matched: u64 },
+    #[error("{matched} dead job(s) match now, not the {expected} expected")]
+    CountChanged { expected: u64, matched: u64 },
+    #[error("{matched} dead jobs match; one action changes at most {limit}")]
+    TooManyMatching { matched: u64, limit: usize },
+    #[error("{selected} jobs selected; one action changes at most {limit}")]
+    TooManySelected { selected: usize, limit: usize },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -47,28 +57,19 @@ pub enum Op {
 }
 
 impl Op {
-    fn one(self) -> Action {
+    pub(crate) fn one(self) -> Action {
         match self {
             Op::Retry => Action::Retry,
             Op::Discard => Action::Discard,
         }
     }
 
-    fn bulk(self) -> Action {
+    pub(crate) fn bulk(self) -> Action {
         match self {
             Op::Retry => Action::BulkRetry,
             Op::Discard => Action::BulkDiscard,
         }
     }
-}
-
-/// The jobs of a bulk action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selection {
-    /// These jobs; those that are not dead are left alone.
-    Ids(Vec<String>),
-    /// Every dead job the filter matches (its status is ignored).
-    Matching(JobFilter),
 }
 
 /// Locks the job and checks that it is dead; returns its queue.
@@ -89,123 +90,85 @@ async fn lock_dead(conn: &mut MySqlConnection, id: &str) -> Result<String, Actio
     Ok(queue)
 }
 
-/// Puts a dead job back in its queue with fresh attempts; a publish job's DEAD outbox rows
-/// become NEW again, so its retry publishes them (once: the rows are claimed with SKIP
-/// LOCKED and marked PUBLISHED). Returns the outbox rows revived.
-async fn retry_in(conn: &mut MySqlConnection, id: &str) -> Result<u64, ActionError> {
-    let queue = lock_dead(conn, id).await?;
-    sqlx::query(
-        "UPDATE jobs SET status = 'Pending', attempts = 0, lock_by = NULL, lock_at = NULL, \
-         done_at = NULL, last_result = NULL, run_at = CURRENT_TIMESTAMP WHERE id = ?",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    let rows = if queue == PUBLISH_OUTBOX {
-        outbox::revive_for_job(conn, id).await?
-    } else {
-        0
-    };
-    tracing::info!(job_id = id, queue = %queue, "dead job re-queued by an operator");
-    Ok(rows)
+/// What an action on whole dead jobs changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Changed {
+    pub jobs: Vec<String>,
+    pub outbox_rows: u64,
 }
 
-/// Sets a dead job aside for good (status `Discarded`: never fetched, never purged); a
-/// publish job's DEAD rows become DISCARDED. An archive-run job is refused: its run would
-/// hold the one-run slot for ever (ADR 0007); retry it instead.
-async fn discard_in(conn: &mut MySqlConnection, id: &str) -> Result<u64, ActionError> {
-    let queue = lock_dead(conn, id).await?;
-    if queue == ARCHIVE_RUN {
+/// Retries or discards the dead `jobs` (id, queue), locked by the caller's transaction.
+///
+/// A retry puts each back in its queue with fresh attempts; a publish job's DEAD outbox rows
+/// become NEW again, so its retry publishes them (once: the rows are claimed with SKIP
+/// LOCKED and marked PUBLISHED). A discard sets each aside for good (status `Discarded`:
+/// never fetched, never purged); a publish job's DEAD rows become DISCARDED. Archive-run
+/// jobs are never discarded: the run would hold the one-run slot for ever (ADR 0007).
+pub(crate) async fn change_whole(
+    conn: &mut MySqlConnection,
+    op: Op,
+    jobs: &[(String, String)],
+) -> Result<Changed, ActionError> {
+    let ids: Vec<String> = jobs
+        .iter()
+        .filter(|(_, queue)| !(op == Op::Discard && queue == ARCHIVE_RUN))
+        .map(|(id, _)| id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(Changed::default());
+    }
+    let mut q = QueryBuilder::new("UPDATE jobs SET ");
+    match op {
+        Op::Retry => q.push(
+            "status = 'Pending', attempts = 0, lock_by = NULL, lock_at = NULL, done_at = NULL, \
+             last_result = NULL, run_at = CURRENT_TIMESTAMP",
+        ),
+        Op::Discard => q
+            .push("status = ")
+            .push_bind(DISCARDED)
+            .push(", lock_by = NULL, lock_at = NULL, done_at = CURRENT_TIMESTAMP"),
+    };
+    q.push(format!(" WHERE {DEAD} AND id IN ("));
+    let mut sep = q.separated(", ");
+    for id in &ids {
+        sep.push_bind(id.as_str());
+    }
+    q.push(")");
+    let changed = q.build().execute(&mut *conn).await?.rows_affected();
+    debug_assert_eq!(changed, ids.len() as u64, "the caller locked dead jobs");
+    let publish: Vec<String> = jobs
+        .iter()
+        .filter(|(id, queue)| queue == PUBLISH_OUTBOX && ids.contains(id))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let outbox_rows = match op {
+        Op::Retry => carried::revive_for_jobs(conn, &publish).await?,
+        Op::Discard => carried::discard_for_jobs(conn, &publish).await?,
+    };
+    Ok(Changed {
+        jobs: ids,
+        outbox_rows,
+    })
+}
+
+/// Retries or discards one dead job, recorded in the audit log in the same transaction;
+/// returns how many of its outbox rows changed (revived, or discarded). An archive-run job
+/// is refused a discard: retry it instead.
+pub async fn act(pool: &MySqlPool, op: Op, id: &str, actor: &Actor) -> Result<u64, ActionError> {
+    let mut tx = pool.begin().await?;
+    let queue = lock_dead(&mut tx, id).await?;
+    if op == Op::Discard && queue == ARCHIVE_RUN {
         return Err(ActionError::NotDiscardable {
             id: id.to_owned(),
             queue,
             reason: "its archive run would stay RUNNING and block every later run; retry it",
         });
     }
-    sqlx::query(
-        "UPDATE jobs SET status = ?, lock_by = NULL, lock_at = NULL, done_at = CURRENT_TIMESTAMP \
-         WHERE id = ?",
-    )
-    .bind(DISCARDED)
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    let rows = if queue == PUBLISH_OUTBOX {
-        carried::discard_for_job(conn, id).await?
-    } else {
-        0
-    };
-    tracing::info!(job_id = id, queue = %queue, outbox_rows = rows, "dead job discarded by an operator");
-    Ok(rows)
-}
-
-async fn apply(conn: &mut MySqlConnection, op: Op, id: &str) -> Result<u64, ActionError> {
-    match op {
-        Op::Retry => retry_in(conn, id).await,
-        Op::Discard => discard_in(conn, id).await,
-    }
-}
-
-/// Retries or discards one dead job, recorded in the audit log in the same transaction;
-/// returns how many of its outbox rows changed (revived, or discarded).
-pub async fn act(pool: &MySqlPool, op: Op, id: &str, actor: &Actor) -> Result<u64, ActionError> {
-    let mut tx = pool.begin().await?;
-    let rows = apply(&mut tx, op, id).await?;
+    let changed = change_whole(&mut tx, op, &[(id.to_owned(), queue.clone())]).await?;
     audit::record(&mut tx, actor, op.one(), &json!({ "ids": [id] }), 1).await?;
     tx.commit().await?;
-    Ok(rows)
-}
-
-/// The audit log's record of a selection.
-fn target(selection: &Selection) -> serde_json::Value {
-    match selection {
-        Selection::Ids(ids) => json!({ "ids": ids }),
-        Selection::Matching(f) => json!({ "filter": {
-            "queue": f.queue,
-            "ids": f.ids,
-            "since": f.since,
-            "until": f.until,
-        }}),
-    }
-}
-
-/// Retries or discards every dead job of `selection`, each in a transaction of its own (no
-/// long lock on the job table); jobs that are not dead, no longer exist or cannot be
-/// discarded are left alone. One audit entry records the selection and how many changed,
-/// also when a database error stops the action part way. Returns how many changed.
-pub async fn act_on_all(
-    pool: &MySqlPool,
-    op: Op,
-    selection: &Selection,
-    actor: &Actor,
-) -> Result<u64, ActionError> {
-    let ids = match selection {
-        Selection::Ids(ids) => ids.clone(),
-        Selection::Matching(filter) => job_query::dead_ids(pool, filter).await?,
-    };
-    let mut changed = 0;
-    let mut failure = None;
-    for id in &ids {
-        let mut tx = pool.begin().await?;
-        match apply(&mut tx, op, id).await {
-            Ok(_) => {
-                tx.commit().await?;
-                changed += 1;
-            }
-            Err(ActionError::Db(e)) => {
-                failure = Some(e);
-                break;
-            }
-            Err(_) => {}
-        }
-    }
-    let mut tx = pool.begin().await?;
-    audit::record(&mut tx, actor, op.bulk(), &target(selection), changed).await?;
-    tx.commit().await?;
-    match failure {
-        Some(e) => Err(e.into()),
-        None => Ok(changed),
-    }
+    tracing::info!(job_id = id, queue = %queue, outbox_rows = changed.outbox_rows, action = op.one().as_str(), "dead job changed by an operator");
+    Ok(changed.outbox_rows)
 }
 
 /// Retention: deletes up to `limit` jobs that finished (`Done`) more than `older_than` ago,

@@ -388,19 +388,6 @@ pub async fn mark_dead(pool: &MySqlPool, job_id: &str, ids: &[i64]) -> Result<u6
     Ok(q.build().execute(pool).await?.rows_affected())
 }
 
-/// DEAD rows of a dead publish job go back to NEW when an operator retries the job, with a
-/// fresh retry window.
-pub async fn revive_for_job(conn: &mut MySqlConnection, job_id: &str) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE outbox_events SET status = 'NEW', last_error = NULL, first_failed_at = NULL \
-         WHERE job_id = ? AND status = 'DEAD'",
-    )
-    .bind(job_id)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
-}
-
 /// How many DEAD rows name `job_id`.
 pub async fn dead_of_job(pool: &MySqlPool, job_id: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events WHERE job_id = ? AND status = 'DEAD'")
@@ -411,7 +398,8 @@ pub async fn dead_of_job(pool: &MySqlPool, job_id: &str) -> Result<i64, sqlx::Er
 
 /// NEW rows older than `grace` whose publish job is gone (never pushed, lost, finished
 /// without publishing them, or dead while they were not: a job that died of another row's
-/// permanent error): the sweeper gives them a new job.
+/// permanent error, and maybe since discarded by an operator): the sweeper gives them a new
+/// job.
 pub async fn orphaned(
     pool: &MySqlPool,
     grace: Duration,
@@ -420,7 +408,7 @@ pub async fn orphaned(
     sqlx::query_scalar(
         "SELECT e.id FROM outbox_events e LEFT JOIN jobs j ON j.id = e.job_id \
          WHERE e.status = 'NEW' AND e.created_at < CURRENT_TIMESTAMP(6) - INTERVAL ? MICROSECOND \
-         AND (j.id IS NULL OR j.status IN ('Done', 'Killed')) ORDER BY e.id LIMIT ?",
+         AND (j.id IS NULL OR j.status IN ('Done', 'Killed', 'Discarded')) ORDER BY e.id LIMIT ?",
     )
     .bind(grace.as_micros() as i64)
     .bind(limit)

@@ -8,7 +8,7 @@
 //! collects the jobs that arrive within `linger` of the first one (at most `max_rows` rows)
 //! and pushes one job, under the first one's id. The rows of the others are handed to that
 //! job first (`outbox::merge_jobs`), so every row still names the job that carries it: the
-//! sweeper's lost-job rule and an operator's retry of a dead job (`outbox::revive_for_job`)
+//! sweeper's lost-job rule and an operator's retry of a dead job (`carried::revive_for_jobs`)
 //! work per row as before.
 //!
 //! Nothing here is needed for correctness: a row whose job is never pushed (a crash within
