@@ -12,6 +12,7 @@
 //! * `job_query`, `ops`, `queues`, `pause`, `audit` — the operators' side: the job table as
 //!   they read it, their actions on dead jobs, the queues at a glance, pausing a queue, and
 //!   the log of every action;
+//! * `gauges` — the database's state as the gauges operators alert on, read at each scrape;
 //! * `trace` — the trace context that follows a job across processes, the span every job
 //!   run gets, and the per-queue job metrics;
 //! * `sql_error` — which database errors are worth trying again.
@@ -24,6 +25,7 @@ pub mod attempts;
 pub mod audit;
 pub mod backend;
 pub mod fetch;
+pub mod gauges;
 pub mod job_query;
 pub mod lost_acks;
 pub mod ops;
