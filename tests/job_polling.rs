@@ -50,11 +50,12 @@ async fn polling_an_empty_queue_is_one_statement_and_no_transaction() {
     );
 
     // A due job is still taken by the next poll.
+    let id = ulid::Ulid::new().to_string();
     sqlx::query(
         "INSERT INTO jobs (id, job_type, status, attempts, max_attempts, job, run_at) \
-         VALUES ('01JDUERETENTION00000000000', 'retention', 'Pending', 0, 5, '{}', \
-         CURRENT_TIMESTAMP - INTERVAL 1 SECOND)",
+         VALUES (?, 'retention', 'Pending', 0, 5, '{}', CURRENT_TIMESTAMP - INTERVAL 1 SECOND)",
     )
+    .bind(&id)
     .execute(&pool)
     .await
     .unwrap();
@@ -63,7 +64,8 @@ async fn polling_an_empty_queue_is_one_statement_and_no_transaction() {
         .expect("fetch");
     assert_eq!(jobs.len(), 1);
     let (status, by): (String, String) =
-        sqlx::query_as("SELECT status, lock_by FROM jobs WHERE id = '01JDUERETENTION00000000000'")
+        sqlx::query_as("SELECT status, lock_by FROM jobs WHERE id = ?")
+            .bind(&id)
             .fetch_one(&pool)
             .await
             .unwrap();
