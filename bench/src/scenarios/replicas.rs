@@ -85,12 +85,28 @@ impl AccountWork {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct UserStats {
+    cpu: f64,
+    busy: f64,
+    selects: i64,
+    updates: i64,
+    others: i64,
+    commits: i64,
+    rollbacks: i64,
+    rows_read: i64,
+    bytes_received: i64,
+    bytes_sent: i64,
+}
+
 async fn account_work(root: &MySqlPool, account: &str) -> anyhow::Result<AccountWork> {
-    let row: Option<(f64, f64, i64, i64, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT CPU_TIME, BUSY_TIME, CAST(SELECT_COMMANDS AS SIGNED), \
-         CAST(UPDATE_COMMANDS AS SIGNED), CAST(OTHER_COMMANDS AS SIGNED), \
-         CAST(COMMIT_TRANSACTIONS AS SIGNED), CAST(ROLLBACK_TRANSACTIONS AS SIGNED), \
-         CAST(ROWS_READ AS SIGNED), CAST(BYTES_RECEIVED AS SIGNED), CAST(BYTES_SENT AS SIGNED) \
+    let row: Option<UserStats> = sqlx::query_as(
+        "SELECT CPU_TIME AS cpu, BUSY_TIME AS busy, CAST(SELECT_COMMANDS AS SIGNED) AS selects, \
+         CAST(UPDATE_COMMANDS AS SIGNED) AS updates, CAST(OTHER_COMMANDS AS SIGNED) AS others, \
+         CAST(COMMIT_TRANSACTIONS AS SIGNED) AS commits, \
+         CAST(ROLLBACK_TRANSACTIONS AS SIGNED) AS rollbacks, \
+         CAST(ROWS_READ AS SIGNED) AS rows_read, CAST(BYTES_RECEIVED AS SIGNED) AS bytes_received, \
+         CAST(BYTES_SENT AS SIGNED) AS bytes_sent \
          FROM information_schema.USER_STATISTICS WHERE USER = ?",
     )
     .bind(account)
@@ -98,16 +114,16 @@ async fn account_work(root: &MySqlPool, account: &str) -> anyhow::Result<Account
     .await?;
     Ok(row
         .map(|r| AccountWork {
-            cpu_ms: r.0 * 1e3,
-            busy_ms: r.1 * 1e3,
-            selects: r.2,
-            updates: r.3,
-            others: r.4,
-            commits: r.5,
-            rollbacks: r.6,
-            rows_read: r.7,
-            bytes_received: r.8,
-            bytes_sent: r.9,
+            cpu_ms: r.cpu * 1e3,
+            busy_ms: r.busy * 1e3,
+            selects: r.selects,
+            updates: r.updates,
+            others: r.others,
+            commits: r.commits,
+            rollbacks: r.rollbacks,
+            rows_read: r.rows_read,
+            bytes_received: r.bytes_received,
+            bytes_sent: r.bytes_sent,
         })
         .unwrap_or_default())
 }
