@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validates the deployment files offline: k8s manifests, Dockerfile, compose file,
-# Grafana dashboard, CI workflow, the OpenAPI document, and the probe paths the app serves.
+# Grafana dashboard, Prometheus configuration and rules, CI workflow, the OpenAPI document,
+# and the probe paths the app serves.
 # Usage: .ci/validate-manifests.sh        (from anywhere; needs python3 and PyPI access once)
 # The validators live in their own venv (${VALIDATORS_VENV}), created on first use.
 set -euo pipefail
@@ -80,11 +81,19 @@ dashboard=observability/grafana/dashboards/orderflow.json
 if "$bin/check-jsonschema" --help | grep -q 'vendor\.grafana'; then
   check "check-jsonschema (grafana) $dashboard" \
     "$bin/check-jsonschema" --builtin-schema vendor.grafana-dashboard "$dashboard"
-else
-  # check-jsonschema ships no Grafana dashboard schema: at least make sure it parses.
-  check "json.tool $dashboard (no builtin Grafana schema)" \
-    "$bin/python" -m json.tool "$dashboard" /dev/null
 fi
+# Ids, titles, the grid, the data source, and every query's PromQL (through promtool).
+check "check-dashboard.py $dashboard (layout, data source, PromQL of every query)" \
+  "$bin/python" .ci/check-dashboard.py "$dashboard"
+
+# Prometheus: the configuration with its rule files, the rules' unit tests, and the k8s copy
+# of the rules (Debian's prometheus package provides promtool; .ci/run installs it).
+check "promtool check config observability/prometheus.yml (and its rule files)" \
+  promtool check config observability/prometheus.yml
+check "promtool test rules observability/tests/*.test.yml" \
+  promtool test rules observability/tests/*.test.yml
+check "k8s/base/prometheus-rules.yaml is observability/k8s-rules.sh's output" \
+  bash -c 'diff -u k8s/base/prometheus-rules.yaml <(bash observability/k8s-rules.sh)'
 
 check "actionlint .github/workflows/ci.yml" "$bin/actionlint" .github/workflows/ci.yml
 

@@ -21,6 +21,7 @@ use crate::{
 };
 
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+const DB_GAUGES_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -136,6 +137,23 @@ fn record_pool_gauges(state: &AppState) {
     metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "active").set(size - idle);
 }
 
+/// The database's state as gauges (outbox, queues: `orderflow_jobs::engine::gauges`), read
+/// at each scrape within a bound: a slow database delays the scrape by at most that, and the
+/// gauges then keep their last values.
+async fn record_database_gauges(state: &AppState) {
+    let lease = state.config.events.queue.lease;
+    match tokio::time::timeout(
+        DB_GAUGES_TIMEOUT,
+        orderflow_jobs::engine::gauges::refresh(&state.db, lease),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not read the outbox and queue gauges"),
+        Err(_) => tracing::warn!("reading the outbox and queue gauges timed out"),
+    }
+}
+
 /// Names of the metrics this process exposes (the values are at /actuator/prometheus).
 #[utoipa::path(
     get,
@@ -169,6 +187,7 @@ async fn metrics_index(State(state): State<AppState>) -> Json<MetricNames> {
 )]
 async fn prometheus(State(state): State<AppState>) -> Response {
     record_pool_gauges(&state);
+    record_database_gauges(&state).await;
     (
         [(
             header::CONTENT_TYPE,

@@ -65,7 +65,7 @@ pub fn status_kib(pid: u32, name: &str) -> Option<u64> {
 }
 
 /// User + system CPU time of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces; fields after it are space-separated.
     let after = stat.rsplit_once(')')?.1;
@@ -75,7 +75,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// Linux reports CPU time in USER_HZ, 100 on every architecture the bench runs on.
-const TICKS_PER_SEC: f64 = 100.0;
+pub const TICKS_PER_SEC: f64 = 100.0;
 
 /// The local MariaDB/MySQL server process, if it runs on this machine.
 pub fn database_pid() -> Option<u32> {

@@ -26,7 +26,7 @@ use crate::{
     ceiling::Ceiling,
     client::Api,
     report::{Results, Settings, Startup},
-    scenarios::{archive, drain, hot, pipeline, replay, spread, Ctx, LARGE_STOCK},
+    scenarios::{archive, drain, hot, pipeline, replay, replicas, spread, Ctx, LARGE_STOCK},
     service::Service,
     stats::round,
 };
@@ -61,6 +61,9 @@ enum Command {
     Ceiling,
     /// A few seconds of spread, hot and replay at low concurrency (CI).
     Smoke,
+    /// The same order rate on 1, 2, 3 … service processes against one database: what each
+    /// replica costs the database per order (needs KAFKA_BROKERS).
+    Replicas,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +104,12 @@ struct Opts {
     /// The orderflow binary [default: `orderflow` next to this binary, in target/<profile>/].
     #[arg(long, global = true)]
     service_bin: Option<PathBuf>,
+    /// Replica counts for `replicas`, run one after the other.
+    #[arg(long, global = true, value_delimiter = ',', default_values_t = [1, 2, 3])]
+    replicas: Vec<usize>,
+    /// Seconds of `replicas` without load, to see what the replicas cost on their own.
+    #[arg(long, global = true, default_value_t = 10)]
+    idle_secs: u64,
     /// Where results are written.
     #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     out: PathBuf,
@@ -179,7 +188,38 @@ fn command_name(c: Command) -> String {
     format!("{c:?}").to_lowercase()
 }
 
+/// `bench replicas`: its own services, one set per replica count; see scenarios/replicas.rs.
+async fn run_replicas(opts: &Opts) -> anyhow::Result<u64> {
+    let bin = match &opts.service_bin {
+        Some(b) => b.clone(),
+        None => service::default_binary()?,
+    };
+    let plan = replicas::Plan {
+        counts: opts.replicas.clone(),
+        rate: opts.rate.unwrap_or(200.0),
+        duration: Duration::from_secs(opts.duration_secs),
+        idle: Duration::from_secs(opts.idle_secs),
+        concurrency: opts.concurrency.unwrap_or(32),
+        products: opts.products.unwrap_or(1000),
+        users: opts.concurrency.unwrap_or(32).min(64),
+    };
+    let result = replicas::run(&plan, &bin, &opts.database_url, &opts.redis_url).await?;
+    let table = replicas::markdown(&result);
+    print!("{table}");
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    std::fs::create_dir_all(&opts.out)?;
+    let json = opts.out.join(format!("{stamp}-replicas.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&result)?)?;
+    let md = opts.out.join(format!("{stamp}-replicas.md"));
+    std::fs::write(&md, &table)?;
+    eprintln!("bench: wrote {} and {}", json.display(), md.display());
+    Ok(result.runs.iter().map(|r| r.summary.errors).sum())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<u64> {
+    if cli.command == Command::Replicas {
+        return run_replicas(&cli.opts).await;
+    }
     let opts = cli.opts;
     let plan = Plan::new(cli.command, &opts);
     let server = MySqlConnectOptions::from_str(&opts.database_url)

@@ -157,6 +157,46 @@ impl Service {
         Ok(service)
     }
 
+    /// Another process of the same service (same database, secrets, Kafka topics and
+    /// consumer group, cache prefix) on a port of its own: a replica (`bench replicas`).
+    pub async fn replica(&self) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut env = self.env.clone();
+        for (k, v) in &mut env {
+            if k == "HTTP_ADDR" {
+                *v = format!("127.0.0.1:{port}");
+            }
+        }
+        let log_path = self.log_path.with_extension(format!("{port}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let started = Instant::now();
+        let child = Command::new(&self.bin)
+            .arg("serve")
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let pid = child.id().context("the replica exited at once")?;
+        let mut replica = Self {
+            child,
+            pid,
+            base: format!("http://127.0.0.1:{port}"),
+            database_url: self.database_url.clone(),
+            admin_password: self.admin_password.clone(),
+            startup: Duration::ZERO,
+            log_path,
+            bin: self.bin.clone(),
+            env,
+        };
+        replica.wait_ready(started).await?;
+        replica.startup = started.elapsed();
+        Ok(replica)
+    }
+
     async fn wait_ready(&mut self, started: Instant) -> anyhow::Result<()> {
         let probe = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))

@@ -6,8 +6,9 @@
 //!      └ outbox_events (NEW → PUBLISHED | DEAD)      notifications ◀── consume-notification worker
 //! ```
 //!
-//! plus the job reaper (the lease apalis-mysql rc.8 lacks), the gauges operators watch, and
-//! the schedules (apalis-cron) of the archive workflow and of the retention job.
+//! plus the job reaper (the lease apalis-mysql rc.8 lacks) and the schedules (apalis-cron) of
+//! the archive workflow and of the retention job. (The gauges operators watch are read at
+//! each scrape: `orderflow_jobs::engine::gauges`.)
 
 mod archive;
 mod consumer;

@@ -1,8 +1,9 @@
 //! The outbox sweeper: NEW rows whose publish job is gone (never pushed because the process
 //! died right after the commit, or finished without publishing them) get a new job, in
-//! batches. It also refreshes the gauges that say whether the pipeline keeps up.
+//! batches. (The gauges that say whether the pipeline keeps up are read at each scrape:
+//! `orderflow_jobs::engine::gauges`.)
 
-use orderflow_jobs::{ops, outbox, queue};
+use orderflow_jobs::{outbox, queue};
 use tokio_util::sync::CancellationToken;
 
 use crate::Pipeline;
@@ -36,23 +37,11 @@ pub async fn sweep_once(p: &Pipeline) -> Result<usize, Box<dyn std::error::Error
     }
 }
 
-async fn refresh_gauges(p: &Pipeline) {
-    if let Ok(n) = outbox::backlog(&p.pool).await {
-        metrics::gauge!("outbox_backlog").set(n as f64);
-    }
-    if let Ok(counts) = ops::dead_counts(&p.pool).await {
-        for (queue, n) in counts {
-            metrics::gauge!("jobs_dead", "queue" => queue).set(n as f64);
-        }
-    }
-}
-
 pub async fn sweep_loop(p: Pipeline, stop: CancellationToken) {
     loop {
         if let Err(e) = sweep_once(&p).await {
             tracing::warn!(error = %e, "outbox sweep failed; will retry");
         }
-        refresh_gauges(&p).await;
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(p.sweep_interval) => {}

@@ -6,6 +6,7 @@ pub mod archive;
 pub mod hot;
 pub mod pipeline;
 pub mod replay;
+pub mod replicas;
 pub mod spread;
 
 use std::{

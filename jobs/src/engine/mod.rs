@@ -13,6 +13,7 @@
 //!   the job table as they read it, their actions on dead jobs (one, or many at once in one
 //!   transaction; a job split so that an action on one order's events leaves the others'),
 //!   the queues at a glance, pausing a queue, and the log of every action;
+//! * `gauges` — the database's state as the gauges operators alert on, read at each scrape;
 //! * `trace` — the trace context that follows a job across processes, the span every job
 //!   run gets, and the per-queue job metrics;
 //! * `sql_error` — which database errors are worth trying again.
@@ -27,6 +28,7 @@ pub mod audit;
 pub mod backend;
 pub mod bulk;
 pub mod fetch;
+pub mod gauges;
 pub mod job_query;
 pub mod lost_acks;
 pub mod ops;

@@ -160,6 +160,20 @@ pub async fn states(pool: &MySqlPool) -> Result<HashMap<String, PauseState>, sql
         .collect())
 }
 
+/// Per paused queue, seconds since it was paused (by the database's clock, which stamped it).
+pub async fn paused_for(pool: &MySqlPool) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT queue, TIMESTAMPDIFF(SECOND, changed_at, CURRENT_TIMESTAMP(6)) FROM job_queues \
+         WHERE paused = 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(queue, secs)| (queue, secs.unwrap_or(0).max(0)))
+        .collect())
+}
+
 /// Pauses or resumes `queue` for every replica, recorded in the operators' audit log in the
 /// same transaction; returns whether the state changed.
 pub async fn set_paused(

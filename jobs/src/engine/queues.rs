@@ -101,7 +101,7 @@ pub async fn overview(
 }
 
 /// Per queue, seconds since its oldest pending job was due.
-async fn oldest_pending(pool: &MySqlPool) -> Result<HashMap<String, i64>, sqlx::Error> {
+pub async fn oldest_pending(pool: &MySqlPool) -> Result<HashMap<String, i64>, sqlx::Error> {
     let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
         "SELECT job_type, TIMESTAMPDIFF(SECOND, MIN(run_at), CURRENT_TIMESTAMP) FROM jobs \
          WHERE status IN ('Pending', 'Queued') OR (status = 'Failed' AND attempts < max_attempts) \
@@ -146,7 +146,7 @@ async fn finished_recently(pool: &MySqlPool) -> Result<HashMap<String, Finished>
 
 /// Per queue, workers that heartbeated within `lease` (apalis registers a worker under its
 /// queue's name; the reaper counts a worker silent for the lease as gone).
-async fn live_workers(
+pub async fn live_workers(
     pool: &MySqlPool,
     lease: Duration,
 ) -> Result<HashMap<String, i64>, sqlx::Error> {

@@ -474,10 +474,38 @@ pub async fn purge_published(
     .rows_affected())
 }
 
-pub async fn backlog(pool: &MySqlPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbox_events WHERE status = 'NEW'")
-        .fetch_one(pool)
-        .await
+/// The rows that are not PUBLISHED, as operators watch them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unpublished {
+    /// NEW rows (the backlog).
+    pub new: i64,
+    /// Seconds since the oldest NEW row was committed (0: none).
+    pub oldest_new_age_secs: i64,
+    pub dead: i64,
+    pub discarded: i64,
+}
+
+/// NEW, DEAD and DISCARDED rows and the age of the oldest NEW one, in one read of the
+/// `(status, created_at)` index.
+pub async fn unpublished(pool: &MySqlPool) -> Result<Unpublished, sqlx::Error> {
+    let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT status, COUNT(*), TIMESTAMPDIFF(SECOND, MIN(created_at), CURRENT_TIMESTAMP(6)) \
+         FROM outbox_events WHERE status IN ('NEW', 'DEAD', 'DISCARDED') GROUP BY status",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = Unpublished::default();
+    for (status, count, oldest) in rows {
+        match status.as_str() {
+            "NEW" => {
+                out.new = count;
+                out.oldest_new_age_secs = oldest.unwrap_or(0).max(0);
+            }
+            "DEAD" => out.dead = count,
+            _ => out.discarded = count,
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
