@@ -771,14 +771,21 @@ async fn real_broker_cut_off_longer_than_the_delivery_timeout_every_order_is_pub
         "orders placed during the cut waited for the broker"
     );
 
-    let recovered = app
+    // The producer's side, then the consumer's, each timed from the heal.
+    let published = app
         .eventually(RECOVERY.saturating_sub(healed_at.elapsed()), || async {
             app.count("SELECT COUNT(*) FROM outbox_events WHERE status <> 'PUBLISHED'")
                 .await
                 == 0
-                && app.count("SELECT COUNT(*) FROM notifications").await == n
         })
         .await;
+    let published_after = healed_at.elapsed();
+    let recovered = published
+        && app
+            .eventually(RECOVERY.saturating_sub(healed_at.elapsed()), || async {
+                app.count("SELECT COUNT(*) FROM notifications").await == n
+            })
+            .await;
     let recovered_after = healed_at.elapsed();
     if !recovered {
         let rows: Vec<(String, i64)> =
@@ -859,14 +866,51 @@ async fn real_broker_cut_off_longer_than_the_delivery_timeout_every_order_is_pub
         "exactly the orders' events are on the topic"
     );
     let duplicates: Vec<(&String, &usize)> = per_event.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(duplicates.is_empty(), "duplicates on the topic: {duplicates:?}");
+    assert!(
+        duplicates.is_empty(),
+        "duplicates on the topic: {duplicates:?}"
+    );
+
+    // A producer the broker fenced or librdkafka declared dead was replaced: each
+    // replacement is recorded once and shows on the publish-outbox line of the operators'
+    // queue overview.
+    let rebuilds = app.state.events.producer.rebuilds();
+    assert!(
+        app.eventually(Duration::from_secs(10), || async {
+            app.count("SELECT COUNT(*) FROM kafka_client_rebuilds WHERE client = 'producer'")
+                .await
+                == rebuilds as i64
+        })
+        .await,
+        "each rebuild of the producer ({rebuilds}) is recorded once"
+    );
+    let token = app.admin_token().await;
+    let queues = app.get("/api/v1/admin/queues", Some(&token)).await;
+    let publish = queues.body["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["queue"] == "publish-outbox"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        publish["kafkaClient"]["client"], "producer",
+        "{}",
+        queues.text
+    );
+    assert_eq!(
+        publish["kafkaClient"]["rebuildsTotal"], rebuilds,
+        "{}",
+        queues.text
+    );
 
     eprintln!(
         "real broker cut {} s: {n} orders, NEW backlog at the heal {backlog_at_heal}; \
-         all published and notified {:.1} s after the heal; {} messages on the topic",
+         all published {:.1} s and all notified {:.1} s after the heal; {} messages on the \
+         topic; producer replaced {rebuilds} time(s) (last: {:?})",
         cut_for.as_secs(),
+        published_after.as_secs_f64(),
         recovered_after.as_secs_f64(),
-        events.len()
+        events.len(),
+        app.state.events.producer.last_rebuild(),
     );
     common::audit::assert_passes(&app.db_guard.url);
 }
