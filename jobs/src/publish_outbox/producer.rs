@@ -84,20 +84,19 @@ impl Instance {
     }
 }
 
-/// The context of every instance: librdkafka's fatal error declares it dead; its other
-/// errors are logged (informational: librdkafka recovers from them by itself).
+/// The context of every instance: each error librdkafka reports is logged (informational:
+/// it recovers from most by itself) and has the rebuild task look whether the instance is
+/// dead. The error event of a fatal error carries the underlying code (e.g.
+/// OutOfOrderSequenceNumber), not `Fatal`, and rdkafka does not pass on librdkafka's
+/// "is fatal" flag; the instance itself says (`fatal_error`).
 pub struct DeathWatch {
     state: Arc<InstanceState>,
 }
 
 impl ClientContext for DeathWatch {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.state
-                .declare_dead(|| format!("librdkafka fatal error: {reason}"));
-        } else {
-            tracing::warn!(target: "librdkafka", error = %error, reason, "kafka producer error");
-        }
+        tracing::warn!(target: "librdkafka", error = %error, reason, "kafka producer error");
+        self.state.wake.rebuild.notify_one();
     }
 }
 
@@ -286,8 +285,8 @@ async fn rebuild_loop(shared: Weak<Shared>, wake: Arc<Wake>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        // Woken again for the instance already replaced (a failed send of its last batch):
-        // nothing to do.
+        // Woken by an error librdkafka gets over by itself, or for an instance already
+        // replaced (a failed send of its last batch): nothing to do.
         if shared.current.read().await.dead().is_none() {
             continue;
         }
@@ -335,5 +334,74 @@ async fn rebuild_loop(shared: Weak<Shared>, wake: Arc<Wake>) {
         }
         // Dropping an instance purges and flushes it (blocking up to 500 ms).
         tokio::task::spawn_blocking(move || drop(old));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing listens there: these instances never reach a broker, which the swap does not
+    /// need (librdkafka's own hook raises the fatal error).
+    fn producer() -> EventProducer {
+        EventProducer::start(ProducerSettings {
+            bootstrap: "127.0.0.1:9".into(),
+            delivery_timeout: Duration::from_secs(1),
+        })
+        .expect("a producer instance")
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "{what} within 10 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_instance_is_replaced_only_after_the_batches_sending_with_it_are_done() {
+        let p = producer();
+        let batch = p.lease().await;
+        p.raise_fatal_error_for_test(RDKafkaErrorCode::OutOfOrderSequenceNumber, "test")
+            .await;
+        // The replacement waits for the batch: it is queued for the lock (no new batch can
+        // take the instance any more), and nothing is swapped yet.
+        until("the replacement waits for the batch", || {
+            p.shared.current.try_read().is_err()
+        })
+        .await;
+        assert_eq!(p.rebuilds(), 0);
+        assert!(
+            batch.instance.dead().is_some(),
+            "the batch's instance is dead"
+        );
+        drop(batch);
+        until("the replacement", || p.rebuilds() == 1).await;
+        let next = p.lease().await;
+        assert!(next.instance.dead().is_none(), "a new instance");
+        let rebuild = p.last_rebuild().expect("recorded");
+        assert!(
+            rebuild.error.contains("OutOfOrderSequenceNumber"),
+            "{rebuild:?}"
+        );
+    }
+
+    #[test]
+    fn a_fenced_producer_is_dead_and_an_outage_is_not() {
+        use RDKafkaErrorCode as C;
+        for fenced in [C::ProducerFenced, C::InvalidProducerEpoch, C::Fenced] {
+            assert!(is_fenced(fenced), "{fenced:?}");
+        }
+        for alive in [
+            C::MessageTimedOut,
+            C::AllBrokersDown,
+            C::UnknownTopic,
+            C::QueueFull,
+        ] {
+            assert!(!is_fenced(alive), "{alive:?}");
+        }
     }
 }
