@@ -33,6 +33,7 @@ use crate::{
     idempotency, notifications, operators, orders, outbox, telemetry,
 };
 use orderflow_jobs::{
+    kafka_clients::{self, KafkaClient},
     publish_batch::{BatchSettings, PublishBatcher},
     trace,
 };
@@ -104,6 +105,13 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         tracing::info!(email = %email, "admin account ensured from ADMIN_EMAIL");
     }
     let events = events::connect(&config.events).await?;
+    // Each replacement of a producer librdkafka declared dead shows in the queue overview.
+    events.producer.on_rebuild(Box::new({
+        let pool = pool.clone();
+        move |rebuild| {
+            kafka_clients::record_later(&pool, KafkaClient::Producer, rebuild.error.clone())
+        }
+    }));
     let publisher = PublishBatcher::start(
         pool.clone(),
         config.events.queue,
@@ -285,12 +293,16 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         publish_wake: state.events.publish_wake.clone(),
         notify_wake: Default::default(),
         pauses: Default::default(),
+        consumer_fatal_for_test: state.events.consumer_fatal_for_test.clone(),
     }
 }
 
 /// What the retention job purges, each kind with its own retention.
 fn retention_schedule(config: &Config) -> orderflow_workflows::RetentionSchedule {
-    use orderflow_jobs::retention::{FinishedJobs, PublishedOutboxRows};
+    use orderflow_jobs::{
+        kafka_clients::OldKafkaClientRebuilds,
+        retention::{FinishedJobs, PublishedOutboxRows},
+    };
     let finished_after = config.retention.finished_after;
     orderflow_workflows::RetentionSchedule {
         cron: config.retention.cron.clone(),
@@ -299,6 +311,7 @@ fn retention_schedule(config: &Config) -> orderflow_workflows::RetentionSchedule
             Arc::new(console::session::ExpiredConsoleSessions),
             Arc::new(PublishedOutboxRows(finished_after)),
             Arc::new(FinishedJobs(finished_after)),
+            Arc::new(OldKafkaClientRebuilds(finished_after)),
         ],
     }
 }

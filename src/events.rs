@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use orderflow_jobs::{
     kafka::{self, EmbeddedKafka},
+    producer::{EventProducer, ProducerSettings},
     queue::Wake,
     reseed,
 };
-use rdkafka::producer::FutureProducer;
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 
@@ -16,11 +16,15 @@ use crate::config::EventsConfig;
 
 pub struct Events {
     pub bootstrap: String,
-    pub producer: FutureProducer,
+    /// Rebuilt after a fatal error (ADR 0015).
+    pub producer: EventProducer,
     /// Kept alive for the life of the service when in use.
     pub embedded: Option<EmbeddedKafka>,
     /// Wakes this process's publish-outbox worker after an order commits.
     pub publish_wake: Wake,
+    /// Raises a fatal error on this process's notification consumer (tests of its
+    /// replacement).
+    pub consumer_fatal_for_test: orderflow_workflows::ConsumerFatalForTest,
 }
 
 pub async fn connect(cfg: &EventsConfig) -> anyhow::Result<Events> {
@@ -51,12 +55,16 @@ pub async fn connect(cfg: &EventsConfig) -> anyhow::Result<Events> {
             (embedded.bootstrap_servers().to_owned(), Some(embedded))
         }
     };
-    let producer = kafka::producer(&bootstrap, cfg.delivery_timeout)?;
+    let producer = EventProducer::start(ProducerSettings {
+        bootstrap: bootstrap.clone(),
+        delivery_timeout: cfg.delivery_timeout,
+    })?;
     Ok(Events {
         bootstrap,
         producer,
         embedded,
         publish_wake: Wake::default(),
+        consumer_fatal_for_test: Default::default(),
     })
 }
 
@@ -65,7 +73,7 @@ pub async fn connect(cfg: &EventsConfig) -> anyhow::Result<Events> {
 /// PUBLISHED row without a notification (ADR 0016); retried until done or `stop`.
 pub async fn reseed_embedded(
     pool: MySqlPool,
-    producer: FutureProducer,
+    producer: EventProducer,
     topic_prefix: String,
     stop: CancellationToken,
 ) {

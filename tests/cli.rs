@@ -424,6 +424,19 @@ async fn jobs_show_jobs_discard_and_queues_pause_resume_are_audited_as_the_cli()
         listed.lines().any(|l| l.starts_with("retention\tPAUSED")),
         "{listed}"
     );
+    // The queues that work through a Kafka client show its rebuilds (none here).
+    for (queue, client) in [
+        ("publish-outbox", "producer"),
+        ("consume-notification", "consumer"),
+    ] {
+        let line = listed
+            .lines()
+            .find(|l| l.starts_with(&format!("{queue}\t")));
+        assert!(
+            line.is_some_and(|l| l.ends_with(&format!("\t{client} rebuilds 0 (60 min 0)"))),
+            "{listed}"
+        );
+    }
     assert!(run(&["queues", "resume", "retention"]).contains("retention is running"));
     let out = orderflow(&url)
         .args(["queues", "pause", "nope"])

@@ -936,3 +936,164 @@ async fn marking_rows_published_survives_a_deadlock_without_sending_them_again()
     assert_each_event_once(&app, "ORDER_CREATED", 1).await;
     app.stop().await;
 }
+
+/// Issue 29: a producer and a consumer librdkafka declares dead (a fatal error, raised here
+/// with librdkafka's own test hook: the embedded broker never gets there by itself; the
+/// tansu cut in tests/faults.rs is the real case) are replaced. What the producer held when
+/// it died (queued while the broker was down) stays NEW and goes out once with the new one;
+/// the new consumer resumes from the committed offsets; each replacement is recorded once
+/// and shows on its queue's line of the operators' overview and console page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_and_a_consumer_librdkafka_declares_dead_are_replaced_and_nothing_is_lost_or_sent_twice(
+) {
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let app = TestApp::spawn_with(|c| c.events.kafka_brokers = None).await;
+    let admin = app.admin_token().await;
+    let (_, user) = app.new_user().await;
+    let product = app.new_product(&admin, 100, 1_000).await;
+    let order = |key: String| {
+        let (app, user) = (&app, &user);
+        async move {
+            let r = app
+                .order(user, &key, json!([{"productId": product, "quantity": 1}]))
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{key}: {}", r.text);
+        }
+    };
+    let notified = |n: i64| {
+        let app = &app;
+        async move {
+            app.eventually(WAIT, || async {
+                app.count("SELECT COUNT(*) FROM notifications").await == n
+            })
+            .await
+        }
+    };
+    for i in 0..5 {
+        order(format!("before-{i}")).await;
+    }
+    assert!(notified(5).await, "the pipeline runs");
+
+    // The broker down: the next orders' events wait in the producer's queue.
+    let embedded = app.state.events.embedded.as_ref().expect("embedded broker");
+    embedded.broker_down();
+    for i in 0..5 {
+        order(format!("queued-{i}")).await;
+    }
+    assert!(
+        app.eventually(WAIT, || async {
+            app.count("SELECT COUNT(*) FROM outbox_events WHERE claimed_until IS NOT NULL")
+                .await
+                > 0
+        })
+        .await,
+        "a publish job is sending the rows"
+    );
+    let producer = &app.state.events.producer;
+    producer
+        .raise_fatal_error_for_test(
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+            "the broker's sequence and the producer's disagree",
+        )
+        .await;
+    assert!(
+        app.eventually(WAIT, || async { producer.rebuilds() == 1 })
+            .await,
+        "the dead producer is replaced"
+    );
+    embedded.broker_up();
+    assert!(notified(10).await, "{:?}", by_status(&app).await);
+
+    // The consumer dies (as a static member fenced by another process would).
+    app.state.events.consumer_fatal_for_test.raise();
+    let consumer_rebuilt = || async {
+        app.count("SELECT COUNT(*) FROM kafka_client_rebuilds WHERE client = 'consumer'")
+            .await
+            == 1
+    };
+    assert!(
+        app.eventually(WAIT, consumer_rebuilt).await,
+        "the dead consumer is replaced"
+    );
+    for i in 0..5 {
+        order(format!("after-{i}")).await;
+    }
+    assert!(
+        notified(15).await,
+        "the new consumer delivers: {} of 15",
+        app.count("SELECT COUNT(*) FROM notifications").await
+    );
+
+    assert!(all_published(&app).await, "{:?}", by_status(&app).await);
+    assert_each_event_once(&app, "ORDER_CREATED", 15).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.count("SELECT COUNT(*) FROM notifications").await, 15);
+    assert_eq!(producer.rebuilds(), 1, "replaced once");
+    let last = producer.last_rebuild().expect("the rebuild");
+    assert!(last.error.contains("OutOfOrderSequenceNumber"), "{last:?}");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM kafka_client_rebuilds WHERE client = 'producer'")
+            .await,
+        1,
+        "recorded once"
+    );
+
+    // The operators' view: each client's rebuild on its queue's line, with its error.
+    let queues = app.get("/api/v1/admin/queues", Some(&admin)).await;
+    assert_eq!(queues.status, StatusCode::OK, "{}", queues.text);
+    let line = |queue: &str| {
+        queues.body["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["queue"] == queue))
+            .map(|q| q["kafkaClient"].clone())
+            .unwrap_or_default()
+    };
+    let (publish, notify) = (line("publish-outbox"), line("consume-notification"));
+    assert_eq!(publish["client"], "producer", "{}", queues.text);
+    assert_eq!(publish["rebuildsLast60m"], 1, "{}", queues.text);
+    assert_eq!(publish["rebuildsTotal"], 1, "{}", queues.text);
+    assert!(publish["lastRebuiltAt"].is_string(), "{}", queues.text);
+    assert!(
+        publish["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("OutOfOrderSequenceNumber")),
+        "{}",
+        queues.text
+    );
+    assert_eq!(notify["client"], "consumer", "{}", queues.text);
+    assert_eq!(notify["rebuildsTotal"], 1, "{}", queues.text);
+    assert!(
+        notify["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("FencedInstanceId")),
+        "{}",
+        queues.text
+    );
+    assert!(line("archive-run").is_null(), "{}", queues.text);
+
+    let console = common::console::Visitor::new(&app);
+    console
+        .sign_in(common::ADMIN_EMAIL, common::ADMIN_PASSWORD)
+        .await;
+    let page = console.get("/console/queues").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    for shown in [
+        "producer: 1 in 60 min, 1 in all",
+        "consumer: 1 in 60 min, 1 in all",
+    ] {
+        assert!(page.text.contains(shown), "{shown}: {}", page.text);
+    }
+
+    let metrics = app.get("/actuator/prometheus", None).await.text;
+    for client in ["producer", "consumer"] {
+        let name = format!("kafka_client_rebuilds_total{{client=\"{client}\"}}");
+        assert!(metrics.contains(&name), "{name}: {metrics}");
+    }
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM outbox_events WHERE status = 'DEAD'")
+            .await,
+        0
+    );
+    common::audit::assert_passes(&app.db_guard.url);
+}

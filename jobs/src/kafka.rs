@@ -12,7 +12,6 @@ use rdkafka::{
     consumer::{ConsumerContext, StreamConsumer},
     error::{KafkaError, KafkaResult},
     mocking::MockCluster,
-    producer::FutureProducer,
     types::RDKafkaErrorCode,
     ClientConfig, Statistics,
 };
@@ -135,11 +134,13 @@ pub async fn ensure_topics(bootstrap: &str, topics: &[String]) -> KafkaResult<()
     Ok(())
 }
 
-/// The producer of publish-outbox: idempotent (no duplicates from librdkafka's own retries),
-/// acks from all in-sync replicas, and a bounded delivery time so a dead broker turns into
-/// an error the job can retry instead of a hang.
-pub fn producer(bootstrap: &str, delivery_timeout: Duration) -> KafkaResult<FutureProducer> {
-    ClientConfig::new()
+/// The configuration of the publish-outbox producer: idempotent (no duplicates from
+/// librdkafka's own retries), acks from all in-sync replicas, and a bounded delivery time so
+/// a dead broker turns into an error the job can retry instead of a hang. Its instances are
+/// built, and rebuilt after a fatal error, by `producer::EventProducer`.
+pub fn producer_config(bootstrap: &str, delivery_timeout: Duration) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -147,8 +148,8 @@ pub fn producer(bootstrap: &str, delivery_timeout: Duration) -> KafkaResult<Futu
         .set(
             "message.timeout.ms",
             delivery_timeout.as_millis().to_string(),
-        )
-        .create()
+        );
+    config
 }
 
 /// The consumer's context: librdkafka's periodic statistics become the `kafka_consumer_lag`

@@ -9,6 +9,7 @@
 //! * `retention` — the retention job: expired rows of every kind, purged in batches;
 //! * `audit_run` — the scheduled invariant audit (its checks are the service's);
 //! * `kafka` — producer, consumer and the embedded broker;
+//! * `kafka_clients` — the Kafka clients' rebuilds after fatal errors, as operators see them;
 //! * `sql_script` — statements sent together in one round trip (the order path's batches);
 //! * `search` — the jobs an operator's search names (a job, an order or an event id), across
 //!   the kinds;
@@ -24,6 +25,7 @@ pub mod consume_notification;
 pub mod engine;
 pub mod event_selection;
 pub mod kafka;
+pub mod kafka_clients;
 pub mod publish_outbox;
 pub mod retention;
 pub mod search;
@@ -32,7 +34,7 @@ pub mod sql_script;
 pub use archive_run::{archive, archive_steps};
 pub use consume_notification::{notifications, notify};
 pub use engine::{backend, ops, queue, reaper, sql_error, trace};
-pub use publish_outbox::{outbox, publish, publish_batch, reseed, retry_policy};
+pub use publish_outbox::{outbox, producer, publish, publish_batch, reseed, retry_policy};
 
 /// Appends ` (?, ?, …)` binding `ids`, for `IN` lists.
 pub(crate) fn push_id_list(q: &mut sqlx::QueryBuilder<'_, sqlx::MySql>, ids: &[i64]) {

@@ -1,5 +1,6 @@
 //! The queues page: per queue its jobs per state, the age of its oldest pending job, jobs
-//! done and dead in the last 5 and 60 minutes, its live workers, and pause or resume.
+//! done and dead in the last 5 and 60 minutes, its live workers, the rebuilds of the Kafka
+//! client it works through, and pause or resume.
 
 use askama::Template;
 use axum::{
@@ -8,6 +9,7 @@ use axum::{
 };
 use orderflow_jobs::{
     engine::{pause, queues},
+    kafka_clients::ClientRebuilds,
     queue::QUEUES,
 };
 use serde::Deserialize;
@@ -37,6 +39,10 @@ struct QueueLine {
     dead_5m: i64,
     dead_60m: i64,
     workers: i64,
+    /// Empty for a queue without a Kafka client.
+    kafka_client: String,
+    /// The fatal error behind the last rebuild (empty: none).
+    kafka_client_error: String,
 }
 
 #[derive(Template)]
@@ -44,6 +50,20 @@ struct QueueLine {
 struct QueuesPage {
     chrome: Chrome,
     queues: Vec<QueueLine>,
+}
+
+/// "producer: 1 in 60 min, 3 in all, last 2026-12-01 12:00:00", or "producer: none".
+fn rebuilds(r: &ClientRebuilds) -> String {
+    if r.rebuilds_total == 0 {
+        return format!("{}: none", r.client);
+    }
+    format!(
+        "{}: {} in 60 min, {} in all, last {}",
+        r.client,
+        r.rebuilds_last_60m,
+        r.rebuilds_total,
+        view::time(r.last_rebuilt_at)
+    )
 }
 
 fn age(secs: Option<i64>) -> String {
@@ -77,6 +97,11 @@ pub async fn list(State(state): State<AppState>, operator: Operator) -> Result<R
             dead_5m: q.finished.dead_last_5m,
             dead_60m: q.finished.dead_last_60m,
             workers: q.live_workers,
+            kafka_client: q.kafka_client.as_ref().map(rebuilds).unwrap_or_default(),
+            kafka_client_error: q
+                .kafka_client
+                .and_then(|r| r.last_error)
+                .unwrap_or_default(),
             queue: q.queue,
         })
         .collect();

@@ -119,7 +119,7 @@ pub async fn queues(
         None => {
             let lease = config.events.queue.lease;
             for q in queues::overview(pool, lease).await? {
-                writeln!(
+                write!(
                     out,
                     "{}\t{}\tpending {}\trunning {}\tdead {}\tdone {}\tdiscarded {}\tworkers {}",
                     q.queue,
@@ -131,6 +131,18 @@ pub async fn queues(
                     q.counts.discarded,
                     q.live_workers
                 )?;
+                // The Kafka client the queue works through, replaced after fatal errors.
+                if let Some(k) = &q.kafka_client {
+                    write!(
+                        out,
+                        "\t{} rebuilds {} (60 min {})",
+                        k.client, k.rebuilds_total, k.rebuilds_last_60m
+                    )?;
+                    if let Some(error) = &k.last_error {
+                        write!(out, ", last: {error}")?;
+                    }
+                }
+                writeln!(out)?;
             }
             return Ok(());
         }

@@ -14,6 +14,7 @@ pub mod console;
 pub mod containers;
 pub mod kafka;
 pub mod proxy;
+pub mod tansu;
 
 use std::{net::SocketAddr, time::Duration};
 

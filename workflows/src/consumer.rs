@@ -6,12 +6,14 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
 use apalis::prelude::BoxDynError;
 use orderflow_jobs::{
     kafka::{self, headers},
+    kafka_clients::{self, KafkaClient},
     notify,
     queue::{self, ConsumeNotification, ReceivedEvent},
     sql_error,
@@ -21,8 +23,10 @@ use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     error::KafkaError,
     message::{Headers, Message, OwnedMessage},
+    types::RDKafkaRespErr,
     Offset, TopicPartitionList,
 };
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
@@ -83,31 +87,89 @@ fn record_lag(msg: &impl Message) {
 /// of a job is shared by up to this many events.
 const BATCH: usize = 64;
 
-/// The next message, or `None` once `stop` is cancelled.
+/// What waiting for the next message ended with.
+enum Next {
+    Message(OwnedMessage),
+    Stopped,
+    /// librdkafka declared this consumer dead (a fatal error): it will never deliver again.
+    Fatal(String),
+}
+
+/// How often a quiet consumer is checked for a fatal error.
+const FATAL_CHECK: Duration = Duration::from_secs(5);
+
+/// The fatal error of `consumer`, if librdkafka raised one.
+fn fatal_error(consumer: &EventConsumer) -> Option<String> {
+    consumer
+        .client()
+        .fatal_error()
+        .map(|(code, reason)| format!("{code:?}: {reason}"))
+}
+
+/// Raises a fatal error on the running consumer when asked, as librdkafka raises one when
+/// a static member is fenced by another process under its `group.instance.id` (librdkafka's
+/// own test hook): for tests of the consumer's replacement, which no broker of the test
+/// suite brings about by itself.
+#[derive(Clone, Default)]
+pub struct ConsumerFatalForTest(Arc<Notify>);
+
+impl ConsumerFatalForTest {
+    pub fn raise(&self) {
+        self.0.notify_one();
+    }
+}
+
+fn raise_fatal_error(consumer: &EventConsumer) {
+    let reason = c"raised by a test: fenced by another member with the same group.instance.id";
+    // SAFETY: the consumer is alive for the call; librdkafka copies the reason.
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            consumer.client().native_ptr(),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID,
+            reason.as_ptr(),
+        );
+    }
+}
+
+/// The next message, unless `stop` is cancelled or the consumer is dead.
 async fn next_message(
-    consumer: &StreamConsumer<kafka::LagContext>,
+    consumer: &EventConsumer,
     stop: &CancellationToken,
-) -> Option<OwnedMessage> {
+    fatal_for_test: &ConsumerFatalForTest,
+) -> Next {
     loop {
         let msg = tokio::select! {
-            () = stop.cancelled() => return None,
+            () = stop.cancelled() => return Next::Stopped,
             msg = consumer.recv() => msg,
+            () = fatal_for_test.0.notified() => {
+                raise_fatal_error(consumer);
+                continue;
+            }
+            // The fatal error event is delivered once; if a batch's read took it, the
+            // consumer just goes quiet. Look at its state now and then as well.
+            () = tokio::time::sleep(FATAL_CHECK) => match fatal_error(consumer) {
+                Some(fatal) => return Next::Fatal(fatal),
+                None => continue,
+            },
         };
         match msg {
-            Ok(m) => return Some(m.detach()),
+            Ok(m) => return Next::Message(m.detach()),
             // librdkafka reports brokers it cannot reach as error events, paced by its own
-            // reconnect backoff, and recovers by itself. They queue up during an outage, so a
-            // pause after each one drained that backlog at one event a second once the broker
-            // was back, with the messages behind it (a 30 s outage delayed notifications by
-            // over a minute: tests/faults.rs). Only a fatal error is worth a pause.
-            Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
-                tracing::error!(error = %e, "kafka consumer failed; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            // reconnect backoff, and recovers by itself (a session lost during an outage
+            // too: the member rejoins when the broker answers). They queue up during an
+            // outage, so a pause after each one drained that backlog at one event a second
+            // once the broker was back, with the messages behind it (a 30 s outage delayed
+            // notifications by over a minute: tests/faults.rs). Only a fatal error ends
+            // this consumer.
+            Err(e) => {
+                if let Some(fatal) = fatal_error(consumer) {
+                    return Next::Fatal(fatal);
                 }
+                if let KafkaError::MessageConsumptionFatal(code) = e {
+                    return Next::Fatal(format!("{code:?}"));
+                }
+                tracing::warn!(error = %e, "kafka receive failed; librdkafka retries");
             }
-            Err(e) => tracing::warn!(error = %e, "kafka receive failed; librdkafka retries"),
         }
     }
 }
@@ -238,7 +300,7 @@ async fn store_one(
 }
 
 /// Commits, per partition, the offset after the last message of the batch.
-fn commit(consumer: &StreamConsumer<kafka::LagContext>, batch: &[OwnedMessage]) {
+fn commit(consumer: &EventConsumer, batch: &[OwnedMessage]) {
     let mut next: HashMap<(&str, i32), i64> = HashMap::new();
     for msg in batch {
         let offset = next.entry((msg.topic(), msg.partition())).or_default();
@@ -306,30 +368,97 @@ fn close_apart(consumer: EventConsumer, done: Option<tokio::sync::oneshot::Sende
     }
 }
 
-pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
-    let consumer = match kafka::consumer(
+/// Rebuilds of a consumer that keeps failing are spaced out, doubling up to the maximum: two
+/// processes under one static member id fence each other in turn, and a broker that keeps
+/// fencing must not become a busy loop.
+const REBUILD_SPACING: Duration = Duration::from_secs(1);
+const REBUILD_SPACING_MAX: Duration = Duration::from_secs(60);
+/// A rebuild this long after the previous one starts again from the shortest spacing.
+const REBUILD_CALM: Duration = Duration::from_secs(300);
+
+/// A consumer in the group, subscribed to the event topics.
+fn open(p: &Pipeline) -> Result<Closing, KafkaError> {
+    let consumer = Closing(Some(kafka::consumer(
         &p.bootstrap,
         &p.consumer_group,
         p.consumer_instance_id.as_deref(),
-    ) {
-        Ok(c) => Closing(Some(c)),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot create the kafka consumer; notifications stop");
-            return;
-        }
-    };
+    )?));
     let topics = kafka::topics(&p.topic_prefix);
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    if let Err(e) = consumer.consumer().subscribe(&topic_refs) {
-        tracing::error!(error = %e, "cannot subscribe to the event topics");
-        return;
+    consumer.consumer().subscribe(&topic_refs)?;
+    Ok(consumer)
+}
+
+/// Consumes until `stop`. A consumer librdkafka declares dead (static membership fenced by
+/// another process under the same `group.instance.id`, or any other fatal error) is replaced
+/// by a new one, which joins the group and resumes from the committed offsets: what the dead
+/// one received and did not commit comes again, and is a job already (its idempotency key)
+/// or a notification already (its event id). Each replacement is logged, counted
+/// (`kafka_client_rebuilds_total{client="consumer"}`) and shown on the consume-notification
+/// queue of the operators' overview; replacements that keep coming are for an operator.
+pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
+    let mut spacing = REBUILD_SPACING;
+    let mut last_rebuild: Option<std::time::Instant> = None;
+    loop {
+        let consumer = match open(&p) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create the kafka consumer; notifications stop");
+                return;
+            }
+        };
+        let fatal = match consume(&p, consumer.consumer(), &stop).await {
+            None => {
+                consumer.close().await;
+                tracing::info!("kafka consumer stopped");
+                return;
+            }
+            Some(fatal) => fatal,
+        };
+        // A dead consumer cannot leave its group or commit: closing it only frees it.
+        drop(consumer);
+        metrics::counter!("kafka_client_rebuilds_total", "client" => "consumer").increment(1);
+        tracing::error!(fatal_error = %fatal,
+            "the kafka consumer failed for good (librdkafka fatal error); replacing it with a new \
+             one, which resumes from the committed offsets");
+        kafka_clients::record_later(&p.pool, KafkaClient::Consumer, fatal);
+        let wait = match last_rebuild {
+            Some(at) if at.elapsed() < REBUILD_CALM => {
+                let wait = spacing.saturating_sub(at.elapsed());
+                spacing = (spacing * 2).min(REBUILD_SPACING_MAX);
+                wait
+            }
+            _ => {
+                spacing = REBUILD_SPACING;
+                Duration::ZERO
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        last_rebuild = Some(std::time::Instant::now());
     }
-    'consume: while let Some(first) = next_message(consumer.consumer(), &stop).await {
+}
+
+/// Hands what `consumer` receives to consume-notification jobs until `stop` (`None`) or
+/// until the consumer is dead (its fatal error).
+async fn consume(
+    p: &Pipeline,
+    consumer: &EventConsumer,
+    stop: &CancellationToken,
+) -> Option<String> {
+    loop {
+        let first = match next_message(consumer, stop, &p.consumer_fatal_for_test).await {
+            Next::Message(m) => m,
+            Next::Stopped => return None,
+            Next::Fatal(fatal) => return Some(fatal),
+        };
         // Under load, the messages already received are stored together: one at a time,
         // each waiting for its own job, the consumer fell behind the producer (bench/).
         let mut batch = vec![first];
         while batch.len() < BATCH {
-            match tokio::time::timeout(Duration::ZERO, consumer.consumer().recv()).await {
+            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
                 Ok(Ok(m)) => batch.push(m.detach()),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "kafka receive failed; librdkafka retries");
@@ -339,18 +468,19 @@ pub async fn consume_events(p: Pipeline, stop: CancellationToken) {
             }
         }
         let (events, receive_spans): (Vec<_>, Vec<_>) =
-            batch.iter().map(|msg| receive(&p, msg)).unzip();
+            batch.iter().map(|msg| receive(p, msg)).unzip();
         // Hold the partitions until every job is stored: committing first could lose events.
         for job in jobs_of(events) {
-            if !store(&p, job, &stop).await {
-                break 'consume;
+            if !store(p, job, stop).await {
+                return None;
             }
         }
         drop(receive_spans);
-        commit(consumer.consumer(), &batch);
+        commit(consumer, &batch);
+        if let Some(fatal) = fatal_error(consumer) {
+            return Some(fatal);
+        }
     }
-    consumer.close().await;
-    tracing::info!("kafka consumer stopped");
 }
 
 #[cfg(test)]

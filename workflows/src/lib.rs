@@ -26,6 +26,7 @@ use orderflow_jobs::{
         pause::Pauses,
     },
     notify::{self, NotifyContext},
+    producer::EventProducer,
     publish::{self, PublishContext},
     queue::{
         self, ConsumeNotification, PublishOutbox, QueueSettings, Wake, AUDIT, CONSUME_NOTIFICATION,
@@ -35,13 +36,12 @@ use orderflow_jobs::{
     retention::{self, Purge, RetentionContext},
     retry_policy::RetryPolicy,
 };
-use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 pub use archive::run_archive_worker;
-pub use consumer::consume_events;
+pub use consumer::{consume_events, ConsumerFatalForTest};
 pub use schedule::{
     daily_run_key, parse_schedule, ArchiveSchedule, AuditSchedule, RetentionSchedule,
 };
@@ -50,7 +50,7 @@ pub use sweeper::sweep_once;
 #[derive(Clone)]
 pub struct Pipeline {
     pub pool: MySqlPool,
-    pub producer: FutureProducer,
+    pub producer: EventProducer,
     pub bootstrap: String,
     pub topic_prefix: String,
     pub consumer_group: String,
@@ -76,6 +76,8 @@ pub struct Pipeline {
     pub notify_wake: Wake,
     /// The queues operators paused, as this process last read them.
     pub pauses: Pauses,
+    /// Raises a fatal error on the consumer (tests of its replacement).
+    pub consumer_fatal_for_test: ConsumerFatalForTest,
 }
 
 /// The pause before restarting a worker that ended on its own: short the first time (a
@@ -385,7 +387,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
     for task in background {
         let _ = task.await;
     }
-    if let Err(e) = p.producer.flush(Duration::from_secs(5)) {
+    if let Err(e) = p.producer.flush(Duration::from_secs(5)).await {
         tracing::warn!(error = %e, "kafka producer did not flush everything before exit");
     }
     tracing::info!("event pipeline stopped");

@@ -1,6 +1,7 @@
 //! The queues at a glance: per queue, its jobs per state, the age of its oldest pending job,
-//! the jobs done and dead in the last 5 and 60 minutes, whether it is paused, and its live
-//! workers. (apalis-board's own overview queries fail on MariaDB; ADR 0004.)
+//! the jobs done and dead in the last 5 and 60 minutes, whether it is paused, its live
+//! workers, and the rebuilds of the Kafka client it works through. (apalis-board's own
+//! overview queries fail on MariaDB; ADR 0004.)
 
 use std::{collections::HashMap, time::Duration};
 
@@ -11,7 +12,10 @@ use super::{
     job_query::{self, JobFilter, JobState, StatusFilter},
     pause::{self, PauseState},
 };
-use crate::queue::QUEUES;
+use crate::{
+    kafka_clients::{self, ClientRebuilds},
+    queue::QUEUES,
+};
 
 #[derive(Debug, Clone, Default, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -69,6 +73,9 @@ pub struct QueueOverview {
     pub finished: Finished,
     /// Workers that heartbeated within the lease.
     pub live_workers: i64,
+    /// The queues that work through a Kafka client (publish-outbox: the producer,
+    /// consume-notification: the consumer): its rebuilds after fatal errors.
+    pub kafka_client: Option<ClientRebuilds>,
 }
 
 /// Every queue of the engine, in `QUEUES` order.
@@ -81,6 +88,7 @@ pub async fn overview(
     let oldest = oldest_pending(pool).await?;
     let finished = finished_recently(pool).await?;
     let workers = live_workers(pool, lease).await?;
+    let mut rebuilds = kafka_clients::by_queue(pool).await?;
     for queue in QUEUES {
         let filter = JobFilter {
             status: StatusFilter::All,
@@ -95,6 +103,7 @@ pub async fn overview(
             oldest_pending_age_secs: oldest.get(queue).copied(),
             finished: finished.get(queue).cloned().unwrap_or_default(),
             live_workers: workers.get(queue).copied().unwrap_or(0),
+            kafka_client: rebuilds.remove(queue),
         });
     }
     Ok(out)

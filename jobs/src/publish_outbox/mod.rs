@@ -2,6 +2,7 @@
 //!
 //! * `outbox` — the table's SQL: appended by the order transaction, claimed and marked by the
 //!   job, swept for rows whose job was lost;
+//! * `producer` — the Kafka producer the jobs share, rebuilt after a fatal error;
 //! * `publish` — the job's handler: NEW rows → Kafka → PUBLISHED (or DEAD);
 //! * `retry_policy` — which failures are retried, for how long, and which are DEAD at once;
 //! * `publish_batch` — rows committed together get one publish-outbox job;
@@ -10,6 +11,7 @@
 
 pub mod carried;
 pub mod outbox;
+pub mod producer;
 pub mod publish;
 pub mod publish_batch;
 pub mod reseed;

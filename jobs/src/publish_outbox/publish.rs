@@ -18,8 +18,7 @@ use apalis::prelude::{AbortError, Attempt, BoxDynError, Data, TaskId};
 use apalis_mysql::MySqlContext;
 use rdkafka::{
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
-    util::Timeout,
+    producer::FutureRecord,
 };
 use serde::Serialize;
 use sqlx::MySqlPool;
@@ -29,6 +28,7 @@ use ulid::Ulid;
 use crate::{
     kafka::headers,
     outbox::{self, Held, OutboxRow},
+    producer::EventProducer,
     queue::{self, PublishOutbox, QueueSettings, PUBLISH_OUTBOX},
     retry_policy::{self, RetryPolicy},
     trace::{self, Outcome, TraceContext},
@@ -36,7 +36,7 @@ use crate::{
 
 pub struct PublishContext {
     pub pool: MySqlPool,
-    pub producer: FutureProducer,
+    pub producer: EventProducer,
     pub topic_prefix: String,
     pub settings: QueueSettings,
     /// NEW rows of other jobs a job may publish along with its own (`PUBLISH_BATCH_SIZE`).
@@ -178,6 +178,9 @@ async fn publish_claimed(
     held: Held,
     job: Option<&str>,
 ) -> Result<PublishReport, PublishError> {
+    // Taken before the claim: while a fatal producer is being replaced (the swap waits for
+    // the old one's sends), this waits here, not with rows claimed whose lease runs.
+    let producer = ctx.producer.lease().await;
     let mut tx = ctx.pool.begin().await?;
     let mut rows = outbox::claim(&mut tx, ids, held).await?;
     let own = rows.len();
@@ -202,11 +205,13 @@ async fn publish_claimed(
             .key(&keys[i])
             .payload(&row.payload)
             .headers(record_headers(row, &spans[i]));
-        ctx.producer
-            .send(record, Timeout::After(QUEUE_WAIT))
+        producer
+            .send(record, QUEUE_WAIT)
             .instrument(spans[i].clone())
     });
     let results = futures_util::future::join_all(sends).await;
+    // Every delivery is reported: a replacement of the producer may go ahead.
+    drop(producer);
 
     let mut delivered = Vec::new();
     // Only the job's own rows decide its outcome; carried rows that fail stay NEW for theirs.

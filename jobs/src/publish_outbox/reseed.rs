@@ -11,15 +11,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::{
-    producer::{FutureProducer, FutureRecord},
-    util::Timeout,
-};
+use rdkafka::producer::FutureRecord;
 use sqlx::MySqlPool;
 use tracing::Instrument;
 
 use crate::{
     outbox::OutboxRow,
+    producer::EventProducer,
     publish::{produce_span, record_headers},
     trace::TraceContext,
 };
@@ -88,7 +86,7 @@ async fn unnotified(
 
 /// Sends the rows; returns those Kafka did not acknowledge, with the first error.
 async fn send(
-    producer: &FutureProducer,
+    producer: &EventProducer,
     topic_prefix: &str,
     rows: Vec<OutboxRow>,
 ) -> (Vec<OutboxRow>, Option<String>) {
@@ -97,6 +95,7 @@ async fn send(
         .map(|r| format!("{topic_prefix}{}", r.event_type))
         .collect();
     let keys: Vec<String> = rows.iter().map(|r| r.aggregate_id.to_string()).collect();
+    let producer = producer.lease().await;
     let sends = rows.iter().enumerate().map(|(i, row)| {
         // The row's own trace goes on: its notification joins the order's trace.
         let span = produce_span(row, &topics[i], &TraceContext::default());
@@ -105,10 +104,11 @@ async fn send(
             .payload(&row.payload)
             .headers(record_headers(row, &span));
         producer
-            .send(record, Timeout::After(Duration::from_secs(5)))
+            .send(record, Duration::from_secs(5))
             .instrument(span)
     });
     let results = futures_util::future::join_all(sends).await;
+    drop(producer);
     let mut failed = Vec::new();
     let mut cause = None;
     for (row, result) in rows.into_iter().zip(results) {
@@ -124,7 +124,7 @@ async fn send(
 /// notification. Exactly one notification still results per event (its UNIQUE event id).
 pub async fn reseed(
     pool: &MySqlPool,
-    producer: &FutureProducer,
+    producer: &EventProducer,
     topic_prefix: &str,
     mark: &Mark,
 ) -> Result<Reseeded, ReseedError> {
