@@ -13,6 +13,8 @@ pub mod console;
 #[cfg(feature = "testcontainers")]
 pub mod containers;
 pub mod kafka;
+pub mod private_mariadb;
+pub mod process;
 pub mod proxy;
 
 use std::{net::SocketAddr, time::Duration};
