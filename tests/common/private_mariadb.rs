@@ -64,6 +64,8 @@ impl PrivateMariaDb {
             .arg(format!("--port={port}"))
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
+            // Its own temporary files: the shared server's are in /tmp.
+            .arg(format!("--tmpdir={}", dir.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
