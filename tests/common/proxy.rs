@@ -193,14 +193,21 @@ async fn relay(
     };
     let downstream = async move {
         let mut buf = vec![0u8; 64 * 1024];
+        // The answers swallowed so far: a script's statements answer one after another, and
+        // the COMMIT, its last, has run only once its own answer has come.
+        let mut swallowed = Vec::new();
         loop {
             let n = match server_rx.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
             if swallow.load(Ordering::SeqCst) {
-                lose.lost.fetch_add(1, Ordering::SeqCst);
-                return;
+                swallowed.extend_from_slice(&buf[..n]);
+                if ends_the_answers(&swallowed) {
+                    lose.lost.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                continue;
             }
             if client_tx.write_all(&buf[..n]).await.is_err() {
                 return;
@@ -216,6 +223,43 @@ async fn relay(
     // Frozen: both connections stay open, and nothing is read from or written to them.
     std::future::pending::<()>().await;
     drop((client, server));
+}
+
+/// Whether `bytes`, the server's answers to one query, hold its last answer: an OK packet
+/// without SERVER_MORE_RESULTS_EXISTS, or an error (the server stops a script at its first).
+fn ends_the_answers(mut bytes: &[u8]) -> bool {
+    const MORE_RESULTS_EXIST: u16 = 0x0008;
+    while bytes.len() >= 4 {
+        let len = usize::from(bytes[0]) | usize::from(bytes[1]) << 8 | usize::from(bytes[2]) << 16;
+        let Some(payload) = bytes.get(4..4 + len) else {
+            return false;
+        };
+        match payload.first() {
+            Some(0xFF) => return true,
+            Some(0x00) => {
+                let mut rest = &payload[1..];
+                // Affected rows and the last insert id: length-encoded integers.
+                for _ in 0..2 {
+                    let skip = match rest.first() {
+                        Some(0xFC) => 3,
+                        Some(0xFD) => 4,
+                        Some(0xFE) => 9,
+                        Some(_) => 1,
+                        None => return false,
+                    };
+                    rest = rest.get(skip..).unwrap_or_default();
+                }
+                if let [lo, hi, ..] = rest {
+                    if u16::from_le_bytes([*lo, *hi]) & MORE_RESULTS_EXIST == 0 {
+                        return true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        bytes = &bytes[4 + len..];
+    }
+    false
 }
 
 /// A server that accepts connections and never answers: a "slow" dependency.
