@@ -196,10 +196,11 @@ impl Admission {
         if self.stalled.load(Ordering::Acquire) {
             return true;
         }
-        let cutoff = now
-            .checked_sub(longer_than)
-            .map(|t| self.micros(t))
-            .unwrap_or(0);
+        // No batch started before the epoch: then none has run that long.
+        let Some(cutoff) = now.checked_sub(longer_than).filter(|t| *t > self.epoch) else {
+            return false;
+        };
+        let cutoff = self.micros(cutoff);
         self.busy_since.iter().all(|b| {
             let since = b.load(Ordering::Acquire);
             since != 0 && since <= cutoff
