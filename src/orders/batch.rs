@@ -153,19 +153,15 @@ impl BatchError {
 /// the server being unable to run statements: killed, shutting down, read-only (a
 /// failover), or a lock wait that ran out.
 fn is_statement_refused(e: &sqlx::Error) -> bool {
-    const SERVER_NOT_SERVING: &[&str] = &[
-        "1053", // server shutdown in progress
-        "1290", // --read-only (a replica, or a primary being failed over)
-        "1836", // read-only mode
-        "1927", // connection killed
-        "1205", // lock wait timeout (row, metadata or global read lock)
+    const SERVER_NOT_SERVING: &[u16] = &[
+        1053, // server shutdown in progress
+        1290, // --read-only (a replica, or a primary being failed over)
+        1836, // read-only mode
+        1927, // connection killed
+        1205, // lock wait timeout (row, metadata or global read lock)
     ];
-    match e {
-        sqlx::Error::Database(d) => d
-            .code()
-            .is_none_or(|code| !SERVER_NOT_SERVING.contains(&code.as_ref())),
-        _ => false,
-    }
+    matches!(e, sqlx::Error::Database(_))
+        && db::mysql_code(e).is_none_or(|n| !SERVER_NOT_SERVING.contains(&n))
 }
 
 /// The error a round trip past the batch's time ends with: as if the connection had failed,

@@ -192,7 +192,7 @@ async fn kill_once(
     {
         Ok(_) => {}
         // ER_NO_SUCH_THREAD: it is gone already.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("1094") => {}
+        Err(e) if crate::db::mysql_code(&e) == Some(1094) => {}
         Err(e) => return Err(e),
     }
     // SHOW PROCESSLIST rather than information_schema, whose query builds a temporary table.
