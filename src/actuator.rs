@@ -112,18 +112,25 @@ async fn liveness() -> Json<Status> {
     Json(UP)
 }
 
-/// Ready for traffic only while the database answers.
+/// Ready for traffic only while the database answers and orders can be committed within
+/// their deadline: a replica whose commits stall (a lock it cannot get, a connection that
+/// stopped answering) leaves the load balancer until a commit goes through again.
 #[utoipa::path(
     get,
     path = "/actuator/health/readiness",
     operation_id = "readiness",
     tag = "operations",
     responses(
-        (status = 200, description = "The database answers", body = Status),
-        (status = 503, description = "SERVICE_UNAVAILABLE: the database is unreachable", body = ErrorBody),
+        (status = 200, description = "The database answers and orders commit within their deadline", body = Status),
+        (status = 503, description = "SERVICE_UNAVAILABLE: the database is unreachable, or orders cannot be committed within their deadline", body = ErrorBody),
     )
 )]
 async fn readiness(State(state): State<AppState>) -> Response {
+    if !state.orders.ready() {
+        return ApiError::unavailable()
+            .with_detail("orders", "orders cannot be committed within their deadline")
+            .into_response();
+    }
     match database_up(&state).await {
         Ok(()) => Json(UP).into_response(),
         Err(reason) => database_down(reason),
@@ -131,6 +138,8 @@ async fn readiness(State(state): State<AppState>) -> Response {
 }
 
 fn record_pool_gauges(state: &AppState) {
+    metrics::gauge!(names::ORDER_COMMIT_READY).set(if state.orders.ready() { 1.0 } else { 0.0 });
+    metrics::gauge!(names::ORDER_QUEUE_DEPTH).set(state.orders.queued() as f64);
     let size = state.db.size() as f64;
     let idle = state.db.num_idle() as f64;
     metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "idle").set(idle);

@@ -128,7 +128,7 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         config.cache_ttl,
     );
     let orders = orders::OrderCommitter::start(
-        pool.clone(),
+        &config.database_url,
         publisher.clone(),
         cache.clone(),
         orders::CommitSettings {
@@ -137,8 +137,11 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
             linger: config.order_batches.linger,
             retention: config.idempotency.retention,
             in_flight_wait: config.idempotency.in_flight_wait,
+            deadline: config.order_batches.deadline,
+            queue_max: config.order_batches.queue_max,
+            queue_max_wait: config.order_batches.queue_max_wait,
         },
-    );
+    )?;
     Ok(AppState {
         publisher,
         orders,

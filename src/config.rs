@@ -174,6 +174,55 @@ pub struct OrderBatchConfig {
     pub max_batch: usize,
     /// How long a batch waits for more orders once it has one (`ORDER_BATCH_LINGER_US`).
     pub linger: Duration,
+    /// Every order request is answered by then (`ORDER_DEADLINE_MS`).
+    pub deadline: Duration,
+    /// Requests waiting for a lane, at most (`ORDER_QUEUE_MAX`).
+    pub queue_max: usize,
+    /// The longest expected wait for a lane a request is let in for
+    /// (`ORDER_QUEUE_MAX_WAIT_MS`).
+    pub queue_max_wait: Duration,
+}
+
+impl OrderBatchConfig {
+    fn from_env(http_request_timeout: Duration) -> Result<Self, ConfigError> {
+        let lanes = positive("ORDER_COMMIT_LANES", var("ORDER_COMMIT_LANES", 4usize)?)?;
+        let max_batch = positive("ORDER_BATCH_MAX", var("ORDER_BATCH_MAX", 64usize)?)?;
+        let deadline_ms = positive("ORDER_DEADLINE_MS", var("ORDER_DEADLINE_MS", 3000u64)?)?;
+        let deadline = Duration::from_millis(deadline_ms);
+        if deadline >= http_request_timeout {
+            return Err(ConfigError {
+                name: "ORDER_DEADLINE_MS",
+                value: deadline_ms.to_string(),
+                reason: format!(
+                    "must be shorter than HTTP_REQUEST_TIMEOUT_SECS ({} s): an order is answered \
+                     by its deadline, never by the request timeout",
+                    http_request_timeout.as_secs()
+                ),
+            });
+        }
+        let wait_ms = positive(
+            "ORDER_QUEUE_MAX_WAIT_MS",
+            var("ORDER_QUEUE_MAX_WAIT_MS", (deadline_ms / 3).max(1))?,
+        )?;
+        if wait_ms >= deadline_ms {
+            return Err(ConfigError {
+                name: "ORDER_QUEUE_MAX_WAIT_MS",
+                value: wait_ms.to_string(),
+                reason: format!("must be shorter than ORDER_DEADLINE_MS ({deadline_ms})"),
+            });
+        }
+        Ok(Self {
+            lanes,
+            max_batch,
+            linger: Duration::from_micros(var("ORDER_BATCH_LINGER_US", 0u64)?),
+            deadline,
+            queue_max: positive(
+                "ORDER_QUEUE_MAX",
+                var("ORDER_QUEUE_MAX", 4 * lanes * max_batch)?,
+            )?,
+            queue_max_wait: Duration::from_millis(wait_ms),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -317,6 +366,10 @@ fn positive<T: PartialOrd + Default + ToString>(
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let jwt_secret = opt_var("JWT_SECRET");
+        let http_request_timeout = Duration::from_secs(positive(
+            "HTTP_REQUEST_TIMEOUT_SECS",
+            var("HTTP_REQUEST_TIMEOUT_SECS", 30u64)?,
+        )?);
         Ok(Self {
             database_url: var(
                 "DATABASE_URL",
@@ -385,10 +438,7 @@ impl Config {
                 )?),
             },
             http_addr: var("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
-            http_request_timeout: Duration::from_secs(positive(
-                "HTTP_REQUEST_TIMEOUT_SECS",
-                var("HTTP_REQUEST_TIMEOUT_SECS", 30u64)?,
-            )?),
+            http_request_timeout,
             http_body_limit_bytes: positive(
                 "HTTP_BODY_LIMIT_BYTES",
                 var("HTTP_BODY_LIMIT_BYTES", 64 * 1024usize)?,
@@ -431,11 +481,7 @@ impl Config {
                 max_items: positive("ORDER_MAX_ITEMS", var("ORDER_MAX_ITEMS", 50usize)?)?,
                 max_quantity: positive("ORDER_MAX_QUANTITY", var("ORDER_MAX_QUANTITY", 1000i64)?)?,
             },
-            order_batches: OrderBatchConfig {
-                lanes: positive("ORDER_COMMIT_LANES", var("ORDER_COMMIT_LANES", 4usize)?)?,
-                max_batch: positive("ORDER_BATCH_MAX", var("ORDER_BATCH_MAX", 64usize)?)?,
-                linger: Duration::from_micros(var("ORDER_BATCH_LINGER_US", 0u64)?),
-            },
+            order_batches: OrderBatchConfig::from_env(http_request_timeout)?,
             idempotency: IdempotencyConfig {
                 retention: Duration::from_secs(
                     3600 * positive(

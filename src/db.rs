@@ -9,7 +9,7 @@ use sqlx::{
 };
 
 pub use orderflow_jobs::sql_error::{
-    is_deadlock, is_lock_wait_timeout, is_unavailable, is_unique_violation,
+    is_deadlock, is_lock_wait_timeout, is_unavailable, is_unique_violation, mysql_code,
 };
 pub use orderflow_jobs::sql_script::{Part, Script, ScriptError, ScriptTx};
 

@@ -38,6 +38,7 @@ pub enum ErrorCode {
     TooManyRequests,
     InternalError,
     ServiceUnavailable,
+    OrderOutcomeUnknown,
 }
 
 impl ErrorCode {
@@ -67,6 +68,7 @@ impl ErrorCode {
             TooManyRequests => "TOO_MANY_REQUESTS",
             InternalError => "INTERNAL_ERROR",
             ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            OrderOutcomeUnknown => "ORDER_OUTCOME_UNKNOWN",
         }
     }
 
@@ -93,6 +95,7 @@ impl ErrorCode {
             TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            OrderOutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -135,6 +138,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: Vec<FieldError>,
+    /// Seconds for the `Retry-After` header, when the client should come back later.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -143,6 +148,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -151,7 +157,13 @@ impl ApiError {
             code: ErrorCode::ValidationError,
             message: "request validation failed".into(),
             details,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn with_detail(mut self, field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -213,6 +225,10 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = self.status().into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         res.extensions_mut().insert(self);
         res
     }
@@ -266,6 +282,7 @@ mod tests {
             TooManyRequests,
             InternalError,
             ServiceUnavailable,
+            OrderOutcomeUnknown,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

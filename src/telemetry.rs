@@ -157,6 +157,20 @@ pub mod names {
     pub const ORDER_BATCH_RETRIES: &str = "order_batch_retries_total";
     /// Batches that could not be committed whole and were committed one order at a time.
     pub const ORDER_BATCH_SPLITS: &str = "order_batch_splits_total";
+    /// Batches that committed nothing for want of the database, by reason (connection,
+    /// timeout, lock_wait, in_doubt, ...): their orders were answered not done (or unknown).
+    pub const ORDER_BATCH_FAILURES: &str = "order_batch_failures_total";
+    /// Order requests answered 503 "not done" before a lane took them, by reason
+    /// (queue_full, too_long_wait, deadline, client_gone): docs/adr/0018-order-admission.md.
+    pub const ORDER_ADMISSION_REFUSED: &str = "order_admission_refused_total";
+    /// Order requests answered ORDER_OUTCOME_UNKNOWN: inside a batch when their deadline came.
+    pub const ORDER_OUTCOME_UNKNOWN: &str = "order_outcome_unknown_total";
+    /// 1 while this replica's lanes can commit within the deadline (its readiness), else 0.
+    pub const ORDER_COMMIT_READY: &str = "order_commit_ready";
+    /// Order requests waiting for a lane.
+    pub const ORDER_QUEUE_DEPTH: &str = "order_queue_depth";
+    /// How long an order request waited for a lane to take it.
+    pub const ORDER_QUEUE_WAIT: &str = "order_queue_wait_seconds";
     pub const STOCK_LOCK_RETRIES: &str = "stock_lock_retries_total";
     pub const STOCK_LOCK_CONFLICTS: &str = "stock_lock_conflicts_total";
     pub const IDEMPOTENCY_PURGED: &str = "idempotency_keys_purged_total";

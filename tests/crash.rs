@@ -347,10 +347,13 @@ async fn sigkill_inside_a_batch_commits_none_of_it_and_each_retried_key_succeeds
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    // One lane and a long linger: the orders sent together are one batch.
+    // One lane and a long linger: the orders sent together are one batch. A long deadline:
+    // the lanes' lock wait is a third of it, and the batch must still be waiting on the held
+    // row when the process is killed.
     let batching = [
         ("ORDER_COMMIT_LANES", "1"),
         ("ORDER_BATCH_LINGER_US", "300000"),
+        ("ORDER_DEADLINE_MS", "15000"),
     ];
     let mut first = start_with(&db, Some(&bootstrap), &prefix, &batching);
     ready(&client, &first).await;

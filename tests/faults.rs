@@ -249,11 +249,34 @@ async fn try_order(
     Ok(Resp::read(res).await)
 }
 
+/// A retry as a client told "not done, retry after N s" (or "outcome unknown") makes it: the
+/// same request with the same key, after `Retry-After`, until the answer is another.
+async fn retry_after_refusals(
+    client: &reqwest::Client,
+    app: &TestApp,
+    token: &str,
+    key: &str,
+    body: &Value,
+) -> Resp {
+    for _ in 0..20 {
+        let r = try_order(client, app, token, key, body)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: retry got no answer: {e}"));
+        let wait = match (r.status.as_u16(), r.header("retry-after")) {
+            (503 | 504, Some(secs)) => secs.parse::<u64>().expect("Retry-After in seconds"),
+            _ => return r,
+        };
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+    panic!("{key}: still refused after 20 retries");
+}
+
 #[track_caller]
 fn assert_created_or_standard_5xx(key: &str, r: &Resp) {
     match r.status {
         StatusCode::CREATED => {}
         StatusCode::SERVICE_UNAVAILABLE => assert_standard_error(&r.body, "SERVICE_UNAVAILABLE"),
+        StatusCode::GATEWAY_TIMEOUT => assert_standard_error(&r.body, "ORDER_OUTCOME_UNKNOWN"),
         StatusCode::INTERNAL_SERVER_ERROR => assert_standard_error(&r.body, "INTERNAL_ERROR"),
         other => panic!("{key}: {other} is neither 201 nor a 5xx: {}", r.text),
     }
@@ -423,9 +446,7 @@ async fn database_cut_mid_transaction_leaves_nothing_half_written_and_a_retry_su
             continue;
         }
         retried += 1;
-        let r = try_order(&client, &app, token, key, body)
-            .await
-            .unwrap_or_else(|e| panic!("{key}: retry got no answer: {e}"));
+        let r = retry_after_refusals(&client, &app, token, key, body).await;
         assert_eq!(r.status, StatusCode::CREATED, "{key}: retry: {}", r.text);
         if r.header("idempotent-replayed") == Some("true") {
             lost_acknowledgements += 1;

@@ -23,6 +23,11 @@ pub struct OrderAnswer {
 }
 
 impl OrderAnswer {
+    /// The error body's `code`, if the answer is an error.
+    pub fn error_code(&self) -> Option<String> {
+        error_code(&self.body)
+    }
+
     /// 201 is the wanted answer; 4xx are refusals by code; 5xx are errors.
     pub fn outcome(&self) -> Outcome {
         match self.status {

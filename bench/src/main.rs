@@ -26,7 +26,9 @@ use crate::{
     ceiling::Ceiling,
     client::Api,
     report::{Results, Settings, Startup},
-    scenarios::{archive, drain, hot, pipeline, replay, replicas, spread, Ctx, LARGE_STOCK},
+    scenarios::{
+        archive, drain, hot, overload, pipeline, replay, replicas, spread, Ctx, LARGE_STOCK,
+    },
     service::Service,
     stats::round,
 };
@@ -53,6 +55,9 @@ enum Command {
     Hot,
     /// Retries of already-settled Idempotency-Keys (runs spread first to settle some).
     Replay,
+    /// Twice spread's rate, open loop, for 20 s: goodput, answers by the deadline, refusals
+    /// that stored nothing (runs spread first to measure the capacity).
+    Overload,
     /// A sustained rate with the outbox backlog and the event lags.
     Pipeline,
     /// `orderflow archive run` over 100,000 old orders while spread traffic runs.
@@ -120,6 +125,7 @@ struct Plan {
     spread: bool,
     hot: bool,
     replay: bool,
+    overload: bool,
     pipeline: bool,
     archive: bool,
     ceiling: bool,
@@ -140,10 +146,15 @@ impl Plan {
         let secs = o.scenario_secs.unwrap_or(if smoke { 2 } else { 15 });
         let is = |cmds: &[Command]| cmds.contains(&command) || command == Command::All;
         Self {
-            spread: is(&[Command::Spread, Command::Replay, Command::Smoke])
-                || (command == Command::Pipeline && o.rate.is_none()),
+            spread: is(&[
+                Command::Spread,
+                Command::Replay,
+                Command::Overload,
+                Command::Smoke,
+            ]) || (command == Command::Pipeline && o.rate.is_none()),
             hot: is(&[Command::Hot, Command::Smoke]),
             replay: is(&[Command::Replay, Command::Smoke]),
+            overload: is(&[Command::Overload]),
             pipeline: is(&[Command::Pipeline]),
             archive: is(&[Command::Archive]),
             ceiling: is(&[Command::Ceiling]),
@@ -164,6 +175,9 @@ impl Plan {
         }
     }
 }
+
+/// The overload scenario's length (issue 28: 20 s at twice the capacity).
+const OVERLOAD_TIME: Duration = Duration::from_secs(20);
 
 /// How long the event pipeline may take to catch up between scenarios.
 const DRAIN_BOUND: Duration = Duration::from_secs(300);
@@ -263,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<u64> {
         spread: None,
         hot: None,
         replay: None,
+        overload: None,
         pipeline: None,
         archive: None,
         ceiling: None,
@@ -428,6 +443,16 @@ async fn scenarios(
             .await?,
         );
         after(plan, "replay", &ctx, service, results).await?;
+    }
+    if plan.overload {
+        let capacity = create_rate.context("overload needs a spread run")?;
+        eprintln!(
+            "bench: overload at {:.0} orders/s (2 × spread) for {} s",
+            2.0 * capacity,
+            OVERLOAD_TIME.as_secs()
+        );
+        results.overload = Some(overload::run(&ctx, capacity, OVERLOAD_TIME).await?);
+        after(plan, "overload", &ctx, service, results).await?;
     }
     if plan.pipeline {
         let rate = match opts.rate {

@@ -9,8 +9,8 @@ use crate::{
     ceiling::CeilingResult,
     machine::{CpuUse, Machine},
     scenarios::{
-        archive::ArchiveResult, hot::HotResult, pipeline::PipelineResult, replay::ReplayResult,
-        spread::SpreadResult, Drain,
+        archive::ArchiveResult, hot::HotResult, overload::OverloadResult, pipeline::PipelineResult,
+        replay::ReplayResult, spread::SpreadResult, Drain,
     },
     stats::Summary,
 };
@@ -49,6 +49,7 @@ pub struct Results {
     pub spread: Option<SpreadResult>,
     pub hot: Option<HotResult>,
     pub replay: Option<ReplayResult>,
+    pub overload: Option<OverloadResult>,
     pub pipeline: Option<PipelineResult>,
     pub archive: Option<ArchiveResult>,
     pub ceiling: Option<CeilingResult>,
@@ -69,6 +70,7 @@ impl Results {
         summaries.extend(self.spread.as_ref().map(|s| &s.summary));
         summaries.extend(self.hot.as_ref().map(|s| &s.summary));
         summaries.extend(self.replay.as_ref().map(|s| &s.summary));
+        summaries.extend(self.overload.as_ref().map(|s| &s.summary));
         summaries.extend(self.pipeline.as_ref().map(|s| &s.summary));
         if let Some(a) = &self.archive {
             summaries.extend([&a.baseline, &a.during]);
@@ -77,8 +79,14 @@ impl Results {
             summaries.extend(c.spread.as_ref().map(|s| &s.summary));
             summaries.extend(c.hot.as_ref().map(|s| &s.summary));
         }
-        self.errors =
-            summaries.iter().map(|s| s.errors).sum::<u64>() + u64::from(self.failure.is_some());
+        // A refused key with an order would be a lie to its client: an error like a 5xx.
+        let lies = self
+            .overload
+            .as_ref()
+            .map_or(0, |o| o.refused_keys_stored.max(0) as u64);
+        self.errors = summaries.iter().map(|s| s.errors).sum::<u64>()
+            + lies
+            + u64::from(self.failure.is_some());
         self.errors
     }
 }
@@ -354,6 +362,37 @@ pub fn markdown(r: &Results) -> String {
         );
         t.row("replay", "distinct keys replayed", rp.keys.to_string());
         t.cpu("replay", Some(&rp.cpu), None);
+    }
+    if let Some(o) = &r.overload {
+        t.row(
+            "overload",
+            "offered / sent (orders/s, 2 × spread)",
+            format!("{} / {}", num(o.offered_rate), num(o.sent_rate)),
+        );
+        t.row("overload", "goodput (orders/s)", num(o.goodput));
+        t.row(
+            "overload",
+            "goodput ÷ spread's orders/s (target ≥ 0.9)",
+            num(o.goodput_ratio),
+        );
+        t.row("overload", "admitted p99 (ms)", num(o.admitted.p99_ms));
+        t.row("overload", "refused p99 (ms)", num(o.refused.p99_ms));
+        t.row(
+            "overload",
+            "refused (503) / unknown (504)",
+            format!("{} / {}", o.refused_count, o.unknown_count),
+        );
+        t.row(
+            "overload",
+            "refused keys with an order (must be 0)",
+            o.refused_keys_stored.to_string(),
+        );
+        t.row(
+            "overload",
+            "errors (must be 0)",
+            o.summary.errors.to_string(),
+        );
+        t.cpu("overload", Some(&o.cpu), None);
     }
     if let Some(p) = &r.pipeline {
         t.row("pipeline", "offered rate (orders/s)", num(p.offered_rate));

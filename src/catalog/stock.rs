@@ -97,6 +97,16 @@ pub fn push_changes(script: &mut Script, changes: &[(i64, i64)]) {
     }
 }
 
+/// Adds to `script` a write to the stock table that changes no row (there is no product 0):
+/// it needs the locks a write to the table needs — its metadata lock, and the global one
+/// `FLUSH TABLES WITH READ LOCK` holds — and nothing else, so it shows whether an order's
+/// transaction could run now without taking any row's lock.
+pub fn push_probe(script: &mut Script) {
+    script.statement(&[Part::Sql(
+        "UPDATE stocks SET version = version WHERE product_id = 0",
+    )]);
+}
+
 /// Per change of `push_changes`, whether it was applied: a take finds the stock short
 /// otherwise (a give-back always applies).
 pub fn applied(results: &[MySqlQueryResult]) -> Vec<bool> {

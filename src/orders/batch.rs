@@ -13,12 +13,13 @@
 //! costs the database about what one order cost before, n times fewer commits included
 //! (docs/adr/0012-order-group-commit.md).
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, future::Future, time::Duration};
 
 use chrono::{SubsecRound, Utc};
 use orderflow_jobs::{publish_batch::Committed, queue};
 use sqlx::{pool::PoolConnection, MySql};
 use thiserror::Error;
+use tokio::time::Instant;
 
 use super::{
     allocate::{allocate, Allocation, Units},
@@ -83,6 +84,22 @@ pub enum BatchError {
     KeyInFlight,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// The COMMIT was sent and no answer came (the connection failed, or the batch's time ran
+    /// out): the batch may or may not have committed. What it would have committed comes
+    /// along, to be checked against what the database holds.
+    #[error("the batch's commit was sent and its answer lost: {}", .0.error)]
+    InDoubt(Box<InDoubt>),
+}
+
+/// A batch whose COMMIT may have taken effect.
+#[derive(Debug)]
+pub struct InDoubt {
+    pub error: sqlx::Error,
+    /// The outcome if it committed: every request decided, the claims' decisions being
+    /// what their keys then hold.
+    pub outcome: Outcome,
+    /// The requests (indices in the batch) whose outcome the commit stored.
+    pub claims: Vec<usize>,
 }
 
 impl BatchError {
@@ -91,8 +108,29 @@ impl BatchError {
     pub fn worth_repeating(&self) -> bool {
         match self {
             BatchError::KeyTaken => true,
-            BatchError::KeyInFlight => false,
+            BatchError::KeyInFlight | BatchError::InDoubt(_) => false,
             BatchError::Db(e) => db::is_deadlock(e) || db::is_lock_wait_timeout(e),
+        }
+    }
+
+    /// The failure is one order's, not the batch's: committed one by one, the others go
+    /// through. A key another replica holds, or a statement the server refused for what it
+    /// says. Never the connection, the pool or time running out: those would fail every
+    /// order the same way, one after the other.
+    pub fn is_per_order(&self) -> bool {
+        match self {
+            BatchError::KeyInFlight => true,
+            BatchError::KeyTaken | BatchError::InDoubt(_) => false,
+            BatchError::Db(e) => db::is_deadlock(e) || is_statement_refused(e),
+        }
+    }
+
+    /// The connection cannot be trusted any more: it failed, or a round trip was abandoned.
+    pub fn broke_connection(&self) -> bool {
+        match self {
+            BatchError::Db(e) => !matches!(e, sqlx::Error::Database(_)),
+            BatchError::InDoubt(_) => true,
+            BatchError::KeyTaken | BatchError::KeyInFlight => false,
         }
     }
 
@@ -101,10 +139,75 @@ impl BatchError {
         match self {
             BatchError::KeyTaken => "key_taken",
             BatchError::KeyInFlight => "key_in_flight",
+            BatchError::InDoubt(_) => "in_doubt",
             BatchError::Db(e) if db::is_deadlock(e) => "deadlock",
             BatchError::Db(e) if db::is_lock_wait_timeout(e) => "lock_wait",
-            BatchError::Db(_) => "database",
+            BatchError::Db(e) if is_timed_out(e) => "timeout",
+            BatchError::Db(sqlx::Error::Database(_)) => "database",
+            BatchError::Db(_) => "connection",
         }
+    }
+}
+
+/// A statement the server refused for what it says (a constraint, a value), as opposed to
+/// the server being unable to run statements: killed, shutting down, read-only (a
+/// failover), or a lock wait that ran out.
+fn is_statement_refused(e: &sqlx::Error) -> bool {
+    const SERVER_NOT_SERVING: &[u16] = &[
+        1053, // server shutdown in progress
+        1290, // --read-only (a replica, or a primary being failed over)
+        1836, // read-only mode
+        1927, // connection killed
+        1205, // lock wait timeout (row, metadata or global read lock)
+    ];
+    matches!(e, sqlx::Error::Database(_))
+        && db::mysql_code(e).is_none_or(|n| !SERVER_NOT_SERVING.contains(&n))
+}
+
+/// The error a round trip past the batch's time ends with: as if the connection had failed,
+/// which, for all the client can tell, it has.
+fn timed_out() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the database did not answer within the batch's time",
+    ))
+}
+
+fn is_timed_out(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+/// `round_trip`, abandoned at `until` (a server that stopped answering without closing the
+/// connection would otherwise hold the lane for the kernel's retransmission timeout).
+async fn bounded<T>(
+    until: Instant,
+    round_trip: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout_at(until, round_trip)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
+/// [`bounded`], for a script.
+async fn bounded_script<T>(
+    until: Instant,
+    script: impl Future<Output = Result<T, db::ScriptError>>,
+) -> Result<T, db::ScriptError> {
+    tokio::time::timeout_at(until, script)
+        .await
+        .unwrap_or_else(|_| {
+            Err(db::ScriptError {
+                statement: usize::MAX,
+                error: timed_out(),
+            })
+        })
+}
+
+/// Rolls back after a statement the server refused; after a failed connection there is
+/// nothing to roll back on (the server does it when the connection goes).
+async fn roll_back(tx: &mut ScriptTx<'_>, until: Instant, after: &BatchError) {
+    if !after.broke_connection() {
+        let _ = tokio::time::timeout_at(until, tx.rollback()).await;
     }
 }
 
@@ -112,11 +215,14 @@ impl BatchError {
 /// short rows are locked so that the next round ends it.
 const LOCK_AFTER_ROUNDS: usize = 3;
 
-/// Decides `batch` and commits what it changes.
+/// Decides `batch` and commits what it changes. A round trip still unanswered at `until` is
+/// abandoned: the batch then fails with a timed-out connection (`BatchError::InDoubt` when
+/// it was the COMMIT's).
 pub async fn commit(
     conn: &mut PoolConnection<MySql>,
     batch: &[&Pending],
     retention: Duration,
+    until: Instant,
 ) -> Result<Outcome, BatchError> {
     let mut decided: Vec<Option<Decision>> = vec![None; batch.len()];
 
@@ -124,7 +230,11 @@ pub async fn commit(
     users.sort_unstable();
     users.dedup();
     let keys: Vec<_> = batch.iter().map(|&p| (p.user_id, p.key.as_str())).collect();
-    let (accounts, mut stored) = idempotency::accounts_and_records(conn, &users, &keys).await?;
+    let (accounts, mut stored) = bounded(
+        until,
+        idempotency::accounts_and_records(conn, &users, &keys),
+    )
+    .await?;
     let mut expired = Vec::new();
     for (d, &p) in decided.iter_mut().zip(batch) {
         if !accounts.contains(&p.user_id) {
@@ -143,7 +253,7 @@ pub async fn commit(
         .collect();
     products.sort_unstable();
     products.dedup();
-    let offers = stock::offers(conn, &products).await?;
+    let offers = bounded(until, stock::offers(conn, &products)).await?;
     for i in undecided(&decided).collect::<Vec<_>>() {
         if let Err(details) = priced(batch[i], &offers) {
             decided[i] = Some(Decision::Invalid(details));
@@ -158,10 +268,23 @@ pub async fn commit(
             claimed.push(batch[i]);
         }
         let mut tx = ScriptTx::new(conn);
-        outcome = match store(&mut tx, &claimed, &offers, &expired, retention).await {
+        outcome = match store(&mut tx, &claimed, &offers, &expired, retention, until).await {
             Ok(outcome) => outcome,
+            Err(BatchError::InDoubt(mut doubt)) => {
+                let decisions = std::mem::take(&mut doubt.outcome.decisions);
+                for (i, d) in claims.iter().zip(decisions) {
+                    decided[*i] = Some(d);
+                }
+                doubt.outcome.decisions = decided
+                    .into_iter()
+                    .map(|d| d.expect("every request is decided"))
+                    .collect();
+                doubt.outcome.products = products;
+                doubt.claims = claims;
+                return Err(BatchError::InDoubt(doubt));
+            }
             Err(e) => {
-                tx.rollback().await;
+                roll_back(&mut tx, until, &e).await;
                 return Err(e);
             }
         };
@@ -232,6 +355,7 @@ async fn store(
     offers: &HashMap<i64, Offer>,
     expired: &[idempotency::KeyOf<'_>],
     retention: Duration,
+    until: Instant,
 ) -> Result<Outcome, BatchError> {
     let demands: Vec<&[Line]> = claims.iter().map(|&p| p.lines.as_slice()).collect();
     let available: Units = offers.iter().map(|(id, o)| (*id, o.available)).collect();
@@ -245,23 +369,33 @@ async fn store(
     stock::push_changes(&mut first, &takes);
     let orders = orders_of(claims, offers, &allocation);
     push_orders(&mut first, claims, &orders, now);
-    let results = tx.begin(&first).await.map_err(|e| e.error)?;
+    let results = bounded_script(until, tx.begin(&first))
+        .await
+        .map_err(|e| e.error)?;
     let taken = stock::applied(&results[deleted..deleted + takes.len()]);
     let (allocation, orders, order_ids) = if taken.iter().all(|&t| t) {
         let ids = repo::inserted_ids(&results[deleted + takes.len()..]);
         (allocation, orders, ids)
     } else {
         // Another transaction took units since the read: start again, round by round.
-        tx.rollback().await;
+        bounded(until, async {
+            tx.rollback().await;
+            Ok(())
+        })
+        .await?;
         metrics::counter!(names::STOCK_LOCK_CONFLICTS).increment(1);
         let mut restart = Script::default();
         idempotency::push_delete_expired(&mut restart, expired);
-        tx.begin(&restart).await.map_err(|e| e.error)?;
-        let allocation = take_stock(tx, &demands, available).await?;
+        bounded_script(until, tx.begin(&restart))
+            .await
+            .map_err(|e| e.error)?;
+        let allocation = take_stock(tx, &demands, available, until).await?;
         let orders = orders_of(claims, offers, &allocation);
         let mut script = Script::default();
         push_orders(&mut script, claims, &orders, now);
-        let results = tx.run(&script).await.map_err(|e| e.error)?;
+        let results = bounded_script(until, tx.run(&script))
+            .await
+            .map_err(|e| e.error)?;
         (allocation, orders, repo::inserted_ids(&results))
     };
 
@@ -328,17 +462,32 @@ async fn store(
         })
         .collect();
     idempotency::push_store(&mut last, &mut outcomes, retention);
-    tx.commit(&last).await.map_err(|e| {
-        if e.statement == appended {
-            match StoreError::of(e.error) {
+    let events = (!events.is_empty()).then(|| Committed {
+        job_id,
+        rows: events.len(),
+        trace: events[0].trace.clone(),
+    });
+    if let Err(e) = bounded_script(until, tx.commit(&last)).await {
+        return Err(match e.error {
+            // The server answered: it stopped at the failing statement, before the COMMIT.
+            sqlx::Error::Database(_) if e.statement == appended => match StoreError::of(e.error) {
                 StoreError::Taken => BatchError::KeyTaken,
                 StoreError::InFlight => BatchError::KeyInFlight,
                 StoreError::Db(e) => BatchError::Db(e),
-            }
-        } else {
-            BatchError::Db(e.error)
-        }
-    })?;
+            },
+            error @ sqlx::Error::Database(_) => BatchError::Db(error),
+            // No answer: the COMMIT may have run.
+            error => BatchError::InDoubt(Box::new(InDoubt {
+                error,
+                outcome: Outcome {
+                    decisions,
+                    events,
+                    products: Vec::new(),
+                },
+                claims: Vec::new(),
+            })),
+        });
+    }
 
     let created = order_ids.len();
     metrics::counter!(names::ORDERS_CREATED).increment(created as u64);
@@ -349,11 +498,7 @@ async fn store(
     }
     Ok(Outcome {
         decisions,
-        events: (!events.is_empty()).then(|| Committed {
-            job_id,
-            rows: events.len(),
-            trace: events[0].trace.clone(),
-        }),
+        events,
         products: Vec::new(),
     })
 }
@@ -399,6 +544,7 @@ async fn take_stock(
     tx: &mut ScriptTx<'_>,
     orders: &[&[Line]],
     mut available: Units,
+    until: Instant,
 ) -> Result<Allocation, sqlx::Error> {
     let mut held = Units::new();
     let mut round = 0;
@@ -419,7 +565,9 @@ async fn take_stock(
             .collect();
         let mut script = Script::default();
         stock::push_changes(&mut script, &changes);
-        let results = tx.run(&script).await.map_err(|e| e.error)?;
+        let results = bounded_script(until, tx.run(&script))
+            .await
+            .map_err(|e| e.error)?;
         let mut short = Vec::new();
         for (&(p, change), ok) in changes.iter().zip(stock::applied(&results)) {
             if ok {
@@ -434,7 +582,11 @@ async fn take_stock(
         metrics::counter!(names::STOCK_LOCK_CONFLICTS).increment(short.len() as u64);
         metrics::counter!(names::STOCK_LOCK_RETRIES).increment(1);
         round += 1;
-        let seen = stock::quantities(tx.conn(), &short, round >= LOCK_AFTER_ROUNDS).await?;
+        let seen = bounded(
+            until,
+            stock::quantities(tx.conn(), &short, round >= LOCK_AFTER_ROUNDS),
+        )
+        .await?;
         for p in short {
             let left = seen.get(&p).copied().unwrap_or(0);
             available.insert(p, left + held.get(&p).copied().unwrap_or(0));

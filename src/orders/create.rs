@@ -8,6 +8,7 @@ use thiserror::Error;
 use tracing::Instrument;
 
 use super::{
+    admission::Refusal,
     batch::{BatchError, Decision, Pending},
     committer::OrderCommitter,
     model::{Line, Order},
@@ -43,6 +44,12 @@ pub enum CreateError {
     KeyInProgress,
     #[error("the order committer has stopped")]
     Stopped,
+    /// Not done, and never done later: nothing was stored and the key is free.
+    #[error("the order was not done ({})", .0.label())]
+    NotDone(Refusal),
+    /// The request's batch was committing when its deadline came: it may have committed.
+    #[error("the order's outcome was not known by its deadline")]
+    OutcomeUnknown,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -54,9 +61,13 @@ impl From<BatchError> for CreateError {
             // again and again while this one was being decided: it is in flight elsewhere.
             BatchError::KeyInFlight | BatchError::KeyTaken => CreateError::KeyInProgress,
             BatchError::Db(e) => CreateError::Db(e),
+            BatchError::InDoubt(_) => CreateError::OutcomeUnknown,
         }
     }
 }
+
+/// Seconds a client told "not done" or "outcome unknown" should wait before it retries.
+const RETRY_AFTER_SECS: u64 = 1;
 
 impl From<CreateError> for ApiError {
     fn from(e: CreateError) -> Self {
@@ -71,7 +82,17 @@ impl From<CreateError> for ApiError {
                 ErrorCode::IdempotencyKeyInProgress,
                 "a request with this Idempotency-Key is still being processed; retry shortly",
             ),
-            CreateError::Stopped => ApiError::unavailable(),
+            CreateError::Stopped => ApiError::unavailable().with_retry_after(RETRY_AFTER_SECS),
+            CreateError::NotDone(refusal) => {
+                ApiError::new(ErrorCode::ServiceUnavailable, refusal.message())
+                    .with_retry_after(RETRY_AFTER_SECS)
+            }
+            CreateError::OutcomeUnknown => ApiError::new(
+                ErrorCode::OrderOutcomeUnknown,
+                "the order may or may not have been created; send the same request with the \
+                 same Idempotency-Key to learn its outcome",
+            )
+            .with_retry_after(RETRY_AFTER_SECS),
             CreateError::Db(e) => e.into(),
         }
     }

@@ -1,9 +1,11 @@
 //! Orders: creation exactly once per Idempotency-Key, owner reads, cancel and complete.
 
+mod admission;
 mod allocate;
 mod batch;
 mod committer;
 mod create;
+mod lane;
 mod lifecycle;
 mod lookup;
 mod model;

@@ -71,6 +71,10 @@ fn parse_body(body: &serde_json::Value) -> Result<CreateOrderRequest, ApiError> 
         (status = 409, description = "OUT_OF_STOCK (stored and replayed), or IDEMPOTENCY_KEY_IN_PROGRESS while the first request with this key runs", body = ErrorBody,
          headers(("Idempotent-Replayed" = String, description = "`true` when this is a stored response replayed"))),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different body", body = ErrorBody),
+        (status = 503, description = "SERVICE_UNAVAILABLE: **not done** — the order was refused (overload, a stalled database, its deadline passed before it started) or could not be committed; nothing was stored and the key is free: retry after `Retry-After`", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 504, description = "ORDER_OUTCOME_UNKNOWN: the order was being committed when its deadline (`ORDER_DEADLINE_MS`) came; it may or may not exist. Send the same request with the same Idempotency-Key to learn the outcome (its replay, or a new attempt)", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn create_order(

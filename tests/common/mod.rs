@@ -13,6 +13,8 @@ pub mod console;
 #[cfg(feature = "testcontainers")]
 pub mod containers;
 pub mod kafka;
+pub mod private_mariadb;
+pub mod process;
 pub mod proxy;
 pub mod tansu;
 
@@ -112,6 +114,11 @@ pub fn test_config(database_url: &str) -> Config {
     // Browser tests wait for lists to refresh themselves.
     config.console.refresh = Duration::from_secs(1);
     config.database_acquire_timeout = Duration::from_secs(30);
+    // Tests of other features than the deadline share two cores with the whole suite: a
+    // generous one keeps a slow moment from answering 503 where they check correctness.
+    // tests/overload.rs runs the service with the default deadline.
+    config.order_batches.deadline = Duration::from_secs(10);
+    config.order_batches.queue_max_wait = Duration::from_secs(5);
     config
 }
 

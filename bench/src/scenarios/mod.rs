@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod hot;
+pub mod overload;
 pub mod pipeline;
 pub mod replay;
 pub mod replicas;

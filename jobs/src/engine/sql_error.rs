@@ -5,7 +5,8 @@
 const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 const ER_LOCK_DEADLOCK: u16 = 1213;
 
-fn mysql_code(err: &sqlx::Error) -> Option<u16> {
+/// The server's error number (e.g. 1205), for a database error.
+pub fn mysql_code(err: &sqlx::Error) -> Option<u16> {
     match err {
         sqlx::Error::Database(db) => db
             .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
