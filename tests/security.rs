@@ -2,7 +2,8 @@
 //! forged, confused and malformed JWTs; tokens outliving their account or its role; USER
 //! tokens on every ADMIN route; another user's resources on every owner route (BOLA); and
 //! login brute force, throttled per account and client address and per client address, in
-//! Redis or, while it is unavailable, in the process.
+//! Redis or, while it is unavailable, in the process; the administrator bootstrap, which
+//! never makes ADMIN an account someone else registered (issue 30).
 
 mod common;
 
@@ -118,7 +119,7 @@ async fn forged_confused_and_malformed_tokens_are_401_and_change_nothing() {
         cases.push(("alg none, empty signature", format!("{unsigned}.")));
         cases.push(("alg none, no signature part", unsigned));
     }
-    let real = hs(JWT_SECRET, Algorithm::HS256, &good);
+    let real = hs(&JWT_SECRET, Algorithm::HS256, &good);
     let real_sig = real.rsplit('.').next().unwrap().to_owned();
     cases.push((
         "alg none carrying a real signature",
@@ -154,11 +155,11 @@ async fn forged_confused_and_malformed_tokens_are_401_and_change_nothing() {
     ));
     cases.push((
         "HS384 with the real secret",
-        hs(JWT_SECRET, Algorithm::HS384, &good),
+        hs(&JWT_SECRET, Algorithm::HS384, &good),
     ));
     cases.push((
         "HS512 with the real secret",
-        hs(JWT_SECRET, Algorithm::HS512, &good),
+        hs(&JWT_SECRET, Algorithm::HS512, &good),
     ));
     // Wrong signatures.
     cases.push((
@@ -228,7 +229,7 @@ async fn forged_confused_and_malformed_tokens_are_401_and_change_nothing() {
         with("sub", json!("987654321")),
     ));
     for (name, c) in bad_claims {
-        cases.push((name, hs(JWT_SECRET, Algorithm::HS256, &c)));
+        cases.push((name, hs(&JWT_SECRET, Algorithm::HS256, &c)));
     }
     // Garbage.
     for (name, t) in [
@@ -1130,5 +1131,101 @@ async fn with_redis_down_or_slow_logins_are_still_throttled_in_process() {
     assert!(
         after > before,
         "redis failures are counted ({before} -> {after})"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The administrator bootstrap (ADMIN_EMAIL / ADMIN_PASSWORD)
+// ---------------------------------------------------------------------------------------
+
+/// The role an account's password logs it in with, read from its access token's claims.
+async fn role_after_login(app: &TestApp, email: &str, password: &str) -> String {
+    let token = app.login(email, password).await;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let claims: Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    claims["role"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn stored_role(app: &TestApp, email: &str) -> String {
+    sqlx::query_scalar("SELECT role FROM users WHERE email = ? COLLATE utf8mb4_bin")
+        .bind(email)
+        .fetch_one(app.db())
+        .await
+        .unwrap()
+}
+
+/// The service starting again on the same database with ADMIN_EMAIL / ADMIN_PASSWORD set.
+async fn restart_with_admin(app: &TestApp, email: &str, password: &str) {
+    let mut config = (*app.state.config).clone();
+    config.admin_bootstrap = Some((email.to_owned(), password.to_owned()));
+    orderflow::app::init(config)
+        .await
+        .expect("the service starts whatever the bootstrap finds");
+}
+
+/// Issue 30, finding 1: registration is public and unverified, and the email column compares
+/// case- and accent-insensitively, so `öps@…` is the account of `ops@…`. An attacker who
+/// registers it first, with a password of their own, is not made ADMIN by a start with
+/// `ADMIN_EMAIL=ops@…` — nor by the CLI's `users promote ops@…` — and their login stays a
+/// USER's. The bootstrap makes ADMIN only an account it creates, or one whose email is
+/// exactly ADMIN_EMAIL and whose password is ADMIN_PASSWORD (ADR 0018); it never resets a
+/// password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_email_never_promotes_an_account_someone_else_registered() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let configured = unique_email("ops");
+    let lookalike = configured.replacen('o', "ö", 1);
+    let r = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": lookalike, "password": "attackers-own-password", "name": "Mallory"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    restart_with_admin(&app, &configured, "the-operators-password-1").await;
+    assert_eq!(
+        role_after_login(&app, &lookalike, "attackers-own-password").await,
+        "USER",
+        "the squatter's login is not an administrator's"
+    );
+    assert_eq!(stored_role(&app, &lookalike).await, "USER");
+    // The same with the exact address already taken by someone who is not the operator.
+    let taken = unique_email("admin");
+    register(&app, &taken).await; // password "right-password", the squatter's
+    restart_with_admin(&app, &taken, "the-operators-password-1").await;
+    assert_eq!(stored_role(&app, &taken).await, "USER");
+    // And by hand: promoting `ops@…` does not promote `öps@…`.
+    assert!(orderflow::auth::promote(app.db(), &configured)
+        .await
+        .is_err());
+    assert_eq!(stored_role(&app, &lookalike).await, "USER");
+
+    // What the bootstrap does do: create the account it is given, as ADMIN ...
+    let fresh = unique_email("root");
+    restart_with_admin(&app, &fresh, "the-operators-password-2").await;
+    assert_eq!(
+        role_after_login(&app, &fresh, "the-operators-password-2").await,
+        "ADMIN"
+    );
+    // ... leave it alone when it starts again with another password (no reset) ...
+    restart_with_admin(&app, &fresh, "another-password-3").await;
+    app.post(
+        "/api/v1/auth/login",
+        None,
+        json!({"email": fresh, "password": "another-password-3"}),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    assert_eq!(stored_role(&app, &fresh).await, "ADMIN");
+    // ... and promote an account the operator registered with exactly that address and
+    // password: knowing ADMIN_PASSWORD is what proves it is theirs.
+    let own = unique_email("lead");
+    register(&app, &own).await;
+    restart_with_admin(&app, &own, "right-password").await;
+    assert_eq!(
+        role_after_login(&app, &own, "right-password").await,
+        "ADMIN"
     );
 }
