@@ -3,7 +3,9 @@
 //! tokens on every ADMIN route; another user's resources on every owner route (BOLA); and
 //! login brute force, throttled per account and client address and per client address, in
 //! Redis or, while it is unavailable, in the process; the administrator bootstrap, which
-//! never makes ADMIN an account someone else registered (issue 30).
+//! never makes ADMIN an account someone else registered; the token secret: one anyone can
+//! read in the repository, or a short one, stops the start, and unset it is random per start
+//! (issue 30).
 
 mod common;
 
@@ -1228,4 +1230,210 @@ async fn admin_email_never_promotes_an_account_someone_else_registered() {
         role_after_login(&app, &own, "right-password").await,
         "ADMIN"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The token signing secret (JWT_SECRET)
+// ---------------------------------------------------------------------------------------
+
+/// The `orderflow` binary with nothing in its environment but what is given.
+fn orderflow_bin(envs: &[(&str, &str)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(envs.iter().copied());
+    cmd
+}
+
+/// Every JWT_SECRET value that anyone who reads the repository knows: what its manifests
+/// and compose file set, the former built-in development secret, the tests' former secret.
+fn secrets_in_the_repository() -> Vec<String> {
+    let mut known: Vec<String> = vec![
+        orderflow::config::DEV_JWT_SECRET.into(),
+        "dev-only-insecure-jwt-secret-change-me".into(),
+        "integration-test-secret".into(),
+        "CHANGE-ME-PLACEHOLDER-NOT-A-REAL-SECRET".into(),
+    ];
+    let manifests = [
+        include_str!("../k8s/base/secret.yaml"),
+        include_str!("../docker-compose.yml"),
+    ];
+    for text in manifests {
+        for line in text.lines() {
+            let Some((_, value)) = line.trim().split_once("JWT_SECRET:") else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            // `${JWT_SECRET:-default}` in compose: the default is what runs.
+            let value = value
+                .strip_prefix("${JWT_SECRET:-")
+                .and_then(|v| v.strip_suffix('}'))
+                .unwrap_or(value);
+            if !value.is_empty() && !value.starts_with("${") {
+                known.push(value.to_owned());
+            }
+        }
+    }
+    known
+}
+
+/// Issue 30, finding 2: a JWT_SECRET anyone can read in the repository, or shorter than 32
+/// bytes, stops the start with exit code 2 and a message naming the variable, before
+/// anything is connected to (the database here is unreachable: the refusal comes first).
+#[test]
+fn a_known_or_short_jwt_secret_stops_the_start_naming_the_variable() {
+    let mut refused = secrets_in_the_repository();
+    refused.push("x".repeat(31));
+    refused.push("correct horse battery staple".into());
+    for secret in &refused {
+        let out = orderflow_bin(&[
+            ("DATABASE_URL", "mysql://root@127.0.0.1:1/unreachable"),
+            ("JWT_SECRET", secret),
+        ])
+        .arg("serve")
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "JWT_SECRET={secret:?}: {stderr}"
+        );
+        assert!(stderr.contains("JWT_SECRET"), "{secret:?}: {stderr}");
+        assert!(
+            !stderr.contains(secret.as_str()),
+            "the message does not repeat the secret: {stderr}"
+        );
+    }
+}
+
+/// Unset, JWT_SECRET is a random secret made at each start: `cargo run` needs nothing
+/// configured, no secret from the repository signs or verifies a token, a warning says that
+/// tokens do not survive a restart or reach other replicas — and indeed a token from before
+/// a restart is 401 after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unset_jwt_secret_is_random_per_start_and_no_repository_secret_signs() {
+    let url = common::fresh_database_url();
+    let _guard = common::DatabaseGuard { url: url.clone() };
+    let client = reqwest::Client::new();
+    let start = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = orderflow_bin(&[
+            ("DATABASE_URL", &url),
+            ("REDIS_URL", &common::redis_url()),
+            ("ADMIN_EMAIL", ADMIN_EMAIL),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("HTTP_ADDR", &format!("127.0.0.1:{port}")),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "warn"),
+        ])
+        .args(["serve", "--role", "api"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+        (KillOnDrop(child), format!("http://127.0.0.1:{port}"))
+    };
+    let ready = |base: String| {
+        let client = client.clone();
+        async move {
+            for _ in 0..600 {
+                let r = client
+                    .get(format!("{base}/actuator/health/readiness"))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("the service did not become ready");
+        }
+    };
+    let login = |base: String| {
+        let client = client.clone();
+        async move {
+            let r: Value = client
+                .post(format!("{base}/api/v1/auth/login"))
+                .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["accessToken"].as_str().expect("a token").to_owned()
+        }
+    };
+    let status_with = |base: String, token: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("{base}/api/v1/orders"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+
+    let (mut first, base) = start();
+    ready(base.clone()).await;
+    let token = login(base.clone()).await;
+    assert_eq!(
+        status_with(base.clone(), token.clone()).await,
+        StatusCode::OK
+    );
+    let admin: i64 = 1; // the bootstrap's account, the first of a fresh database
+    for secret in secrets_in_the_repository() {
+        let forged = hs(&secret, Algorithm::HS256, &claims(admin, "ADMIN"));
+        assert_eq!(
+            status_with(base.clone(), forged).await,
+            StatusCode::UNAUTHORIZED,
+            "a token signed with {secret:?} is refused"
+        );
+    }
+    let warning = first.stop_and_find_log("JWT_SECRET");
+    for words in ["restart", "replica"] {
+        assert!(warning.contains(words), "the warning says it: {warning}");
+    }
+
+    let (_second, base) = start();
+    ready(base.clone()).await;
+    assert_eq!(
+        status_with(base.clone(), token).await,
+        StatusCode::UNAUTHORIZED,
+        "a token from before the restart"
+    );
+    let token = login(base.clone()).await;
+    assert_eq!(status_with(base, token).await, StatusCode::OK);
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// Stops the process and returns its first log line mentioning `needle`.
+    fn stop_and_find_log(&mut self, needle: &str) -> String {
+        use std::io::BufRead;
+        let _ = self.0.kill();
+        let stdout = self.0.stdout.take().expect("stdout is piped");
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
