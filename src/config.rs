@@ -52,6 +52,7 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub http_request_timeout: Duration,
     pub http_body_limit_bytes: usize,
+    pub http_connections: HttpConnectionConfig,
     pub jwt: JwtConfig,
     pub admin_bootstrap: Option<(String, String)>,
     pub log_format: LogFormat,
@@ -92,6 +93,57 @@ impl FromStr for TraceUiUrl {
             ));
         }
         Ok(Self(s.to_owned()))
+    }
+}
+
+/// The HTTP server's connections (`http::server`, docs/adr/0020-http-connection-limits.md):
+/// how long a client may take over each part of an exchange, and how many may be connected.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpConnectionConfig {
+    /// From a request's first byte (or the connection's opening) to the end of its header
+    /// block; past it the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress and no byte received is closed
+    /// after this.
+    pub idle_timeout: Duration,
+    /// From the end of a request's header block to the end of its response (a client sending
+    /// its body or reading the response too slowly); past it the connection is closed.
+    pub whole_request_timeout: Duration,
+    /// Connections served at once; a connection beyond them is answered 503 (health probes
+    /// are answered) and closed.
+    pub max_connections: usize,
+}
+
+impl HttpConnectionConfig {
+    fn from_env(request_timeout: Duration) -> Result<Self, ConfigError> {
+        let whole_request_timeout = Duration::from_secs(positive(
+            "HTTP_WHOLE_REQUEST_TIMEOUT_SECS",
+            var("HTTP_WHOLE_REQUEST_TIMEOUT_SECS", 60u64)?,
+        )?);
+        if whole_request_timeout < request_timeout {
+            return Err(ConfigError {
+                name: "HTTP_WHOLE_REQUEST_TIMEOUT_SECS",
+                value: whole_request_timeout.as_secs().to_string(),
+                reason: "must be at least HTTP_REQUEST_TIMEOUT_SECS, so that a slow handler is \
+                         answered 503 before its connection is closed"
+                    .into(),
+            });
+        }
+        Ok(Self {
+            header_read_timeout: Duration::from_secs(positive(
+                "HTTP_HEADER_READ_TIMEOUT_SECS",
+                var("HTTP_HEADER_READ_TIMEOUT_SECS", 10u64)?,
+            )?),
+            idle_timeout: Duration::from_secs(positive(
+                "HTTP_IDLE_TIMEOUT_SECS",
+                var("HTTP_IDLE_TIMEOUT_SECS", 75u64)?,
+            )?),
+            whole_request_timeout,
+            max_connections: positive(
+                "HTTP_MAX_CONNECTIONS",
+                var("HTTP_MAX_CONNECTIONS", 1024usize)?,
+            )?,
+        })
     }
 }
 
@@ -317,6 +369,10 @@ fn positive<T: PartialOrd + Default + ToString>(
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let jwt_secret = opt_var("JWT_SECRET");
+        let http_request_timeout = Duration::from_secs(positive(
+            "HTTP_REQUEST_TIMEOUT_SECS",
+            var("HTTP_REQUEST_TIMEOUT_SECS", 30u64)?,
+        )?);
         Ok(Self {
             database_url: var(
                 "DATABASE_URL",
@@ -385,14 +441,12 @@ impl Config {
                 )?),
             },
             http_addr: var("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
-            http_request_timeout: Duration::from_secs(positive(
-                "HTTP_REQUEST_TIMEOUT_SECS",
-                var("HTTP_REQUEST_TIMEOUT_SECS", 30u64)?,
-            )?),
+            http_request_timeout,
             http_body_limit_bytes: positive(
                 "HTTP_BODY_LIMIT_BYTES",
                 var("HTTP_BODY_LIMIT_BYTES", 64 * 1024usize)?,
             )?,
+            http_connections: HttpConnectionConfig::from_env(http_request_timeout)?,
             archive: {
                 ArchiveSchedule {
                     cron: cron_var("ARCHIVE_CRON", "0 0 3 * * *")?,
