@@ -4,7 +4,8 @@
 //! intact — never a 5xx, never a crash, never a partial write. Slow clients (issue 30): a
 //! header dribbled byte by byte, a connection that says nothing, an idle keep-alive
 //! connection, a reader too slow for its response — each closed at its deadline — and more
-//! connections than the cap, refused while the health probes still answer.
+//! connections than the cap, refused while the health probes still answer. Anonymous
+//! visitors of the console, who write nothing to the database.
 
 mod common;
 
@@ -1098,4 +1099,52 @@ async fn over_the_connection_cap_requests_are_refused_but_liveness_answers() {
     tokio::time::timeout(std::time::Duration::from_secs(30), app.stop())
         .await
         .expect("graceful shutdown does not wait for a connection that sends nothing");
+}
+
+// ---------------------------------------------------------------------------------------
+// Anonymous visitors of the console (issue 30, finding 4)
+// ---------------------------------------------------------------------------------------
+
+/// Nobody writes to the database before signing in: 200 anonymous visits of the sign-in
+/// page, and failed sign-ins through its form, leave `console_sessions` empty (each visit
+/// used to store a session row, purged only 30 minutes after it expired). The form still
+/// works: its CSRF check refuses a post without the token it handed out, and a right password
+/// signs in — the one row written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_console_visitors_write_nothing() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let sessions = "SELECT COUNT(*) FROM console_sessions";
+    for _ in 0..200 {
+        let visitor = common::console::Visitor::new(&app);
+        let r = visitor.get("/console/login").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(common::console::csrf_of(&r.text).is_some_and(|t| !t.is_empty()));
+    }
+    assert_eq!(app.count(sessions).await, 0, "200 visits, no row");
+    let guesser = common::console::Visitor::new(&app);
+    for _ in 0..3 {
+        let r = guesser.sign_in(common::ADMIN_EMAIL, "wrong-password").await;
+        assert!(r.text.contains("incorrect"), "{}", r.text);
+    }
+    let forged = common::console::Visitor::new(&app);
+    forged.get("/console/login").await;
+    let r = forged
+        .post_form(
+            "/console/login",
+            &[
+                ("csrf", "0".repeat(64).as_str()),
+                ("email", common::ADMIN_EMAIL),
+                ("password", common::ADMIN_PASSWORD),
+            ],
+        )
+        .await;
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert_eq!(app.count(sessions).await, 0, "failed sign-ins, no row");
+    let operator = common::console::Visitor::new(&app);
+    let r = operator
+        .sign_in(common::ADMIN_EMAIL, common::ADMIN_PASSWORD)
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    assert_eq!(operator.get("/console/jobs").await.status, StatusCode::OK);
+    assert_eq!(app.count(sessions).await, 1);
 }
