@@ -154,6 +154,8 @@ pub struct ConsoleConfig {
     pub cookie_secure: bool,
     /// A session unused for this long is over.
     pub session_idle: Duration,
+    /// A session is over this long after its sign-in, however much it is used.
+    pub session_max: Duration,
     /// How often lists refresh themselves (while no row is selected).
     pub refresh: Duration,
 }
@@ -516,6 +518,10 @@ impl Config {
                 session_idle: Duration::from_secs(positive(
                     "CONSOLE_SESSION_IDLE_SECS",
                     var("CONSOLE_SESSION_IDLE_SECS", 1800u64)?,
+                )?),
+                session_max: Duration::from_secs(positive(
+                    "CONSOLE_SESSION_MAX_SECS",
+                    var("CONSOLE_SESSION_MAX_SECS", 43_200u64)?,
                 )?),
                 refresh: Duration::from_secs(positive(
                     "CONSOLE_REFRESH_SECS",

@@ -4,8 +4,9 @@
 //! login brute force, throttled per account and client address and per client address, in
 //! Redis or, while it is unavailable, in the process; the administrator bootstrap, which
 //! never makes ADMIN an account someone else registered; the token secret: one anyone can
-//! read in the repository, or a short one, stops the start, and unset it is random per start
-//! (issue 30).
+//! read in the repository, or a short one, stops the start, and unset it is random per start;
+//! console sessions: an idle expiry a self-refreshing page does not move, an absolute
+//! lifetime, and read-only pages that answer through a database write stall (issue 30).
 
 mod common;
 
@@ -1436,4 +1437,171 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Console sessions (issue 30, finding 7)
+// ---------------------------------------------------------------------------------------
+
+fn location(r: &common::Resp) -> &str {
+    r.header("location").unwrap_or_default()
+}
+
+/// Requests `path` every `every` until the session is over (a redirect to the sign-in page)
+/// or `bound` passes; returns whether it ended.
+async fn session_ends(
+    visitor: &common::console::Visitor,
+    path: &str,
+    refresh: bool,
+    every: std::time::Duration,
+    bound: std::time::Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + bound;
+    while tokio::time::Instant::now() < deadline {
+        let r = if refresh {
+            visitor.refresh(path).await
+        } else {
+            visitor.get(path).await
+        };
+        if r.status == StatusCode::SEE_OTHER && location(&r) == "/console/login" {
+            return true;
+        }
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text);
+        tokio::time::sleep(every).await;
+    }
+    false
+}
+
+/// An open tab refreshes its list by itself every few seconds; that is not the operator's
+/// activity, so it does not keep the session alive: CONSOLE_SESSION_IDLE_SECS after the last
+/// thing the operator did, the session is over however often the page refreshed. An operator
+/// who keeps working keeps the session past its idle period — but not past
+/// CONSOLE_SESSION_MAX_SECS from sign-in, the absolute lifetime. (The idle period is long
+/// enough that the write stall of the test below, which may run meanwhile, cannot end a
+/// working session.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sessions_end_when_idle_whatever_the_refresh_and_at_their_absolute_lifetime() {
+    let every = std::time::Duration::from_millis(300);
+    let bound = std::time::Duration::from_secs(90);
+    let app = TestApp::spawn_api_only(|c| {
+        c.console.session_idle = std::time::Duration::from_secs(8);
+        c.console.session_max = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let tab = common::console::Visitor::new(&app);
+    tab.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert!(
+        session_ends(&tab, "/console/jobs", true, every, bound).await,
+        "a tab refreshing itself is still signed in after {bound:?}"
+    );
+    // Working: two idle periods of navigation keep it alive.
+    let worker = common::console::Visitor::new(&app);
+    worker.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    for _ in 0..55 {
+        let r = worker.get("/console/queues").await;
+        assert_eq!(r.status, StatusCode::OK, "still signed in while working");
+        tokio::time::sleep(every).await;
+    }
+
+    let app = TestApp::spawn_api_only(|c| {
+        c.console.session_idle = std::time::Duration::from_secs(3600);
+        c.console.session_max = std::time::Duration::from_secs(3);
+    })
+    .await;
+    let busy = common::console::Visitor::new(&app);
+    busy.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert!(
+        session_ends(&busy, "/console/queues", false, every, bound).await,
+        "a session in constant use is still signed in after {bound:?}"
+    );
+    // The lifetime is counted from sign-in: signing in again starts a new one.
+    busy.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(busy.get("/console/queues").await.status, StatusCode::OK);
+}
+
+/// Read-only console pages do not write: with the database refusing every write (`FLUSH
+/// TABLES WITH READ LOCK` held from another connection, as during a backup or a stalled
+/// replica switch), the jobs, queues, audit and order pages still answer 200 — as the
+/// operator navigates (the session being due to have its idle expiry moved) and as they
+/// refresh themselves — instead of hanging until the request timeout's 503. Once the lock is
+/// gone the session is still valid. The lock is held only for those few requests: it stalls
+/// every database on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_console_pages_answer_during_a_database_write_stall() {
+    use sqlx::{Connection, Executor};
+    let idle = 20;
+    let app = TestApp::spawn_api_only(|c| {
+        c.http_request_timeout = std::time::Duration::from_secs(5);
+        c.console.session_idle = std::time::Duration::from_secs(idle);
+    })
+    .await;
+    let operator = common::console::Visitor::new(&app);
+    operator.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let pages = [
+        "/console/jobs",
+        "/console/queues",
+        "/console/audit",
+        "/console/orders?id=1",
+    ];
+    for page in pages {
+        assert_eq!(operator.get(page).await.status, StatusCode::OK, "{page}");
+    }
+    // Until the session is due a touch (a quarter of its idle period gone), so that the
+    // navigation below asks for a write.
+    let due = app
+        .eventually(std::time::Duration::from_secs(30), || async {
+            app.count(&format!(
+                "SELECT COUNT(*) FROM console_sessions \
+                 WHERE TIMESTAMPDIFF(SECOND, NOW(6), expires_at) < {}",
+                idle - idle / 4
+            ))
+            .await
+                == 1
+        })
+        .await;
+    assert!(due);
+
+    let mut lock = sqlx::MySqlConnection::connect(&app.db_guard.url)
+        .await
+        .unwrap();
+    lock.execute("FLUSH TABLES WITH READ LOCK").await.unwrap();
+    let stalled = async {
+        // The stall is real: a write from elsewhere waits for the lock.
+        let mut writer = sqlx::MySqlConnection::connect(&app.db_guard.url)
+            .await
+            .unwrap();
+        writer
+            .execute("SET SESSION lock_wait_timeout = 1")
+            .await
+            .unwrap();
+        let write = writer
+            .execute("DELETE FROM console_sessions WHERE FALSE")
+            .await;
+        assert!(write.is_err(), "a write during the stall waits and fails");
+        for refresh in [false, true] {
+            for page in pages {
+                let r = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                    if refresh {
+                        operator.refresh(page).await
+                    } else {
+                        operator.get(page).await
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("{page} hung during the write stall"));
+                assert_eq!(
+                    r.status,
+                    StatusCode::OK,
+                    "{page} during the stall: {}",
+                    r.text
+                );
+            }
+        }
+    };
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(stalled)).await;
+    lock.execute("UNLOCK TABLES").await.unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(operator.get("/console/jobs").await.status, StatusCode::OK);
 }
