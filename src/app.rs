@@ -100,8 +100,7 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         db::migrate(&pool).await?;
     }
     if let Some((email, password)) = &config.admin_bootstrap {
-        auth::ensure_admin(&pool, email, password).await?;
-        tracing::info!(email = %email, "admin account ensured from ADMIN_EMAIL");
+        bootstrap_admin(&pool, email, password).await?;
     }
     let events = events::connect(&config.events).await?;
     let publisher = PublishBatcher::start(
@@ -146,6 +145,34 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         db: pool,
         config: Arc::new(config),
     })
+}
+
+/// ADMIN_EMAIL / ADMIN_PASSWORD (docs/adr/0018-admin-bootstrap.md). A refusal does not stop
+/// the start — anyone could then keep the service down by registering the address — it is
+/// logged as an error for the operator to look into.
+async fn bootstrap_admin(pool: &MySqlPool, email: &str, password: &str) -> anyhow::Result<()> {
+    match auth::ensure_admin(pool, email, password).await? {
+        auth::Bootstrap::Created => {
+            tracing::info!(email, "administrator account created from ADMIN_EMAIL");
+        }
+        auth::Bootstrap::AlreadyAdmin => {
+            tracing::info!(email, "ADMIN_EMAIL is an administrator already");
+        }
+        auth::Bootstrap::Promoted => tracing::warn!(
+            email,
+            "ADMIN_EMAIL's existing account promoted to ADMIN: its password is ADMIN_PASSWORD"
+        ),
+        auth::Bootstrap::Refused { found } => tracing::error!(
+            email,
+            found,
+            "ADMIN_EMAIL NOT applied: the account registered under this address (or a look-alike \
+             differing only in case or accents) does not have ADMIN_PASSWORD as its password, \
+             so someone else may have registered it. It stays as it is. Find out who owns it; \
+             if it is yours, promote it with `orderflow users promote <its exact email>`, \
+             otherwise set ADMIN_EMAIL to an address nobody has registered"
+        ),
+    }
+    Ok(())
 }
 
 fn api_routes() -> OpenApiRouter<AppState> {
