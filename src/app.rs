@@ -84,10 +84,15 @@ impl Role {
 
 /// Connects to everything and prepares the database. Redis is not required to start.
 pub async fn init(config: Config) -> anyhow::Result<AppState> {
-    if config.jwt.using_dev_secret {
+    // Also for configurations made in code: no known or short secret ever signs a token.
+    if let Some(reason) = crate::config::jwt_secret_refusal(&config.jwt.secret) {
+        anyhow::bail!("JWT_SECRET {reason}");
+    }
+    if config.jwt.random_secret {
         tracing::warn!(
-            "JWT_SECRET is not set: using the public development secret. \
-             Anyone can forge tokens for this instance. Set JWT_SECRET in production."
+            "JWT_SECRET is not set: tokens are signed with a random secret made at this start. \
+             They do not survive a restart and are not accepted by other replicas. Set \
+             JWT_SECRET (at least 32 random bytes) for more than one process or across restarts."
         );
     }
     db::create_database_if_missing(&config.database_url).await?;

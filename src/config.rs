@@ -8,7 +8,70 @@ use orderflow_jobs::queue::QueueSettings;
 use orderflow_workflows::{parse_schedule, ArchiveSchedule};
 use thiserror::Error;
 
+/// The built-in development secret of earlier releases. It is public, so it is refused as
+/// JWT_SECRET like every other value printed in this repository.
 pub const DEV_JWT_SECRET: &str = "orderflow-development-secret-do-not-use-in-production";
+
+/// JWT_SECRET values printed in this repository (its manifests, compose file and earlier
+/// defaults): whoever reads it could sign tokens with them (docs/adr/0019-jwt-secret.md).
+const PUBLISHED_JWT_SECRETS: &[&str] = &[
+    DEV_JWT_SECRET,
+    "dev-only-insecure-jwt-secret-change-me",
+    "CHANGE-ME-PLACEHOLDER-NOT-A-REAL-SECRET",
+    "integration-test-secret",
+];
+
+/// Words only a placeholder contains (compared without case, `-` or `_`).
+const PLACEHOLDER_WORDS: &[&str] = &["changeme", "placeholder", "donotuse", "notarealsecret"];
+
+/// The shortest JWT_SECRET accepted: HS256's key is 256 bits.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Why `secret` must not sign tokens, if it must not: shorter than
+/// [`MIN_JWT_SECRET_BYTES`], published in this repository, or a placeholder.
+pub fn jwt_secret_refusal(secret: &str) -> Option<String> {
+    if secret.len() < MIN_JWT_SECRET_BYTES {
+        return Some(format!(
+            "must be at least {MIN_JWT_SECRET_BYTES} bytes (it has {}); e.g. `openssl rand -base64 48`",
+            secret.len()
+        ));
+    }
+    let squashed: String = secret
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_'))
+        .flat_map(char::to_lowercase)
+        .collect();
+    if PUBLISHED_JWT_SECRETS
+        .iter()
+        .any(|known| known.eq_ignore_ascii_case(secret.trim()))
+        || PLACEHOLDER_WORDS.iter().any(|w| squashed.contains(w))
+    {
+        return Some(
+            "is a placeholder or a value published in the orderflow repository: anyone could \
+             sign tokens with it; set at least 32 random bytes, e.g. `openssl rand -base64 48`"
+                .into(),
+        );
+    }
+    None
+}
+
+/// JWT_SECRET, checked; unset, a random secret for this process only.
+fn jwt_secret() -> Result<(String, bool), ConfigError> {
+    let Some(secret) = opt_var("JWT_SECRET") else {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        return Ok((hex::encode(bytes), true));
+    };
+    match jwt_secret_refusal(&secret) {
+        None => Ok((secret, false)),
+        Some(reason) => Err(ConfigError {
+            name: "JWT_SECRET",
+            // Never echoed: the value may be a real secret that is merely too short.
+            value: format!("<{} bytes, not shown>", secret.len()),
+            reason,
+        }),
+    }
+}
 
 #[derive(Debug, Error)]
 #[error("environment variable {name}={value:?} is invalid: {reason}")]
@@ -209,8 +272,9 @@ pub struct JwtConfig {
     pub issuer: String,
     pub audience: String,
     pub ttl: Duration,
-    /// True when JWT_SECRET was not set and the public development secret is in use.
-    pub using_dev_secret: bool,
+    /// JWT_SECRET was not set: the secret is random, made at this start, known to this
+    /// process only (its tokens die with it and are not accepted by other replicas).
+    pub random_secret: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -370,7 +434,7 @@ fn positive<T: PartialOrd + Default + ToString>(
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let jwt_secret = opt_var("JWT_SECRET");
+        let (jwt_secret, random_secret) = jwt_secret()?;
         let http_request_timeout = Duration::from_secs(positive(
             "HTTP_REQUEST_TIMEOUT_SECS",
             var("HTTP_REQUEST_TIMEOUT_SECS", 30u64)?,
@@ -474,8 +538,8 @@ impl Config {
                 )?),
             },
             jwt: JwtConfig {
-                using_dev_secret: jwt_secret.is_none(),
-                secret: jwt_secret.unwrap_or_else(|| DEV_JWT_SECRET.to_string()),
+                secret: jwt_secret,
+                random_secret,
                 issuer: var("JWT_ISSUER", "orderflow".to_string())?,
                 audience: var("JWT_AUDIENCE", "orderflow-api".to_string())?,
                 ttl: Duration::from_secs(positive("JWT_TTL_SECS", var("JWT_TTL_SECS", 3600u64)?)?),
@@ -556,6 +620,24 @@ mod tests {
         assert!("http://localhost:16686/trace/"
             .parse::<TraceUiUrl>()
             .is_err());
+    }
+
+    #[test]
+    fn short_published_or_placeholder_jwt_secrets_are_refused() {
+        for refused in [
+            "x".repeat(31),
+            DEV_JWT_SECRET.to_owned(),
+            "CHANGE-ME-PLACEHOLDER-NOT-A-REAL-SECRET".to_owned(),
+            "dev-only-insecure-jwt-secret-change-me".to_owned(),
+            "ChangeMe-0123456789abcdef0123456789abcdef".to_owned(),
+            "my_placeholder_value_for_the_jwt_secret_here".to_owned(),
+        ] {
+            assert!(jwt_secret_refusal(&refused).is_some(), "{refused}");
+        }
+        assert_eq!(
+            jwt_secret_refusal("q3J0Vb1n7m0o2ZP4c9yJb8w6T1sXr5LkA0eHdGfU2iM="),
+            None
+        );
     }
 
     #[test]
