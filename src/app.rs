@@ -29,7 +29,7 @@ use crate::{
     config::Config,
     console, db,
     events::{self, Events},
-    http::{error_body, metrics as http_metrics, openapi, request_id},
+    http::{self, error_body, metrics as http_metrics, openapi, request_id},
     idempotency, notifications, operators, orders, outbox, telemetry,
 };
 use orderflow_jobs::{
@@ -370,18 +370,16 @@ pub async fn serve(
         Vec::new()
     };
     let publisher = state.publisher.clone();
+    let limits = state.config.http_connections;
     let app = router(state, role);
     let stop = shutdown.clone();
-    // The peer address feeds the per-client login throttle (auth::throttle).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = signal => {}
-                () = stop.cancelled() => {}
-            }
-        })
-        .await;
+    let result = http::server::serve(listener, app, limits, async move {
+        tokio::select! {
+            () = signal => {}
+            () = stop.cancelled() => {}
+        }
+    })
+    .await;
     // The last requests are answered: their rows get their publish jobs before we stop.
     publisher.close().await;
     shutdown.cancel();

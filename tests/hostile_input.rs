@@ -1019,8 +1019,9 @@ impl Drop for DropSignal {
 /// stops reading it. Its connection is held only until HTTP_WHOLE_REQUEST_TIMEOUT_SECS after
 /// its request; then the server abandons the response — its body is dropped, which the
 /// test's endless body reports — and closes the connection. (A route of the test's own,
-/// served like the service: the service's largest response, 1.4 MB, fits in the kernel's
-/// loopback buffers, so hyper finishes writing it whether the client reads or not.)
+/// served by the service's server function: the service's largest response, 1.4 MB, fits in
+/// the kernel's loopback buffers, so hyper finishes writing it whether the client reads or
+/// not.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_too_slow_for_its_response_is_cut_at_the_whole_request_timeout() {
     use tokio::io::AsyncWriteExt;
@@ -1039,7 +1040,18 @@ async fn a_reader_too_slow_for_its_response_is_cut_at_the_whole_request_timeout(
     let router = axum::Router::new().route("/endless", endless);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let limits = orderflow::config::HttpConnectionConfig {
+        header_read_timeout: std::time::Duration::from_secs(10),
+        idle_timeout: std::time::Duration::from_secs(10),
+        whole_request_timeout: std::time::Duration::from_secs(2),
+        max_connections: 16,
+    };
+    let server = tokio::spawn(orderflow::http::server::serve(
+        listener,
+        router,
+        limits,
+        std::future::pending(),
+    ));
 
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
