@@ -49,10 +49,16 @@ async fn the_session_cookie_is_strict_and_pages_carry_a_csp_without_inline_scrip
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
     assert_eq!(location(&r), "/console/jobs");
     let cookies = visitor.set_cookies.lock().unwrap().clone();
-    let session = cookies.last().expect("a session cookie");
-    assert!(session.starts_with("orderflow_console="), "{session}");
-    for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/console"] {
-        assert!(session.contains(attr), "{attr} missing: {session}");
+    // The session's, and the sign-in form's token (set by the form, removed at sign-in).
+    for name in ["orderflow_console=", "orderflow_console_login="] {
+        let cookie = cookies
+            .iter()
+            .rev()
+            .find(|c| c.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} cookie: {cookies:?}"));
+        for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/console"] {
+            assert!(cookie.contains(attr), "{attr} missing: {cookie}");
+        }
     }
     for page in [
         "/console/jobs",

@@ -5,9 +5,9 @@
 //! to the sign-in page.
 //!
 //! [`CsrfForm`]: an `application/x-www-form-urlencoded` body whose `csrf` field equals the
-//! session's token (made at sign-in, or with the sign-in form). Missing or different: 403 in
-//! the standard error body, before anything is read or changed. The session cookie is also
-//! SameSite=Strict, so another site's form does not even carry it.
+//! session's token (made at sign-in; the sign-in form has its own, `sign_in`). Missing or
+//! different: 403 in the standard error body, before anything is read or changed. The session
+//! cookie is also SameSite=Strict, so another site's form does not even carry it.
 
 use axum::{
     body::Bytes,
@@ -19,7 +19,8 @@ use axum::{
 use orderflow_jobs::engine::audit::{Actor, Via};
 use rand::RngCore;
 use serde::{de::DeserializeOwned, Deserialize};
-use tower_sessions::Session;
+use tower_cookies::Cookie;
+use tower_sessions::{cookie::SameSite, Session};
 
 use crate::{
     app::AppState,
@@ -61,6 +62,20 @@ impl Operator {
     pub async fn take_flash(&self) -> Option<String> {
         self.session.remove(FLASH).await.ok().flatten()
     }
+}
+
+/// A cookie of the console: its paths only, HttpOnly, SameSite=Strict, Secure unless
+/// configured off — as the session's.
+pub fn console_cookie(
+    name: &'static str,
+    value: impl Into<String>,
+    secure: bool,
+) -> tower_cookies::cookie::CookieBuilder<'static> {
+    Cookie::build((name, value.into()))
+        .path(crate::console::PATH)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure)
 }
 
 /// A new random token (256 bits, hex).
@@ -120,7 +135,7 @@ struct Token {
 }
 
 /// Compares in time independent of where the first difference is.
-fn same_token(a: &str, b: &str) -> bool {
+pub fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -128,7 +143,7 @@ fn same_token(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn forbidden() -> Response {
+pub fn forbidden() -> Response {
     ApiError::new(ErrorCode::Forbidden, "missing or invalid CSRF token").into_response()
 }
 
