@@ -132,7 +132,8 @@ pub async fn promote(pool: &MySqlPool, email: &str) -> Result<(), PromoteError> 
 pub enum Bootstrap {
     /// No account had the address: it was created, as ADMIN, with ADMIN_PASSWORD.
     Created,
-    /// The account is an administrator already (its password is left alone).
+    /// The account, exactly this address, is an administrator already (its password is left
+    /// alone).
     AlreadyAdmin,
     /// An account with exactly this address whose password is ADMIN_PASSWORD: promoted.
     Promoted,
@@ -161,12 +162,17 @@ pub async fn ensure_admin(
                 Err(CreateUserError::Db(e)) => return Err(e),
             }
         };
+        // A look-alike is someone else's, whatever its role (an administrator made so by an
+        // earlier release's bootstrap is reported, not left unmentioned).
+        if holder.email != email {
+            return Ok(Bootstrap::Refused {
+                found: holder.email,
+            });
+        }
         if holder.role == Role::Admin {
             return Ok(Bootstrap::AlreadyAdmin);
         }
-        let proven = holder.email == email
-            && password::verify(password.to_owned(), Some(holder.password_hash)).await;
-        if !proven {
+        if !password::verify(password.to_owned(), Some(holder.password_hash)).await {
             return Ok(Bootstrap::Refused {
                 found: holder.email,
             });
@@ -174,7 +180,5 @@ pub async fn ensure_admin(
         make_admin(pool, holder.id).await?;
         return Ok(Bootstrap::Promoted);
     }
-    Ok(Bootstrap::Refused {
-        found: email.clone(),
-    })
+    Ok(Bootstrap::Refused { found: email })
 }
