@@ -27,7 +27,7 @@ log="${TMPDIR:-/tmp}/orderflow-schemathesis.log"
 HTTP_ADDR="127.0.0.1:$port" DATABASE_URL="$server/$db" REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}" \
   CACHE_KEY_PREFIX="st$$:" KAFKA_TOPIC_PREFIX="st$$." KAFKA_BROKERS="${TEST_KAFKA_BROKERS:-}" \
   ADMIN_EMAIL=admin@schemathesis.test ADMIN_PASSWORD=schemathesis-admin-1 \
-  JWT_SECRET="schemathesis-$$" RUST_LOG=warn "$ORDERFLOW_BIN" serve > "$log" 2>&1 &
+  RUST_LOG=warn "$ORDERFLOW_BIN" serve > "$log" 2>&1 &
 pid=$!
 cleanup() {
   kill "$pid" 2>/dev/null || true

@@ -29,7 +29,7 @@ use crate::{
     config::Config,
     console, db,
     events::{self, Events},
-    http::{error_body, metrics as http_metrics, openapi, request_id},
+    http::{self, error_body, metrics as http_metrics, openapi, request_id},
     idempotency, notifications, operators, orders, outbox, telemetry,
 };
 use orderflow_jobs::{
@@ -85,10 +85,15 @@ impl Role {
 
 /// Connects to everything and prepares the database. Redis is not required to start.
 pub async fn init(config: Config) -> anyhow::Result<AppState> {
-    if config.jwt.using_dev_secret {
+    // Also for configurations made in code: no known or short secret ever signs a token.
+    if let Some(reason) = crate::config::jwt_secret_refusal(&config.jwt.secret) {
+        anyhow::bail!("JWT_SECRET {reason}");
+    }
+    if config.jwt.random_secret {
         tracing::warn!(
-            "JWT_SECRET is not set: using the public development secret. \
-             Anyone can forge tokens for this instance. Set JWT_SECRET in production."
+            "JWT_SECRET is not set: tokens are signed with a random secret made at this start. \
+             They do not survive a restart and are not accepted by other replicas. Set \
+             JWT_SECRET (at least 32 random bytes) for more than one process or across restarts."
         );
     }
     db::create_database_if_missing(&config.database_url).await?;
@@ -101,8 +106,7 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         db::migrate(&pool).await?;
     }
     if let Some((email, password)) = &config.admin_bootstrap {
-        auth::ensure_admin(&pool, email, password).await?;
-        tracing::info!(email = %email, "admin account ensured from ADMIN_EMAIL");
+        bootstrap_admin(&pool, email, password).await?;
     }
     let events = events::connect(&config.events).await?;
     // Each replacement of a producer librdkafka declared dead shows in the queue overview.
@@ -157,6 +161,34 @@ pub async fn init(config: Config) -> anyhow::Result<AppState> {
         db: pool,
         config: Arc::new(config),
     })
+}
+
+/// ADMIN_EMAIL / ADMIN_PASSWORD (docs/adr/0020-admin-bootstrap.md). A refusal does not stop
+/// the start — anyone could then keep the service down by registering the address — it is
+/// logged as an error for the operator to look into.
+async fn bootstrap_admin(pool: &MySqlPool, email: &str, password: &str) -> anyhow::Result<()> {
+    match auth::ensure_admin(pool, email, password).await? {
+        auth::Bootstrap::Created => {
+            tracing::info!(email, "administrator account created from ADMIN_EMAIL");
+        }
+        auth::Bootstrap::AlreadyAdmin => {
+            tracing::info!(email, "ADMIN_EMAIL is an administrator already");
+        }
+        auth::Bootstrap::Promoted => tracing::warn!(
+            email,
+            "ADMIN_EMAIL's existing account promoted to ADMIN: its password is ADMIN_PASSWORD"
+        ),
+        auth::Bootstrap::Refused { found } => tracing::error!(
+            email,
+            found,
+            "ADMIN_EMAIL NOT applied: the account registered under this address (or a look-alike \
+             differing only in case or accents) does not have ADMIN_PASSWORD as its password, \
+             so someone else may have registered it. It stays as it is. Find out who owns it; \
+             if it is yours, promote it with `orderflow users promote <its exact email>`, \
+             otherwise set ADMIN_EMAIL to an address nobody has registered"
+        ),
+    }
+    Ok(())
 }
 
 fn api_routes() -> OpenApiRouter<AppState> {
@@ -354,18 +386,16 @@ pub async fn serve(
         Vec::new()
     };
     let publisher = state.publisher.clone();
+    let limits = state.config.http_connections;
     let app = router(state, role);
     let stop = shutdown.clone();
-    // The peer address feeds the per-client login throttle (auth::throttle).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = signal => {}
-                () = stop.cancelled() => {}
-            }
-        })
-        .await;
+    let result = http::server::serve(listener, app, limits, async move {
+        tokio::select! {
+            () = signal => {}
+            () = stop.cancelled() => {}
+        }
+    })
+    .await;
     // The last requests are answered: their rows get their publish jobs before we stop.
     publisher.close().await;
     shutdown.cancel();

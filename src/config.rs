@@ -8,7 +8,70 @@ use orderflow_jobs::queue::QueueSettings;
 use orderflow_workflows::{parse_schedule, ArchiveSchedule};
 use thiserror::Error;
 
+/// The built-in development secret of earlier releases. It is public, so it is refused as
+/// JWT_SECRET like every other value printed in this repository.
 pub const DEV_JWT_SECRET: &str = "orderflow-development-secret-do-not-use-in-production";
+
+/// JWT_SECRET values printed in this repository (its manifests, compose file and earlier
+/// defaults): whoever reads it could sign tokens with them (docs/adr/0021-jwt-secret.md).
+const PUBLISHED_JWT_SECRETS: &[&str] = &[
+    DEV_JWT_SECRET,
+    "dev-only-insecure-jwt-secret-change-me",
+    "CHANGE-ME-PLACEHOLDER-NOT-A-REAL-SECRET",
+    "integration-test-secret",
+];
+
+/// Words only a placeholder contains (compared without case, `-` or `_`).
+const PLACEHOLDER_WORDS: &[&str] = &["changeme", "placeholder", "donotuse", "notarealsecret"];
+
+/// The shortest JWT_SECRET accepted: HS256's key is 256 bits.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Why `secret` must not sign tokens, if it must not: shorter than
+/// [`MIN_JWT_SECRET_BYTES`], published in this repository, or a placeholder.
+pub fn jwt_secret_refusal(secret: &str) -> Option<String> {
+    if secret.len() < MIN_JWT_SECRET_BYTES {
+        return Some(format!(
+            "must be at least {MIN_JWT_SECRET_BYTES} bytes (it has {}); e.g. `openssl rand -base64 48`",
+            secret.len()
+        ));
+    }
+    let squashed: String = secret
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_'))
+        .flat_map(char::to_lowercase)
+        .collect();
+    if PUBLISHED_JWT_SECRETS
+        .iter()
+        .any(|known| known.eq_ignore_ascii_case(secret.trim()))
+        || PLACEHOLDER_WORDS.iter().any(|w| squashed.contains(w))
+    {
+        return Some(
+            "is a placeholder or a value published in the orderflow repository: anyone could \
+             sign tokens with it; set at least 32 random bytes, e.g. `openssl rand -base64 48`"
+                .into(),
+        );
+    }
+    None
+}
+
+/// JWT_SECRET, checked; unset, a random secret for this process only.
+fn jwt_secret() -> Result<(String, bool), ConfigError> {
+    let Some(secret) = opt_var("JWT_SECRET") else {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        return Ok((hex::encode(bytes), true));
+    };
+    match jwt_secret_refusal(&secret) {
+        None => Ok((secret, false)),
+        Some(reason) => Err(ConfigError {
+            name: "JWT_SECRET",
+            // Never echoed: the value may be a real secret that is merely too short.
+            value: format!("<{} bytes, not shown>", secret.len()),
+            reason,
+        }),
+    }
+}
 
 #[derive(Debug, Error)]
 #[error("environment variable {name}={value:?} is invalid: {reason}")]
@@ -52,6 +115,7 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub http_request_timeout: Duration,
     pub http_body_limit_bytes: usize,
+    pub http_connections: HttpConnectionConfig,
     pub jwt: JwtConfig,
     pub admin_bootstrap: Option<(String, String)>,
     pub log_format: LogFormat,
@@ -95,6 +159,57 @@ impl FromStr for TraceUiUrl {
     }
 }
 
+/// The HTTP server's connections (`http::server`, docs/adr/0022-http-connection-limits.md):
+/// how long a client may take over each part of an exchange, and how many may be connected.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpConnectionConfig {
+    /// From a request's first byte (or the connection's opening) to the end of its header
+    /// block; past it the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress and no byte received is closed
+    /// after this.
+    pub idle_timeout: Duration,
+    /// From the end of a request's header block to the end of its response (a client sending
+    /// its body or reading the response too slowly); past it the connection is closed.
+    pub whole_request_timeout: Duration,
+    /// Connections served at once; a connection beyond them is answered 503 (health probes
+    /// are answered) and closed.
+    pub max_connections: usize,
+}
+
+impl HttpConnectionConfig {
+    fn from_env(request_timeout: Duration) -> Result<Self, ConfigError> {
+        let whole_request_timeout = Duration::from_secs(positive(
+            "HTTP_WHOLE_REQUEST_TIMEOUT_SECS",
+            var("HTTP_WHOLE_REQUEST_TIMEOUT_SECS", 60u64)?,
+        )?);
+        if whole_request_timeout < request_timeout {
+            return Err(ConfigError {
+                name: "HTTP_WHOLE_REQUEST_TIMEOUT_SECS",
+                value: whole_request_timeout.as_secs().to_string(),
+                reason: "must be at least HTTP_REQUEST_TIMEOUT_SECS, so that a slow handler is \
+                         answered 503 before its connection is closed"
+                    .into(),
+            });
+        }
+        Ok(Self {
+            header_read_timeout: Duration::from_secs(positive(
+                "HTTP_HEADER_READ_TIMEOUT_SECS",
+                var("HTTP_HEADER_READ_TIMEOUT_SECS", 10u64)?,
+            )?),
+            idle_timeout: Duration::from_secs(positive(
+                "HTTP_IDLE_TIMEOUT_SECS",
+                var("HTTP_IDLE_TIMEOUT_SECS", 75u64)?,
+            )?),
+            whole_request_timeout,
+            max_connections: positive(
+                "HTTP_MAX_CONNECTIONS",
+                var("HTTP_MAX_CONNECTIONS", 1024usize)?,
+            )?,
+        })
+    }
+}
+
 /// The web console at /console.
 #[derive(Debug, Clone)]
 pub struct ConsoleConfig {
@@ -102,6 +217,8 @@ pub struct ConsoleConfig {
     pub cookie_secure: bool,
     /// A session unused for this long is over.
     pub session_idle: Duration,
+    /// A session is over this long after its sign-in, however much it is used.
+    pub session_max: Duration,
     /// How often lists refresh themselves (while no row is selected).
     pub refresh: Duration,
 }
@@ -155,8 +272,9 @@ pub struct JwtConfig {
     pub issuer: String,
     pub audience: String,
     pub ttl: Duration,
-    /// True when JWT_SECRET was not set and the public development secret is in use.
-    pub using_dev_secret: bool,
+    /// JWT_SECRET was not set: the secret is random, made at this start, known to this
+    /// process only (its tokens die with it and are not accepted by other replicas).
+    pub random_secret: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -365,7 +483,7 @@ fn positive<T: PartialOrd + Default + ToString>(
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let jwt_secret = opt_var("JWT_SECRET");
+        let (jwt_secret, random_secret) = jwt_secret()?;
         let http_request_timeout = Duration::from_secs(positive(
             "HTTP_REQUEST_TIMEOUT_SECS",
             var("HTTP_REQUEST_TIMEOUT_SECS", 30u64)?,
@@ -443,6 +561,7 @@ impl Config {
                 "HTTP_BODY_LIMIT_BYTES",
                 var("HTTP_BODY_LIMIT_BYTES", 64 * 1024usize)?,
             )?,
+            http_connections: HttpConnectionConfig::from_env(http_request_timeout)?,
             archive: {
                 ArchiveSchedule {
                     cron: cron_var("ARCHIVE_CRON", "0 0 3 * * *")?,
@@ -468,8 +587,8 @@ impl Config {
                 )?),
             },
             jwt: JwtConfig {
-                using_dev_secret: jwt_secret.is_none(),
-                secret: jwt_secret.unwrap_or_else(|| DEV_JWT_SECRET.to_string()),
+                secret: jwt_secret,
+                random_secret,
                 issuer: var("JWT_ISSUER", "orderflow".to_string())?,
                 audience: var("JWT_AUDIENCE", "orderflow-api".to_string())?,
                 ttl: Duration::from_secs(positive("JWT_TTL_SECS", var("JWT_TTL_SECS", 3600u64)?)?),
@@ -509,6 +628,10 @@ impl Config {
                     "CONSOLE_SESSION_IDLE_SECS",
                     var("CONSOLE_SESSION_IDLE_SECS", 1800u64)?,
                 )?),
+                session_max: Duration::from_secs(positive(
+                    "CONSOLE_SESSION_MAX_SECS",
+                    var("CONSOLE_SESSION_MAX_SECS", 43_200u64)?,
+                )?),
                 refresh: Duration::from_secs(positive(
                     "CONSOLE_REFRESH_SECS",
                     var("CONSOLE_REFRESH_SECS", 5u64)?,
@@ -542,6 +665,24 @@ mod tests {
         assert!("http://localhost:16686/trace/"
             .parse::<TraceUiUrl>()
             .is_err());
+    }
+
+    #[test]
+    fn short_published_or_placeholder_jwt_secrets_are_refused() {
+        for refused in [
+            "x".repeat(31),
+            DEV_JWT_SECRET.to_owned(),
+            "CHANGE-ME-PLACEHOLDER-NOT-A-REAL-SECRET".to_owned(),
+            "dev-only-insecure-jwt-secret-change-me".to_owned(),
+            "ChangeMe-0123456789abcdef0123456789abcdef".to_owned(),
+            "my_placeholder_value_for_the_jwt_secret_here".to_owned(),
+        ] {
+            assert!(jwt_secret_refusal(&refused).is_some(), "{refused}");
+        }
+        assert_eq!(
+            jwt_secret_refusal("q3J0Vb1n7m0o2ZP4c9yJb8w6T1sXr5LkA0eHdGfU2iM="),
+            None
+        );
     }
 
     #[test]

@@ -174,4 +174,10 @@ pub mod names {
     pub const STOCK_LOCK_RETRIES: &str = "stock_lock_retries_total";
     pub const STOCK_LOCK_CONFLICTS: &str = "stock_lock_conflicts_total";
     pub const IDEMPOTENCY_PURGED: &str = "idempotency_keys_purged_total";
+    /// HTTP connections open (`http::server`).
+    pub const HTTP_CONNECTIONS_OPEN: &str = "http_connections_open";
+    /// HTTP connections closed by the server, by reason: a deadline passed
+    /// (`header_timeout`, `request_timeout`, `idle_timeout`), over `HTTP_MAX_CONNECTIONS`
+    /// (`over_capacity`: probes answered, the rest 503) or beyond its overflow (`refused`).
+    pub const HTTP_CONNECTIONS_CLOSED: &str = "http_connections_closed_total";
 }

@@ -131,7 +131,7 @@ async fn missing_forged_expired_or_misaddressed_tokens_are_401() {
 
     // Sanity: the well-formed token is accepted, so the refusals below are about one flaw each.
     let ok = app
-        .get("/api/v1/orders", Some(&forge(JWT_SECRET, good.clone())))
+        .get("/api/v1/orders", Some(&forge(&JWT_SECRET, good.clone())))
         .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
 
@@ -139,10 +139,10 @@ async fn missing_forged_expired_or_misaddressed_tokens_are_401() {
         ("no token", None),
         ("garbage", Some("not.a.jwt".to_string())),
         ("wrong secret", Some(forge("another-secret", good))),
-        ("expired", Some(forge(JWT_SECRET, expired))),
-        ("wrong issuer", Some(forge(JWT_SECRET, wrong_iss))),
-        ("wrong audience", Some(forge(JWT_SECRET, wrong_aud))),
-        ("no exp", Some(forge(JWT_SECRET, no_exp))),
+        ("expired", Some(forge(&JWT_SECRET, expired))),
+        ("wrong issuer", Some(forge(&JWT_SECRET, wrong_iss))),
+        ("wrong audience", Some(forge(&JWT_SECRET, wrong_aud))),
+        ("no exp", Some(forge(&JWT_SECRET, no_exp))),
     ];
     for (name, token) in cases {
         let r = app.get("/api/v1/orders", token.as_deref()).await;

@@ -54,7 +54,7 @@ fn start_with(db: &str, bootstrap: Option<&str>, prefix: &str, extra: &[(&str, &
         // StatefulSet would be): it takes its partitions back without waiting for the broker
         // to expire the killed one.
         .env("KAFKA_GROUP_INSTANCE_ID", format!("{prefix}instance"))
-        .env("JWT_SECRET", common::JWT_SECRET)
+        .env("JWT_SECRET", common::JWT_SECRET.as_str())
         .env("ADMIN_EMAIL", common::ADMIN_EMAIL)
         .env("ADMIN_PASSWORD", common::ADMIN_PASSWORD)
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))

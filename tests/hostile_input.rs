@@ -1,7 +1,11 @@
 //! Hostile input at the HTTP edge: oversized bodies and headers, deeply nested JSON, huge
 //! numbers and totals that would overflow, unicode and SQL metacharacters in every string
 //! field. Each is refused with a 4xx in the standard error body, or stored and returned
-//! intact — never a 5xx, never a crash, never a partial write.
+//! intact — never a 5xx, never a crash, never a partial write. Slow clients (issue 30): a
+//! header dribbled byte by byte, a connection that says nothing, an idle keep-alive
+//! connection, a reader too slow for its response — each closed at its deadline — and more
+//! connections than the cap, refused while the health probes still answer. Anonymous
+//! visitors of the console, who write nothing to the database.
 
 mod common;
 
@@ -877,4 +881,294 @@ async fn keys_stored_by_the_previous_release_still_replay() {
         }
     }
     assert_eq!(app.stock_of(p).await, 10, "only replays: no order was made");
+}
+
+// ---------------------------------------------------------------------------------------
+// Slow clients (issue 30, finding 3)
+// ---------------------------------------------------------------------------------------
+
+/// Waits, up to `bound`, for the server to close `conn` (end of stream or reset); returns
+/// what it sent before, or None if the connection is still open at the bound. Meanwhile the
+/// client keeps sending `dribble` (if any), one byte every `every`.
+async fn closed_by_server(
+    conn: tokio::net::TcpStream,
+    dribble: &[u8],
+    every: std::time::Duration,
+    bound: std::time::Duration,
+) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = conn.into_split();
+    let reader = async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let writer = async move {
+        for b in dribble.iter().cycle() {
+            tokio::time::sleep(every).await;
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let dribbling = async move {
+        tokio::select! {
+            got = reader => got,
+            () = writer => unreachable!(),
+        }
+    };
+    tokio::time::timeout(bound, dribbling).await.ok()
+}
+
+/// A connection to the app, with a receive buffer of `rcvbuf` bytes when given (a client
+/// that reads slowly fills it at once).
+async fn connect(app: &TestApp, rcvbuf: Option<u32>) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    socket.connect(app.addr).await.unwrap()
+}
+
+/// The slowloris of issue 30: many connections, each sending a request header one byte at a
+/// time and never finishing it, are all closed once HTTP_HEADER_READ_TIMEOUT_SECS has passed
+/// since their first byte, without an answer; a connection that sends nothing at all is
+/// closed after the same time. Meanwhile, and after, the service answers everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_dribbled_byte_by_byte_is_cut_at_the_header_timeout() {
+    let app = TestApp::spawn_api_only(|c| {
+        c.http_connections.header_read_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let bound = std::time::Duration::from_secs(60);
+    let every = std::time::Duration::from_millis(250);
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = connect(&app, None).await;
+        conn.write_all(b"GET /api/v1/products HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(tokio::spawn(closed_by_server(conn, b"aaaa", every, bound)));
+    }
+    let silent = tokio::spawn(closed_by_server(
+        connect(&app, None).await,
+        b"",
+        every,
+        bound,
+    ));
+    still_healthy(&app).await;
+    for (i, conn) in slow.into_iter().enumerate() {
+        let sent = conn.await.unwrap();
+        let sent = sent.unwrap_or_else(|| panic!("slow connection {i} still open after {bound:?}"));
+        assert!(
+            sent.is_empty() || String::from_utf8_lossy(&sent).starts_with("HTTP/1.1 408"),
+            "no answer but a 408: {}",
+            String::from_utf8_lossy(&sent)
+        );
+    }
+    let sent = silent.await.unwrap();
+    assert!(
+        sent.is_some(),
+        "a connection that never sends is closed too"
+    );
+    still_healthy(&app).await;
+}
+
+/// A keep-alive connection left idle after its response is closed after
+/// HTTP_IDLE_TIMEOUT_SECS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_api_only(|c| {
+        c.http_connections.idle_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let bound = std::time::Duration::from_secs(60);
+    let mut idle = connect(&app, None).await;
+    idle.write_all(b"GET /actuator/health/liveness HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let closed = closed_by_server(idle, b"", bound, bound).await;
+    assert!(
+        closed.is_some(),
+        "the idle connection is still open after {bound:?}"
+    );
+    still_healthy(&app).await;
+}
+
+/// Signals when it is dropped.
+struct DropSignal(std::sync::Arc<tokio::sync::Notify>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+/// The slow-read attack: a client asks for a response larger than the socket buffers and
+/// stops reading it. Its connection is held only until HTTP_WHOLE_REQUEST_TIMEOUT_SECS after
+/// its request; then the server abandons the response — its body is dropped, which the
+/// test's endless body reports — and closes the connection. (A route of the test's own,
+/// served by the service's server function: the service's largest response, 1.4 MB, fits in
+/// the kernel's loopback buffers, so hyper finishes writing it whether the client reads or
+/// not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_too_slow_for_its_response_is_cut_at_the_whole_request_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let dropped = std::sync::Arc::new(tokio::sync::Notify::new());
+    let body_dropped = dropped.clone();
+    let endless = axum::routing::get(move || {
+        let signal = DropSignal(body_dropped.clone());
+        async move {
+            let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+            axum::body::Body::from_stream(futures::stream::repeat_with(move || {
+                let _alive = &signal;
+                Ok::<_, std::convert::Infallible>(chunk.clone())
+            }))
+        }
+    });
+    let router = axum::Router::new().route("/endless", endless);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = orderflow::config::HttpConnectionConfig {
+        header_read_timeout: std::time::Duration::from_secs(10),
+        idle_timeout: std::time::Duration::from_secs(10),
+        whole_request_timeout: std::time::Duration::from_secs(2),
+        max_connections: 16,
+    };
+    let server = tokio::spawn(orderflow::http::server::serve(
+        listener,
+        router,
+        limits,
+        std::future::pending(),
+    ));
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(addr).await.unwrap();
+    slow.write_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The client never reads.
+    let bound = std::time::Duration::from_secs(60);
+    tokio::time::timeout(bound, dropped.notified())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the response to a client that does not read is still being sent after {bound:?}"
+            )
+        });
+    drop(slow);
+    server.abort();
+}
+
+/// HTTP_MAX_CONNECTIONS: with every connection taken (by clients that send nothing), a new
+/// connection's request is answered 503 in the standard body and closed — except the health
+/// probes, which are answered as usual. Once the slots are free, requests are served again;
+/// and the server still shuts down gracefully with a stalled connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_connection_cap_requests_are_refused_but_liveness_answers() {
+    let app = TestApp::spawn_api_only(|c| {
+        c.http_connections.max_connections = 4;
+        c.http_connections.header_read_timeout = std::time::Duration::from_secs(120);
+    })
+    .await;
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect(&app, None).await);
+    }
+    let r = common::Resp::read(
+        fresh()
+            .get(app.url("/api/v1/products"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE");
+    for probe in ["/actuator/health/liveness", "/actuator/health/readiness"] {
+        let r = fresh().get(app.url(probe)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{probe} over the cap");
+    }
+    drop(held);
+    let served = app
+        .eventually(std::time::Duration::from_secs(30), || async {
+            fresh()
+                .get(app.url("/api/v1/products"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+    assert!(served, "served again once the slots are free");
+
+    let _stalled = connect(&app, None).await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), app.stop())
+        .await
+        .expect("graceful shutdown does not wait for a connection that sends nothing");
+}
+
+// ---------------------------------------------------------------------------------------
+// Anonymous visitors of the console (issue 30, finding 4)
+// ---------------------------------------------------------------------------------------
+
+/// Nobody writes to the database before signing in: 200 anonymous visits of the sign-in
+/// page, and failed sign-ins through its form, leave `console_sessions` empty (each visit
+/// used to store a session row, purged only 30 minutes after it expired). The form still
+/// works: its CSRF check refuses a post without the token it handed out, and a right password
+/// signs in — the one row written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_console_visitors_write_nothing() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let sessions = "SELECT COUNT(*) FROM console_sessions";
+    for _ in 0..200 {
+        let visitor = common::console::Visitor::new(&app);
+        let r = visitor.get("/console/login").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(common::console::csrf_of(&r.text).is_some_and(|t| !t.is_empty()));
+    }
+    assert_eq!(app.count(sessions).await, 0, "200 visits, no row");
+    let guesser = common::console::Visitor::new(&app);
+    for _ in 0..3 {
+        let r = guesser.sign_in(common::ADMIN_EMAIL, "wrong-password").await;
+        assert!(r.text.contains("incorrect"), "{}", r.text);
+    }
+    let forged = common::console::Visitor::new(&app);
+    forged.get("/console/login").await;
+    let r = forged
+        .post_form(
+            "/console/login",
+            &[
+                ("csrf", "0".repeat(64).as_str()),
+                ("email", common::ADMIN_EMAIL),
+                ("password", common::ADMIN_PASSWORD),
+            ],
+        )
+        .await;
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert_eq!(app.count(sessions).await, 0, "failed sign-ins, no row");
+    let operator = common::console::Visitor::new(&app);
+    let r = operator
+        .sign_in(common::ADMIN_EMAIL, common::ADMIN_PASSWORD)
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    assert_eq!(operator.get("/console/jobs").await.status, StatusCode::OK);
+    assert_eq!(app.count(sessions).await, 1);
 }

@@ -2,7 +2,11 @@
 //! forged, confused and malformed JWTs; tokens outliving their account or its role; USER
 //! tokens on every ADMIN route; another user's resources on every owner route (BOLA); and
 //! login brute force, throttled per account and client address and per client address, in
-//! Redis or, while it is unavailable, in the process.
+//! Redis or, while it is unavailable, in the process; the administrator bootstrap, which
+//! never makes ADMIN an account someone else registered; the token secret: one anyone can
+//! read in the repository, or a short one, stops the start, and unset it is random per start;
+//! console sessions: an idle expiry a self-refreshing page does not move, an absolute
+//! lifetime, and read-only pages that answer through a database write stall (issue 30).
 
 mod common;
 
@@ -118,7 +122,7 @@ async fn forged_confused_and_malformed_tokens_are_401_and_change_nothing() {
         cases.push(("alg none, empty signature", format!("{unsigned}.")));
         cases.push(("alg none, no signature part", unsigned));
     }
-    let real = hs(JWT_SECRET, Algorithm::HS256, &good);
+    let real = hs(&JWT_SECRET, Algorithm::HS256, &good);
     let real_sig = real.rsplit('.').next().unwrap().to_owned();
     cases.push((
         "alg none carrying a real signature",
@@ -154,11 +158,11 @@ async fn forged_confused_and_malformed_tokens_are_401_and_change_nothing() {
     ));
     cases.push((
         "HS384 with the real secret",
-        hs(JWT_SECRET, Algorithm::HS384, &good),
+        hs(&JWT_SECRET, Algorithm::HS384, &good),
     ));
     cases.push((
         "HS512 with the real secret",
-        hs(JWT_SECRET, Algorithm::HS512, &good),
+        hs(&JWT_SECRET, Algorithm::HS512, &good),
     ));
     // Wrong signatures.
     cases.push((
@@ -228,7 +232,7 @@ async fn forged_confused_and_malformed_tokens_are_401_and_change_nothing() {
         with("sub", json!("987654321")),
     ));
     for (name, c) in bad_claims {
-        cases.push((name, hs(JWT_SECRET, Algorithm::HS256, &c)));
+        cases.push((name, hs(&JWT_SECRET, Algorithm::HS256, &c)));
     }
     // Garbage.
     for (name, t) in [
@@ -1131,4 +1135,473 @@ async fn with_redis_down_or_slow_logins_are_still_throttled_in_process() {
         after > before,
         "redis failures are counted ({before} -> {after})"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The administrator bootstrap (ADMIN_EMAIL / ADMIN_PASSWORD)
+// ---------------------------------------------------------------------------------------
+
+/// The role an account's password logs it in with, read from its access token's claims.
+async fn role_after_login(app: &TestApp, email: &str, password: &str) -> String {
+    let token = app.login(email, password).await;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let claims: Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    claims["role"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn stored_role(app: &TestApp, email: &str) -> String {
+    sqlx::query_scalar("SELECT role FROM users WHERE email = ? COLLATE utf8mb4_bin")
+        .bind(email)
+        .fetch_one(app.db())
+        .await
+        .unwrap()
+}
+
+/// The service starting again on the same database with ADMIN_EMAIL / ADMIN_PASSWORD set.
+async fn restart_with_admin(app: &TestApp, email: &str, password: &str) {
+    let mut config = (*app.state.config).clone();
+    config.admin_bootstrap = Some((email.to_owned(), password.to_owned()));
+    orderflow::app::init(config)
+        .await
+        .expect("the service starts whatever the bootstrap finds");
+}
+
+/// Issue 30, finding 1: registration is public and unverified, and the email column compares
+/// case- and accent-insensitively, so `öps@…` is the account of `ops@…`. An attacker who
+/// registers it first, with a password of their own, is not made ADMIN by a start with
+/// `ADMIN_EMAIL=ops@…` — nor by the CLI's `users promote ops@…` — and their login stays a
+/// USER's. The bootstrap makes ADMIN only an account it creates, or one whose email is
+/// exactly ADMIN_EMAIL and whose password is ADMIN_PASSWORD (ADR 0020); it never resets a
+/// password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_email_never_promotes_an_account_someone_else_registered() {
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let configured = unique_email("ops");
+    let lookalike = configured.replacen('o', "ö", 1);
+    let r = app
+        .post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": lookalike, "password": "attackers-own-password", "name": "Mallory"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    restart_with_admin(&app, &configured, "the-operators-password-1").await;
+    assert_eq!(
+        role_after_login(&app, &lookalike, "attackers-own-password").await,
+        "USER",
+        "the squatter's login is not an administrator's"
+    );
+    assert_eq!(stored_role(&app, &lookalike).await, "USER");
+    // The same with the exact address already taken by someone who is not the operator.
+    let taken = unique_email("admin");
+    register(&app, &taken).await; // password "right-password", the squatter's
+    restart_with_admin(&app, &taken, "the-operators-password-1").await;
+    assert_eq!(stored_role(&app, &taken).await, "USER");
+    // And by hand: promoting `ops@…` does not promote `öps@…`.
+    assert!(orderflow::auth::promote(app.db(), &configured)
+        .await
+        .is_err());
+    assert_eq!(stored_role(&app, &lookalike).await, "USER");
+
+    // What the bootstrap does do: create the account it is given, as ADMIN ...
+    let fresh = unique_email("root");
+    restart_with_admin(&app, &fresh, "the-operators-password-2").await;
+    assert_eq!(
+        role_after_login(&app, &fresh, "the-operators-password-2").await,
+        "ADMIN"
+    );
+    // ... leave it alone when it starts again with another password (no reset) ...
+    restart_with_admin(&app, &fresh, "another-password-3").await;
+    app.post(
+        "/api/v1/auth/login",
+        None,
+        json!({"email": fresh, "password": "another-password-3"}),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS");
+    assert_eq!(stored_role(&app, &fresh).await, "ADMIN");
+    // ... and promote an account the operator registered with exactly that address and
+    // password: knowing ADMIN_PASSWORD is what proves it is theirs.
+    let own = unique_email("lead");
+    register(&app, &own).await;
+    restart_with_admin(&app, &own, "right-password").await;
+    assert_eq!(
+        role_after_login(&app, &own, "right-password").await,
+        "ADMIN"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The token signing secret (JWT_SECRET)
+// ---------------------------------------------------------------------------------------
+
+/// The `orderflow` binary with nothing in its environment but what is given.
+fn orderflow_bin(envs: &[(&str, &str)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(envs.iter().copied());
+    cmd
+}
+
+/// Every JWT_SECRET value that anyone who reads the repository knows: what its manifests
+/// and compose file set, the former built-in development secret, the tests' former secret.
+fn secrets_in_the_repository() -> Vec<String> {
+    let mut known: Vec<String> = vec![
+        orderflow::config::DEV_JWT_SECRET.into(),
+        "dev-only-insecure-jwt-secret-change-me".into(),
+        "integration-test-secret".into(),
+        "CHANGE-ME-PLACEHOLDER-NOT-A-REAL-SECRET".into(),
+    ];
+    let manifests = [
+        include_str!("../k8s/base/secret.yaml"),
+        include_str!("../docker-compose.yml"),
+    ];
+    for text in manifests {
+        for line in text.lines() {
+            let Some((_, value)) = line.trim().split_once("JWT_SECRET:") else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            // `${JWT_SECRET:-default}` in compose: the default is what runs.
+            let value = value
+                .strip_prefix("${JWT_SECRET:-")
+                .and_then(|v| v.strip_suffix('}'))
+                .unwrap_or(value);
+            if !value.is_empty() && !value.starts_with("${") {
+                known.push(value.to_owned());
+            }
+        }
+    }
+    known
+}
+
+/// Issue 30, finding 2: a JWT_SECRET anyone can read in the repository, or shorter than 32
+/// bytes, stops the start with exit code 2 and a message naming the variable, before
+/// anything is connected to (the database here is unreachable: the refusal comes first).
+#[test]
+fn a_known_or_short_jwt_secret_stops_the_start_naming_the_variable() {
+    let mut refused = secrets_in_the_repository();
+    refused.push("x".repeat(31));
+    refused.push("correct horse battery staple".into());
+    for secret in &refused {
+        let out = orderflow_bin(&[
+            ("DATABASE_URL", "mysql://root@127.0.0.1:1/unreachable"),
+            ("JWT_SECRET", secret),
+        ])
+        .arg("serve")
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "JWT_SECRET={secret:?}: {stderr}"
+        );
+        assert!(stderr.contains("JWT_SECRET"), "{secret:?}: {stderr}");
+        assert!(
+            !stderr.contains(secret.as_str()),
+            "the message does not repeat the secret: {stderr}"
+        );
+    }
+}
+
+/// Unset, JWT_SECRET is a random secret made at each start: `cargo run` needs nothing
+/// configured, no secret from the repository signs or verifies a token, a warning says that
+/// tokens do not survive a restart or reach other replicas — and indeed a token from before
+/// a restart is 401 after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unset_jwt_secret_is_random_per_start_and_no_repository_secret_signs() {
+    let url = common::fresh_database_url();
+    let _guard = common::DatabaseGuard { url: url.clone() };
+    let client = reqwest::Client::new();
+    let start = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = orderflow_bin(&[
+            ("DATABASE_URL", &url),
+            ("REDIS_URL", &common::redis_url()),
+            ("ADMIN_EMAIL", ADMIN_EMAIL),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("HTTP_ADDR", &format!("127.0.0.1:{port}")),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "warn"),
+        ])
+        .args(["serve", "--role", "api"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+        (KillOnDrop(child), format!("http://127.0.0.1:{port}"))
+    };
+    let ready = |base: String| {
+        let client = client.clone();
+        async move {
+            for _ in 0..600 {
+                let r = client
+                    .get(format!("{base}/actuator/health/readiness"))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("the service did not become ready");
+        }
+    };
+    let login = |base: String| {
+        let client = client.clone();
+        async move {
+            let r: Value = client
+                .post(format!("{base}/api/v1/auth/login"))
+                .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["accessToken"].as_str().expect("a token").to_owned()
+        }
+    };
+    let status_with = |base: String, token: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("{base}/api/v1/orders"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+
+    let (mut first, base) = start();
+    ready(base.clone()).await;
+    let token = login(base.clone()).await;
+    assert_eq!(
+        status_with(base.clone(), token.clone()).await,
+        StatusCode::OK
+    );
+    let admin: i64 = 1; // the bootstrap's account, the first of a fresh database
+    for secret in secrets_in_the_repository() {
+        let forged = hs(&secret, Algorithm::HS256, &claims(admin, "ADMIN"));
+        assert_eq!(
+            status_with(base.clone(), forged).await,
+            StatusCode::UNAUTHORIZED,
+            "a token signed with {secret:?} is refused"
+        );
+    }
+    let warning = first.stop_and_find_log("JWT_SECRET");
+    for words in ["restart", "replica"] {
+        assert!(warning.contains(words), "the warning says it: {warning}");
+    }
+
+    let (_second, base) = start();
+    ready(base.clone()).await;
+    assert_eq!(
+        status_with(base.clone(), token).await,
+        StatusCode::UNAUTHORIZED,
+        "a token from before the restart"
+    );
+    let token = login(base.clone()).await;
+    assert_eq!(status_with(base, token).await, StatusCode::OK);
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// Stops the process and returns its first log line mentioning `needle`.
+    fn stop_and_find_log(&mut self, needle: &str) -> String {
+        use std::io::BufRead;
+        let _ = self.0.kill();
+        let stdout = self.0.stdout.take().expect("stdout is piped");
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Console sessions (issue 30, finding 7)
+// ---------------------------------------------------------------------------------------
+
+fn location(r: &common::Resp) -> &str {
+    r.header("location").unwrap_or_default()
+}
+
+/// Requests `path` every `every` until the session is over (a redirect to the sign-in page)
+/// or `bound` passes; returns whether it ended.
+async fn session_ends(
+    visitor: &common::console::Visitor,
+    path: &str,
+    refresh: bool,
+    every: std::time::Duration,
+    bound: std::time::Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + bound;
+    while tokio::time::Instant::now() < deadline {
+        let r = if refresh {
+            visitor.refresh(path).await
+        } else {
+            visitor.get(path).await
+        };
+        if r.status == StatusCode::SEE_OTHER && location(&r) == "/console/login" {
+            return true;
+        }
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text);
+        tokio::time::sleep(every).await;
+    }
+    false
+}
+
+/// An open tab refreshes its list by itself every few seconds; that is not the operator's
+/// activity, so it does not keep the session alive: CONSOLE_SESSION_IDLE_SECS after the last
+/// thing the operator did, the session is over however often the page refreshed. An operator
+/// who keeps working keeps the session past its idle period — but not past
+/// CONSOLE_SESSION_MAX_SECS from sign-in, the absolute lifetime. (The idle period is long
+/// enough that the write stall of the test below, which may run meanwhile, cannot end a
+/// working session.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sessions_end_when_idle_whatever_the_refresh_and_at_their_absolute_lifetime() {
+    let every = std::time::Duration::from_millis(300);
+    let bound = std::time::Duration::from_secs(90);
+    let app = TestApp::spawn_api_only(|c| {
+        c.console.session_idle = std::time::Duration::from_secs(8);
+        c.console.session_max = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let tab = common::console::Visitor::new(&app);
+    tab.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert!(
+        session_ends(&tab, "/console/jobs", true, every, bound).await,
+        "a tab refreshing itself is still signed in after {bound:?}"
+    );
+    // Working: two idle periods of navigation keep it alive.
+    let worker = common::console::Visitor::new(&app);
+    worker.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    for _ in 0..55 {
+        let r = worker.get("/console/queues").await;
+        assert_eq!(r.status, StatusCode::OK, "still signed in while working");
+        tokio::time::sleep(every).await;
+    }
+
+    let app = TestApp::spawn_api_only(|c| {
+        c.console.session_idle = std::time::Duration::from_secs(3600);
+        c.console.session_max = std::time::Duration::from_secs(3);
+    })
+    .await;
+    let busy = common::console::Visitor::new(&app);
+    busy.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert!(
+        session_ends(&busy, "/console/queues", false, every, bound).await,
+        "a session in constant use is still signed in after {bound:?}"
+    );
+    // The lifetime is counted from sign-in: signing in again starts a new one.
+    busy.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    assert_eq!(busy.get("/console/queues").await.status, StatusCode::OK);
+}
+
+/// Read-only console pages do not write: with the database refusing every write (`FLUSH
+/// TABLES WITH READ LOCK` held from another connection, as during a backup or a stalled
+/// replica switch), the jobs, queues, audit and order pages still answer 200 — as the
+/// operator navigates (the session being due to have its idle expiry moved) and as they
+/// refresh themselves — instead of hanging until the request timeout's 503. Once the lock is
+/// gone the session is still valid. The lock is held only for those few requests: it stalls
+/// every database on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_console_pages_answer_during_a_database_write_stall() {
+    use sqlx::{Connection, Executor};
+    let idle = 20;
+    let app = TestApp::spawn_api_only(|c| {
+        c.http_request_timeout = std::time::Duration::from_secs(5);
+        c.console.session_idle = std::time::Duration::from_secs(idle);
+    })
+    .await;
+    let operator = common::console::Visitor::new(&app);
+    operator.sign_in(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let pages = [
+        "/console/jobs",
+        "/console/queues",
+        "/console/audit",
+        "/console/orders?id=1",
+    ];
+    for page in pages {
+        assert_eq!(operator.get(page).await.status, StatusCode::OK, "{page}");
+    }
+    // Until the session is due a touch (a quarter of its idle period gone), so that the
+    // navigation below asks for a write.
+    let due = app
+        .eventually(std::time::Duration::from_secs(30), || async {
+            app.count(&format!(
+                "SELECT COUNT(*) FROM console_sessions \
+                 WHERE TIMESTAMPDIFF(SECOND, NOW(6), expires_at) < {}",
+                idle - idle / 4
+            ))
+            .await
+                == 1
+        })
+        .await;
+    assert!(due);
+
+    let mut lock = sqlx::MySqlConnection::connect(&app.db_guard.url)
+        .await
+        .unwrap();
+    lock.execute("FLUSH TABLES WITH READ LOCK").await.unwrap();
+    let stalled = async {
+        // The stall is real: a write from elsewhere waits for the lock.
+        let mut writer = sqlx::MySqlConnection::connect(&app.db_guard.url)
+            .await
+            .unwrap();
+        writer
+            .execute("SET SESSION lock_wait_timeout = 1")
+            .await
+            .unwrap();
+        let write = writer
+            .execute("DELETE FROM console_sessions WHERE FALSE")
+            .await;
+        assert!(write.is_err(), "a write during the stall waits and fails");
+        for refresh in [false, true] {
+            for page in pages {
+                let r = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+                    if refresh {
+                        operator.refresh(page).await
+                    } else {
+                        operator.get(page).await
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("{page} hung during the write stall"));
+                assert_eq!(
+                    r.status,
+                    StatusCode::OK,
+                    "{page} during the stall: {}",
+                    r.text
+                );
+            }
+        }
+    };
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(stalled)).await;
+    lock.execute("UNLOCK TABLES").await.unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert_eq!(operator.get("/console/jobs").await.status, StatusCode::OK);
 }

@@ -83,7 +83,7 @@ mod tests {
             issuer: issuer.into(),
             audience: "orderflow-api".into(),
             ttl: Duration::from_secs(60),
-            using_dev_secret: false,
+            random_secret: false,
         }
     }
 

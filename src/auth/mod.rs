@@ -12,7 +12,7 @@ pub mod throttle;
 pub use extractor::{account_gone, AdminUser, AuthUser, TokenUser};
 pub use jwt::{Claims, JwtKeys};
 pub use login::{authenticate, Authenticated, LoginRefused};
-pub use repo::{email_of, ensure_admin, promote, role_of, PromoteError};
+pub use repo::{email_of, ensure_admin, promote, role_of, Bootstrap, PromoteError};
 pub use routes::router;
 pub use throttle::{LoginThrottle, PeerAddr};
 

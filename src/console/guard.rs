@@ -2,12 +2,14 @@
 //!
 //! [`Operator`]: a session signed in by an account that is still ADMIN (looked up on every
 //! request, as the API's tokens are: a demoted admin is out at once). Anyone else is sent
-//! to the sign-in page.
+//! to the sign-in page. What the operator does moves the session's idle expiry (in the
+//! background, `session::touch_later`); a page refreshing itself (marked with
+//! [`REFRESH_HEADER`] by console.js) does not.
 //!
 //! [`CsrfForm`]: an `application/x-www-form-urlencoded` body whose `csrf` field equals the
-//! session's token (made at sign-in, or with the sign-in form). Missing or different: 403 in
-//! the standard error body, before anything is read or changed. The session cookie is also
-//! SameSite=Strict, so another site's form does not even carry it.
+//! session's token (made at sign-in; the sign-in form has its own, `sign_in`). Missing or
+//! different: 403 in the standard error body, before anything is read or changed. The session
+//! cookie is also SameSite=Strict, so another site's form does not even carry it.
 
 use axum::{
     body::Bytes,
@@ -19,7 +21,8 @@ use axum::{
 use orderflow_jobs::engine::audit::{Actor, Via};
 use rand::RngCore;
 use serde::{de::DeserializeOwned, Deserialize};
-use tower_sessions::Session;
+use tower_cookies::{Cookie, Cookies};
+use tower_sessions::{cookie::SameSite, Session};
 
 use crate::{
     app::AppState,
@@ -30,7 +33,12 @@ use crate::{
 pub const USER_ID: &str = "user_id";
 pub const EMAIL: &str = "email";
 pub const CSRF: &str = "csrf";
-pub const FLASH: &str = "flash";
+/// The cookie carrying the message left for the next page (no session write for it: a page
+/// that only reads must not write).
+pub const FLASH: &str = "orderflow_console_flash";
+
+/// Sent by a page's own script when it refreshes its list: not the operator's activity.
+pub const REFRESH_HEADER: &str = "x-console-refresh";
 
 /// A signed-in administrator.
 pub struct Operator {
@@ -38,6 +46,8 @@ pub struct Operator {
     pub email: String,
     pub csrf: String,
     pub session: Session,
+    cookies: Cookies,
+    secure: bool,
 }
 
 impl Operator {
@@ -52,15 +62,34 @@ impl Operator {
 
     /// A message for the next page this operator sees (after a redirect).
     pub async fn flash(&self, message: impl Into<String>) {
-        if let Err(e) = self.session.insert(FLASH, message.into()).await {
-            tracing::warn!(error = %e, "could not keep a console message");
-        }
+        let value = hex::encode(message.into().as_bytes());
+        self.cookies
+            .add(console_cookie(FLASH, value, self.secure).build());
     }
 
     /// The message left by the previous request, if any (shown once).
     pub async fn take_flash(&self) -> Option<String> {
-        self.session.remove(FLASH).await.ok().flatten()
+        let value = self.cookies.get(FLASH)?.value().to_owned();
+        self.cookies
+            .remove(console_cookie(FLASH, "", self.secure).build());
+        hex::decode(value)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
     }
+}
+
+/// A cookie of the console: its paths only, HttpOnly, SameSite=Strict, Secure unless
+/// configured off — as the session's.
+pub fn console_cookie(
+    name: &'static str,
+    value: impl Into<String>,
+    secure: bool,
+) -> tower_cookies::cookie::CookieBuilder<'static> {
+    Cookie::build((name, value.into()))
+        .path(crate::console::PATH)
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure)
 }
 
 /// A new random token (256 bits, hex).
@@ -101,12 +130,28 @@ impl FromRequestParts<AppState> for Operator {
         }
         let email = session.get(EMAIL).await.map_err(session_failed)?;
         let csrf = session.get(CSRF).await.map_err(session_failed)?;
+        let idle_left: Option<i64> = session
+            .get(super::session::IDLE_LEFT)
+            .await
+            .map_err(session_failed)?;
+        let idle = state.config.console.session_idle;
+        let activity = !parts.headers.contains_key(REFRESH_HEADER);
+        if let (true, Some(left), Some(id)) = (activity, idle_left, session.id()) {
+            if super::session::touch_due(left, idle) {
+                super::session::touch_later(state.db.clone(), id, idle);
+            }
+        }
+        let cookies = Cookies::from_request_parts(parts, state)
+            .await
+            .map_err(|(_, msg)| session_failed(msg))?;
         tracing::Span::current().record("userId", user_id);
         Ok(Operator {
             user_id,
             email: email.unwrap_or_default(),
             csrf: csrf.unwrap_or_default(),
             session,
+            cookies,
+            secure: state.config.console.cookie_secure,
         })
     }
 }
@@ -120,7 +165,7 @@ struct Token {
 }
 
 /// Compares in time independent of where the first difference is.
-fn same_token(a: &str, b: &str) -> bool {
+pub fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -128,7 +173,7 @@ fn same_token(a: &str, b: &str) -> bool {
             == 0
 }
 
-fn forbidden() -> Response {
+pub fn forbidden() -> Response {
     ApiError::new(ErrorCode::Forbidden, "missing or invalid CSRF token").into_response()
 }
 

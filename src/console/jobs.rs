@@ -10,7 +10,7 @@ use axum::{
 };
 use orderflow_jobs::{
     engine::{
-        job_query::{JobState, StatusFilter},
+        job_query::{Counting, JobState, StatusFilter},
         ops::{self, ActionError, Confirm, Op, Outcome, Selection, LIMIT},
     },
     queue::QUEUES,
@@ -93,7 +93,7 @@ impl Filters {
 
 struct StateTab {
     label: &'static str,
-    count: i64,
+    count: String,
     href: String,
     active: bool,
 }
@@ -132,9 +132,11 @@ struct JobsPage {
     expected: Option<i64>,
     limit: usize,
     over_limit: bool,
-    total: i64,
+    total: String,
     page: u32,
     pages: i64,
+    /// "+" when there are more pages than counted.
+    more_pages: &'static str,
     prev: Option<String>,
     next: Option<String>,
 }
@@ -161,7 +163,7 @@ pub async fn list(
     };
     let result = async {
         let filter = input.resolve(&state.db).await?;
-        shared::job_page(&state.db, &filter, page).await
+        shared::job_page_by(&state.db, &filter, page, Counting::UpTo(view::COUNT_BOUND)).await
     };
     let jobs = match result.await {
         Ok(jobs) => jobs,
@@ -181,7 +183,7 @@ pub async fn list(
             };
             StateTab {
                 label: st.as_str(),
-                count,
+                count: view::count(count),
                 href: filters.with(Some(st.as_str()), None).href(),
                 active: status == st.as_str(),
             }
@@ -224,9 +226,14 @@ pub async fn list(
         expected: filters.q.is_none().then_some(jobs.counts.dead),
         limit: LIMIT,
         over_limit: jobs.counts.dead > LIMIT as i64,
-        total: jobs.total_items,
+        total: view::count(jobs.total_items),
         page: at,
         pages: jobs.total_pages,
+        more_pages: if jobs.total_items > i64::from(view::COUNT_BOUND) {
+            "+"
+        } else {
+            ""
+        },
         prev,
         next,
     })

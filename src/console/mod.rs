@@ -5,7 +5,8 @@
 //!
 //! * sign-in with an ADMIN account (a USER cannot sign in), throttled as the API's login;
 //!   a session cookie (HttpOnly, SameSite=Strict, Secure unless configured off) with an idle
-//!   expiry; sign-out;
+//!   expiry and an absolute lifetime, no row before sign-in, no write on a read
+//!   (docs/adr/0023-console-sessions.md); sign-out;
 //! * a CSRF token on every state-changing form (a POST without it is 403 and changes
 //!   nothing);
 //! * pages: queues (counts, pause/resume), jobs (filters, select several, retry or discard

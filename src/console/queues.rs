@@ -8,7 +8,7 @@ use axum::{
     response::{Redirect, Response},
 };
 use orderflow_jobs::{
-    engine::{pause, queues},
+    engine::{job_query::Counting, pause, queues},
     kafka_clients::ClientRebuilds,
     queue::QUEUES,
 };
@@ -28,11 +28,11 @@ struct QueueLine {
     queue: String,
     paused: bool,
     changed: String,
-    pending: i64,
-    running: i64,
-    dead: i64,
-    done: i64,
-    discarded: i64,
+    pending: String,
+    running: String,
+    dead: String,
+    done: String,
+    discarded: String,
     oldest_pending: String,
     done_5m: i64,
     done_60m: i64,
@@ -77,7 +77,12 @@ fn age(secs: Option<i64>) -> String {
 
 pub async fn list(State(state): State<AppState>, operator: Operator) -> Result<Response, ApiError> {
     let chrome = Chrome::of(&operator, &state, "queues").await;
-    let overview = queues::overview(&state.db, state.config.events.queue.lease).await?;
+    let overview = queues::overview_by(
+        &state.db,
+        state.config.events.queue.lease,
+        Counting::UpTo(view::COUNT_BOUND),
+    )
+    .await?;
     let queues = overview
         .into_iter()
         .map(|q| QueueLine {
@@ -86,11 +91,11 @@ pub async fn list(State(state): State<AppState>, operator: Operator) -> Result<R
                 (Some(by), at @ Some(_)) => format!("{} by {by}", view::time(at)),
                 _ => String::new(),
             },
-            pending: q.counts.pending,
-            running: q.counts.running,
-            dead: q.counts.dead,
-            done: q.counts.done,
-            discarded: q.counts.discarded,
+            pending: view::count(q.counts.pending),
+            running: view::count(q.counts.running),
+            dead: view::count(q.counts.dead),
+            done: view::count(q.counts.done),
+            discarded: view::count(q.counts.discarded),
             oldest_pending: age(q.oldest_pending_age_secs),
             done_5m: q.finished.done_last_5m,
             done_60m: q.finished.done_last_60m,

@@ -1,15 +1,22 @@
 //! Signing in and out. Only an ADMIN account signs in; the attempt counts against the same
 //! login throttle as the API's (per account and per client address). A successful sign-in
 //! gets a new session id (no fixation) and a new CSRF token.
+//!
+//! Nothing is stored before a sign-in succeeds: the sign-in form's CSRF token is a random
+//! value kept in a cookie of its own ([`LOGIN_CSRF`], SameSite=Strict like the session's) and
+//! echoed by the form; a post whose token differs from its cookie's is refused (another
+//! site's form carries neither). Visiting the form, or failing to sign in, writes no row.
 
 use askama::Template;
 use axum::{
-    extract::{Request, State},
-    http::HeaderMap,
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request, State},
+    http::{header, HeaderMap},
     response::{IntoResponse, Redirect, Response},
-    RequestPartsExt,
+    RequestExt, RequestPartsExt,
 };
 use serde::Deserialize;
+use tower_cookies::Cookies;
 use tower_sessions::Session;
 
 use super::{
@@ -19,8 +26,11 @@ use super::{
 use crate::{
     app::AppState,
     auth::{self, LoginRefused, PeerAddr, Role},
-    error::ApiError,
+    error::{ApiError, ErrorCode},
 };
+
+/// The cookie holding the sign-in form's CSRF token.
+pub const LOGIN_CSRF: &str = "orderflow_console_login";
 
 #[derive(Template)]
 #[template(path = "console/login.html")]
@@ -30,19 +40,23 @@ struct LoginPage {
     error: Option<String>,
 }
 
-/// The session's CSRF token, made now if the session has none (the sign-in form is the
-/// first page of a visit).
-async fn token_of(session: &Session) -> Result<String, Response> {
-    let failed = |e: tower_sessions::session::Error| {
-        tracing::error!(error = %e, "console session store failed");
-        ApiError::internal().into_response()
-    };
-    if let Some(token) = session.get::<String>(CSRF).await.map_err(failed)? {
-        return Ok(token);
+fn cookies_failed(msg: &str) -> Response {
+    tracing::error!(error = msg, "console cookies unavailable");
+    ApiError::internal().into_response()
+}
+
+/// The sign-in form's token: the visitor's, or a new one set in its cookie now.
+fn token_of(cookies: &Cookies, secure: bool) -> String {
+    if let Some(token) = cookies
+        .get(LOGIN_CSRF)
+        .map(|c| c.value().to_owned())
+        .filter(|t| t.len() == 64)
+    {
+        return token;
     }
     let token = guard::new_token();
-    session.insert(CSRF, &token).await.map_err(failed)?;
-    Ok(token)
+    cookies.add(guard::console_cookie(LOGIN_CSRF, token.clone(), secure).build());
+    token
 }
 
 pub async fn form(State(state): State<AppState>, req: Request) -> Response {
@@ -54,36 +68,83 @@ pub async fn form(State(state): State<AppState>, req: Request) -> Response {
     {
         return Redirect::to("/console/jobs").into_response();
     }
-    let session = match guard::session_of(&mut parts, &state).await {
-        Ok(s) => s,
-        Err(res) => return res,
+    let cookies = match Cookies::from_request_parts(&mut parts, &state).await {
+        Ok(c) => c,
+        Err((_, msg)) => return cookies_failed(msg),
     };
-    match token_of(&session).await {
-        Ok(csrf) => render(&LoginPage {
-            csrf,
-            email: String::new(),
-            error: None,
-        }),
-        Err(res) => res,
-    }
-}
-
-/// The sign-in form again, with why it was refused.
-async fn refused(session: &Session, email: String, error: &str) -> Response {
-    match token_of(session).await {
-        Ok(csrf) => render(&LoginPage {
-            csrf,
-            email,
-            error: Some(error.to_owned()),
-        }),
-        Err(res) => res,
-    }
+    render(&LoginPage {
+        csrf: token_of(&cookies, state.config.console.cookie_secure),
+        email: String::new(),
+        error: None,
+    })
 }
 
 #[derive(Deserialize)]
 pub struct Credentials {
+    csrf: Option<String>,
     email: String,
     password: String,
+}
+
+/// The sign-in form, its token checked against its cookie's before anything else.
+pub struct SignInForm {
+    credentials: Credentials,
+    /// The form's token, to render the form again with.
+    csrf: String,
+}
+
+impl FromRequest<AppState> for SignInForm {
+    type Rejection = Response;
+
+    async fn from_request(mut req: Request, state: &AppState) -> Result<Self, Response> {
+        let cookies = req
+            .extract_parts_with_state::<Cookies, _>(state)
+            .await
+            .map_err(|(_, msg)| cookies_failed(msg))?;
+        let urlencoded = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !urlencoded {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "expected Content-Type: application/x-www-form-urlencoded",
+            )
+            .into_response());
+        }
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let credentials: Credentials = serde_html_form::from_bytes(&body).map_err(|e| {
+            ApiError::validation(vec![crate::error::FieldError::new("form", e.to_string())])
+                .into_response()
+        })?;
+        let expected = cookies.get(LOGIN_CSRF).map(|c| c.value().to_owned());
+        match (expected, credentials.csrf.as_deref()) {
+            (Some(expected), Some(sent))
+                if !expected.is_empty() && guard::same_token(&expected, sent) =>
+            {
+                Ok(Self {
+                    csrf: expected,
+                    credentials,
+                })
+            }
+            _ => {
+                tracing::warn!("console sign-in refused: missing or invalid CSRF token");
+                Err(guard::forbidden())
+            }
+        }
+    }
+}
+
+/// The sign-in form again, with why it was refused.
+fn refused(csrf: String, email: String, error: &str) -> Response {
+    render(&LoginPage {
+        csrf,
+        email,
+        error: Some(error.to_owned()),
+    })
 }
 
 pub async fn sign_in(
@@ -91,19 +152,24 @@ pub async fn sign_in(
     PeerAddr(peer): PeerAddr,
     headers: HeaderMap,
     session: Session,
-    CsrfForm(form): CsrfForm<Credentials>,
+    cookies: Cookies,
+    form: SignInForm,
 ) -> Response {
+    let SignInForm {
+        credentials: form,
+        csrf,
+    } = form;
     let user = match auth::authenticate(&state, peer, &headers, &form.email, form.password.clone())
         .await
     {
         Ok(user) => user,
         Err(LoginRefused::InvalidCredentials) => {
-            return refused(&session, form.email, "Email or password is incorrect.").await
+            return refused(csrf, form.email, "Email or password is incorrect.")
         }
         Err(LoginRefused::Throttled(t)) => {
             let secs = t.retry_after_secs();
             let message = format!("Too many failed sign-ins; try again in {secs} s.");
-            return refused(&session, form.email, &message).await;
+            return refused(csrf, form.email, &message);
         }
         Err(LoginRefused::Db(e)) => return ApiError::from(e).into_response(),
     };
@@ -112,12 +178,7 @@ pub async fn sign_in(
             userId = user.id,
             "a non-ADMIN account tried to sign in to the console"
         );
-        return refused(
-            &session,
-            form.email,
-            "The console is for administrators only.",
-        )
-        .await;
+        return refused(csrf, form.email, "The console is for administrators only.");
     }
     let started = async {
         session.cycle_id().await?;
@@ -129,6 +190,9 @@ pub async fn sign_in(
         tracing::error!(error = %e, "console session store failed");
         return ApiError::internal().into_response();
     }
+    // Signed in: the session carries its own token from now on.
+    cookies
+        .remove(guard::console_cookie(LOGIN_CSRF, "", state.config.console.cookie_secure).build());
     tracing::info!(userId = user.id, "operator signed in to the console");
     Redirect::to("/console/jobs").into_response()
 }

@@ -33,6 +33,19 @@ impl Chrome {
     }
 }
 
+/// Lists that refresh themselves count each state up to this many jobs: past it, a count
+/// reads "10000+" (and costs no more to make however many jobs the table keeps).
+pub const COUNT_BOUND: u32 = 10_000;
+
+/// A count made up to [`COUNT_BOUND`], as shown.
+pub fn count(n: i64) -> String {
+    if n > i64::from(COUNT_BOUND) {
+        format!("{COUNT_BOUND}+")
+    } else {
+        n.to_string()
+    }
+}
+
 /// The page, or a 500 in the standard body if its template fails (logged).
 pub fn render(page: &impl Template) -> Response {
     match page.render() {
@@ -127,6 +140,13 @@ mod tests {
         );
         assert_eq!(job_result(Some("plain")), "plain");
         assert_eq!(job_result(None), "");
+    }
+
+    #[test]
+    fn a_count_past_the_bound_reads_as_the_bound_and_more() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(i64::from(COUNT_BOUND)), "10000");
+        assert_eq!(count(i64::from(COUNT_BOUND) + 1), "10000+");
     }
 
     #[test]

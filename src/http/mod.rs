@@ -1,5 +1,6 @@
-//! Cross-cutting HTTP concerns: request ids, the standard error body, request metrics,
-//! and the JSON extractor whose rejections speak the standard error body.
+//! Cross-cutting HTTP concerns: the server and its connection limits, request ids, the
+//! standard error body, request metrics, and the JSON extractor whose rejections speak the
+//! standard error body.
 
 pub mod error_body;
 pub mod extract;
@@ -8,3 +9,4 @@ pub mod metrics;
 pub mod openapi;
 pub mod paging;
 pub mod request_id;
+pub mod server;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use orderflow_jobs::{
     engine::{
         attempts::{self, AttemptRecord},
-        job_query::{self, JobFilter, JobRow, StatusFilter},
+        job_query::{self, Counting, JobFilter, JobRow, StatusFilter},
         ops::BulkFilter,
         queues::StateCounts,
     },
@@ -84,8 +84,20 @@ pub async fn job_page(
     filter: &JobFilter,
     page: PageRequest,
 ) -> Result<JobPage, sqlx::Error> {
-    let (items, total) = job_query::list(pool, filter, page.limit(), page.offset()).await?;
-    let counts = StateCounts::from_pairs(&job_query::counts(pool, filter).await?);
+    job_page_by(pool, filter, page, Counting::Exact).await
+}
+
+/// [`job_page`], its total and counts made as `counting` says (the console's pages, which
+/// refresh themselves, count up to a bound).
+pub async fn job_page_by(
+    pool: &MySqlPool,
+    filter: &JobFilter,
+    page: PageRequest,
+    counting: Counting,
+) -> Result<JobPage, sqlx::Error> {
+    let (items, total) =
+        job_query::list_counted(pool, filter, page.limit(), page.offset(), counting).await?;
+    let counts = StateCounts::from_pairs(&job_query::counts_by(pool, filter, counting).await?);
     let size = i64::from(page.size);
     Ok(JobPage {
         items,

@@ -40,7 +40,7 @@ pub fn run(database_url: &str, extra_env: &[(&str, &str)]) -> AuditRun {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", database_url)
         .env("REDIS_URL", super::redis_url())
-        .env("JWT_SECRET", super::JWT_SECRET)
+        .env("JWT_SECRET", super::JWT_SECRET.as_str())
         .env("RUST_LOG", "warn")
         // Small reads, so that even a test's history takes several chunks.
         .env("AUDIT_CHUNK_SIZE", "7")

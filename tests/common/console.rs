@@ -70,6 +70,21 @@ impl Visitor {
         Resp::read(res).await
     }
 
+    /// What a page's script sends when it refreshes its list by itself (console.js): the
+    /// same GET, marked as a refresh, which is not the operator's activity.
+    pub async fn refresh(&self, path: &str) -> Resp {
+        let res = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header(header::COOKIE, self.cookie_header())
+            .header("x-console-refresh", "1")
+            .send()
+            .await
+            .expect("request is sent");
+        self.keep_cookies(&res);
+        Resp::read(res).await
+    }
+
     /// Posts a form as a browser does (`application/x-www-form-urlencoded`).
     pub async fn post_form(&self, path: &str, fields: &[(&str, &str)]) -> Resp {
         let body = fields

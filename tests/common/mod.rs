@@ -31,7 +31,15 @@ use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_EMAIL: &str = "admin@orderflow.test";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
-pub const JWT_SECRET: &str = "integration-test-secret";
+/// The tests' token secret: random for each test process (a value written here would be one
+/// anyone can read, and the service refuses those).
+pub static JWT_SECRET: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+});
 
 pub fn server_url() -> String {
     #[cfg(feature = "testcontainers")]
@@ -107,8 +115,8 @@ pub fn test_config(database_url: &str) -> Config {
     config.events.sweep_grace = Duration::from_secs(3);
     config.events.shutdown_timeout = Duration::from_secs(5);
     config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    config.jwt.secret = JWT_SECRET.into();
-    config.jwt.using_dev_secret = false;
+    config.jwt.secret = JWT_SECRET.clone();
+    config.jwt.random_secret = false;
     config.admin_bootstrap = Some((ADMIN_EMAIL.into(), ADMIN_PASSWORD.into()));
     config.database_max_connections = 24;
     // Browser tests wait for lists to refresh themselves.

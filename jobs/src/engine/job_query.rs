@@ -97,6 +97,15 @@ impl StatusFilter {
     }
 }
 
+/// How a count is made: exactly, or up to a bound — each state's count then reads at most
+/// `bound + 1` index entries however many jobs the table keeps (7 days of `Done` jobs), and a
+/// count above `bound` means "more than `bound`". For pages that refresh themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    Exact,
+    UpTo(u32),
+}
+
 /// Which jobs a list, a count or a bulk action is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFilter {
@@ -132,12 +141,20 @@ impl JobFilter {
     /// ` WHERE …` for this filter, the status condition included or not (counts per state
     /// apply everything else).
     fn push_where(&self, q: &mut QueryBuilder<'_, MySql>, with_status: bool) {
+        self.push_where_state(
+            q,
+            if with_status {
+                self.status.sql()
+            } else {
+                "TRUE"
+            },
+        );
+    }
+
+    /// ` WHERE …` for this filter with `state` in place of its status condition.
+    fn push_where_state(&self, q: &mut QueryBuilder<'_, MySql>, state: &str) {
         q.push(" WHERE ");
-        q.push(if with_status {
-            self.status.sql()
-        } else {
-            "TRUE"
-        });
+        q.push(state);
         if let Some(queue) = &self.queue {
             q.push(" AND job_type = ").push_bind(queue.clone());
         }
@@ -196,6 +213,17 @@ pub async fn list(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<JobRow>, i64), sqlx::Error> {
+    list_counted(pool, filter, limit, offset, Counting::Exact).await
+}
+
+/// [`list`], its total counted as `counting` says.
+pub async fn list_counted(
+    pool: &MySqlPool,
+    filter: &JobFilter,
+    limit: i64,
+    offset: i64,
+    counting: Counting,
+) -> Result<(Vec<JobRow>, i64), sqlx::Error> {
     let mut q = QueryBuilder::new(select_jobs());
     filter.push_where(&mut q, true);
     q.push(" ORDER BY run_at DESC, id DESC LIMIT ")
@@ -203,10 +231,33 @@ pub async fn list(
         .push(" OFFSET ")
         .push_bind(offset);
     let rows = q.build_query_as().fetch_all(pool).await?;
-    let mut q = QueryBuilder::new("SELECT COUNT(*) FROM jobs");
-    filter.push_where(&mut q, true);
+    let mut q = QueryBuilder::new("");
+    push_count(&mut q, filter, filter.status.sql(), counting);
     let total = q.build_query_scalar().fetch_one(pool).await?;
     Ok((rows, total))
+}
+
+/// `SELECT COUNT(*)` of the jobs in `state` that `filter` matches; bounded, a count of a
+/// sub-select that stops at `bound + 1` rows.
+fn push_count(
+    q: &mut QueryBuilder<'_, MySql>,
+    filter: &JobFilter,
+    state: &str,
+    counting: Counting,
+) {
+    match counting {
+        Counting::Exact => {
+            q.push("SELECT COUNT(*) FROM jobs");
+            filter.push_where_state(q, state);
+        }
+        Counting::UpTo(bound) => {
+            q.push("SELECT COUNT(*) FROM (SELECT 1 FROM jobs");
+            filter.push_where_state(q, state);
+            q.push(" LIMIT ")
+                .push_bind(i64::from(bound) + 1)
+                .push(") AS bounded");
+        }
+    }
 }
 
 /// How many jobs of each state match `filter`, whatever its status.
@@ -214,6 +265,45 @@ pub async fn counts(
     pool: &MySqlPool,
     filter: &JobFilter,
 ) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
+    counts_by(pool, filter, Counting::Exact).await
+}
+
+/// [`counts`], made as `counting` says: exactly, one GROUP BY over every job the filter
+/// matches; bounded, one count per state, each reading at most `bound + 1` rows of its
+/// state's index range.
+pub async fn counts_by(
+    pool: &MySqlPool,
+    filter: &JobFilter,
+    counting: Counting,
+) -> Result<Vec<(JobState, i64)>, sqlx::Error> {
+    if let Counting::UpTo(bound) = counting {
+        let mut q = QueryBuilder::new("");
+        for (i, st) in JobState::ALL.into_iter().enumerate() {
+            if i > 0 {
+                q.push(" UNION ALL ");
+            }
+            // The label is one of ours, never input.
+            q.push(format!(
+                "SELECT '{}', COUNT(*) FROM (SELECT 1 FROM jobs",
+                st.as_str()
+            ));
+            filter.push_where_state(&mut q, StatusFilter::Only(st).sql());
+            q.push(" LIMIT ")
+                .push_bind(i64::from(bound) + 1)
+                .push(") AS bounded");
+        }
+        let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(pool).await?;
+        return Ok(JobState::ALL
+            .into_iter()
+            .map(|st| {
+                let n = rows
+                    .iter()
+                    .find(|(s, _)| s == st.as_str())
+                    .map_or(0, |r| r.1);
+                (st, n)
+            })
+            .collect());
+    }
     let mut q = QueryBuilder::new(format!("SELECT {STATE} AS state, COUNT(*) FROM jobs"));
     filter.push_where(&mut q, false);
     q.push(" GROUP BY state");

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::MySqlPool;
 
 use super::{
-    job_query::{self, JobFilter, JobState, StatusFilter},
+    job_query::{self, Counting, JobFilter, JobState, StatusFilter},
     pause::{self, PauseState},
 };
 use crate::{
@@ -83,6 +83,15 @@ pub async fn overview(
     pool: &MySqlPool,
     lease: Duration,
 ) -> Result<Vec<QueueOverview>, sqlx::Error> {
+    overview_by(pool, lease, Counting::Exact).await
+}
+
+/// [`overview`], its counts per state made as `counting` says.
+pub async fn overview_by(
+    pool: &MySqlPool,
+    lease: Duration,
+    counting: Counting,
+) -> Result<Vec<QueueOverview>, sqlx::Error> {
     let mut out = Vec::with_capacity(QUEUES.len());
     let states = pause::states(pool).await?;
     let oldest = oldest_pending(pool).await?;
@@ -95,7 +104,7 @@ pub async fn overview(
             queue: Some(queue.to_owned()),
             ..JobFilter::default()
         };
-        let counts = StateCounts::from_pairs(&job_query::counts(pool, &filter).await?);
+        let counts = StateCounts::from_pairs(&job_query::counts_by(pool, &filter, counting).await?);
         out.push(QueueOverview {
             queue: queue.to_owned(),
             pause: states.get(queue).cloned().unwrap_or_default(),

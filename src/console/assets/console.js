@@ -44,7 +44,12 @@
       showSelection();
       return;
     }
-    fetch(window.location.href, { credentials: 'same-origin', headers: { Accept: 'text/html' } })
+    // Marked as a refresh: the server does not count it as the operator's activity, so an
+    // open tab does not keep its session alive.
+    fetch(window.location.href, {
+      credentials: 'same-origin',
+      headers: { Accept: 'text/html', 'X-Console-Refresh': '1' }
+    })
       .then(function (res) {
         if (res.redirected) { window.location.reload(); return null; }
         if (!res.ok) { say('refresh failed (HTTP ' + res.status + ')'); return null; }
