@@ -663,7 +663,7 @@ fn orderflow(database_url: &str) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", database_url)
         .env("REDIS_URL", common::redis_url())
-        .env("JWT_SECRET", common::JWT_SECRET)
+        .env("JWT_SECRET", common::JWT_SECRET.as_str())
         .env("USER", "ops")
         .env("RUST_LOG", "warn");
     cmd

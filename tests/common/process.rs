@@ -60,7 +60,7 @@ impl ServiceProcess {
             .env("CACHE_KEY_PREFIX", &prefix)
             .env("KAFKA_TOPIC_PREFIX", &prefix)
             .env("KAFKA_CONSUMER_GROUP", format!("{prefix}group"))
-            .env("JWT_SECRET", super::JWT_SECRET)
+            .env("JWT_SECRET", super::JWT_SECRET.as_str())
             .env("ADMIN_EMAIL", super::ADMIN_EMAIL)
             .env("ADMIN_PASSWORD", super::ADMIN_PASSWORD)
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
