@@ -14,9 +14,9 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    app::AppState,
     db,
     error::{ApiError, ErrorBody},
+    state::AppState,
     telemetry::names,
 };
 

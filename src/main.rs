@@ -2,10 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use orderflow::{
-    app, auth,
+    auth,
     cli::{self, ArchiveCommand, Cli, Command, UsersCommand},
     config::Config,
-    db, operators, telemetry,
+    db, operators, router, startup,
+    state::Role,
+    telemetry,
 };
 use orderflow_jobs::{archive, engine::pause::Pauses};
 
@@ -27,11 +29,9 @@ fn tune_malloc() {
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve {
-        role: app::Role::All,
-    });
+    let command = cli.command.unwrap_or(Command::Serve { role: Role::All });
     if let Command::Openapi = &command {
-        let (_, doc) = app::routes(app::Role::All);
+        let (_, doc) = router::routes(Role::All);
         return match doc.to_pretty_json() {
             Ok(json) => {
                 println!("{json}");
@@ -94,10 +94,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve { role } => {
             let addr = config.http_addr;
-            let state = app::init(config).await?;
+            let state = startup::init(config).await?;
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tracing::info!(%addr, ?role, "orderflow listening");
-            app::serve(listener, state, role, shutdown_signal()).await?;
+            startup::serve(listener, state, role, shutdown_signal()).await?;
             tracing::info!("orderflow stopped");
         }
         Command::Migrate => {

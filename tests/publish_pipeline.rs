@@ -778,7 +778,7 @@ async fn a_fetch_whose_commit_answer_was_lost_leaves_no_job_stranded() {
         "{}?statement-cache-capacity=0&ssl-mode=disabled",
         common::with_host(&url, proxy.addr)
     );
-    let state = orderflow::app::init(common::test_config(&through_proxy))
+    let state = orderflow::startup::init(common::test_config(&through_proxy))
         .await
         .expect("starts through the proxy");
     let lease = state.config.events.queue.lease;

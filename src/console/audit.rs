@@ -12,7 +12,7 @@ use super::{
     guard::Operator,
     view::{self, render, Chrome},
 };
-use crate::{app::AppState, error::ApiError, http::paging::MAX_PAGE};
+use crate::{error::ApiError, http::paging::MAX_PAGE, state::AppState};
 
 const PAGE_SIZE: i64 = 50;
 

@@ -25,9 +25,9 @@ use tower_cookies::{Cookie, Cookies};
 use tower_sessions::{cookie::SameSite, Session};
 
 use crate::{
-    app::AppState,
     auth::{self, Role},
     error::{ApiError, ErrorCode, FieldError},
+    state::AppState,
 };
 
 pub const USER_ID: &str = "user_id";

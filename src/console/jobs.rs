@@ -22,10 +22,10 @@ use super::{
     view::{self, render, Chrome},
 };
 use crate::{
-    app::AppState,
     error::{ApiError, ErrorCode},
     http::{extract::Path, paging::PageRequest},
     operators::views::{self as shared, FilterInput, JobDetail},
+    state::AppState,
 };
 
 const PAGE_SIZE: u32 = 50;

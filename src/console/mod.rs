@@ -37,7 +37,7 @@ use axum::{
     Router,
 };
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub const PATH: &str = "/console";
 

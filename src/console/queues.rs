@@ -19,9 +19,9 @@ use super::{
     view::{self, render, Chrome},
 };
 use crate::{
-    app::AppState,
     error::{ApiError, ErrorCode},
     http::extract::Path,
+    state::AppState,
 };
 
 struct QueueLine {

@@ -18,7 +18,7 @@ use utoipa::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub const DOCUMENT_PATH: &str = "/api-docs/openapi.json";
 pub const SWAGGER_UI_PATH: &str = "/swagger-ui";

@@ -6,10 +6,10 @@ use orderflow_jobs::notifications::{self, Notification};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    app::AppState,
     auth::AuthUser,
     error::{ApiError, ErrorBody},
     http::paging::{Page, PageParams, PageRequest},
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -5,10 +5,10 @@ use orderflow_jobs::engine::audit::{self, AuditEntry};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    app::AppState,
     auth::AdminUser,
     error::{ApiError, ErrorBody},
     http::paging::{Page, PageParams, PageRequest},
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -23,13 +23,13 @@ use super::{
     views::{self, FilterInput, JobDetail, JobPage},
 };
 use crate::{
-    app::AppState,
     auth::AdminUser,
     error::{ApiError, ErrorBody, ErrorCode, FieldError},
     http::{
         extract::{Json, Path},
         paging::{PageParams, PageRequest},
     },
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -15,7 +15,7 @@ pub mod views;
 use orderflow_jobs::engine::audit::{Actor, Via};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::{app::AppState, auth::AdminUser, error::ApiError};
+use crate::{auth::AdminUser, error::ApiError, state::AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

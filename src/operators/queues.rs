@@ -17,10 +17,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::actor;
 use crate::{
-    app::AppState,
     auth::AdminUser,
     error::{ApiError, ErrorBody},
     http::extract::Path,
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

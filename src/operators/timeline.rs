@@ -13,12 +13,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::trace_link::TraceLink;
 use crate::{
-    app::AppState,
     auth::AdminUser,
     config::TraceUiUrl,
     error::{ApiError, ErrorBody},
     http::extract::Path,
     orders,
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

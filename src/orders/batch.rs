@@ -23,8 +23,8 @@ use tokio::time::Instant;
 
 use super::{
     allocate::{allocate, Allocation, Units},
-    create::{event_payload, refusal},
     model::{Line, Order, OrderItem, OrderStatus},
+    outcome::{event_payload, refusal},
     repo,
 };
 use crate::{

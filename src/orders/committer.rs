@@ -41,8 +41,8 @@ use tracing::Instrument;
 use super::{
     admission::{Admission, Limits, Refusal, Ticket},
     batch::{self, BatchError, Decision, InDoubt, Outcome, Pending},
-    create::CreateError,
     lane::{Held, LaneDb},
+    outcome::CreateError,
 };
 use crate::{catalog::Cache, telemetry::names};
 

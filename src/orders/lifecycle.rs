@@ -8,8 +8,8 @@ use sqlx::MySqlPool;
 use thiserror::Error;
 
 use super::{
-    create::event_payload,
     model::{Order, OrderStatus},
+    outcome::event_payload,
     repo,
 };
 use crate::{

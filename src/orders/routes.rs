@@ -15,7 +15,6 @@ use super::{
     repo,
 };
 use crate::{
-    app::AppState,
     auth::{AdminUser, AuthUser, TokenUser},
     error::{ApiError, ErrorBody, FieldError},
     http::{
@@ -23,6 +22,7 @@ use crate::{
         paging::{Page, PageParams, PageRequest},
     },
     idempotency, outbox,
+    state::AppState,
     telemetry::names,
 };
 
