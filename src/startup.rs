@@ -172,7 +172,7 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
 /// What the retention job purges, each kind with its own retention.
 fn retention_schedule(config: &Config) -> orderflow_workflows::RetentionSchedule {
     use orderflow_jobs::{
-        kafka_clients::OldKafkaClientRebuilds,
+        kafka_clients,
         retention::{FinishedJobs, PublishedOutboxRows},
     };
     let finished_after = config.retention.finished_after;
@@ -180,10 +180,10 @@ fn retention_schedule(config: &Config) -> orderflow_workflows::RetentionSchedule
         cron: config.retention.cron.clone(),
         kinds: vec![
             Arc::new(idempotency::ExpiredIdempotencyKeys),
-            Arc::new(console::session::ExpiredConsoleSessions),
+            Arc::new(console::session::EXPIRED_SESSIONS),
             Arc::new(PublishedOutboxRows(finished_after)),
             Arc::new(FinishedJobs(finished_after)),
-            Arc::new(OldKafkaClientRebuilds(finished_after)),
+            Arc::new(kafka_clients::old_rebuilds(finished_after)),
         ],
     }
 }

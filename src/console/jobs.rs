@@ -256,10 +256,7 @@ pub struct SelectionForm {
 }
 
 fn refusal(op: Op, e: ActionError) -> Result<String, ApiError> {
-    let verb = match op {
-        Op::Retry => "retried",
-        Op::Discard => "discarded",
-    };
+    let verb = op.done();
     match e {
         ActionError::NotFound(id) => Ok(format!("No job {id}.")),
         ActionError::NotDead { id, status } => Ok(format!(

@@ -78,9 +78,7 @@ enum JobStatus {
 /// says `date-time`).
 fn parse_time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, FieldError> {
     raw.map(|s| {
-        DateTime::parse_from_rfc3339(s.trim())
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| FieldError::new(field, "must be an RFC 3339 date-time"))
+        views::rfc3339(s).ok_or_else(|| FieldError::new(field, "must be an RFC 3339 date-time"))
     })
     .transpose()
 }
@@ -117,14 +115,7 @@ impl JobQuery {
 }
 
 fn refusal(op: Op, e: ActionError) -> ApiError {
-    let verb = match op {
-        Op::Retry => "retried",
-        Op::Discard => "discarded",
-    };
-    let act = match op {
-        Op::Retry => "retry",
-        Op::Discard => "discard",
-    };
+    let (verb, act) = (op.done(), op.verb());
     match e {
         ActionError::NotFound(_) => ApiError::not_found("job"),
         ActionError::NotDead { status, .. } => ApiError::new(

@@ -21,6 +21,14 @@ use utoipa::ToSchema;
 use super::trace_link::TraceLink;
 use crate::{config::TraceUiUrl, http::paging::PageRequest};
 
+/// A time an operator typed as RFC 3339 (surrounding blanks ignored), in UTC: the API's
+/// filters take only this; the console's forms also take a `datetime-local` value.
+pub fn rfc3339(raw: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// Attempts shown per job, newest first (a job has at most JOB_MAX_ATTEMPTS per round).
 pub const MAX_ATTEMPTS_SHOWN: u32 = 100;
 /// Outbox rows shown per publish job (a job is given at most PUBLISH_BATCH_SIZE).

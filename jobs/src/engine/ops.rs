@@ -57,6 +57,22 @@ pub enum Op {
 }
 
 impl Op {
+    /// The action as an operator asks for it: "retry", "discard".
+    pub fn verb(self) -> &'static str {
+        match self {
+            Op::Retry => "retry",
+            Op::Discard => "discard",
+        }
+    }
+
+    /// What a job is once it is done: "retried", "discarded".
+    pub fn done(self) -> &'static str {
+        match self {
+            Op::Retry => "retried",
+            Op::Discard => "discarded",
+        }
+    }
+
     pub(crate) fn one(self) -> Action {
         match self {
             Op::Retry => Action::Retry,

@@ -365,6 +365,26 @@ impl JobAttempt {
         }
     }
 
+    /// Runs `work` as this attempt inside the job's span (continuing `parent`), and records
+    /// the outcome `outcome_of` reads from its result: for a handler that settles its own
+    /// failures (publish-outbox ends on its retry window and defers its next run itself).
+    pub async fn observe<T, E, Fut>(
+        self,
+        parent: &TraceContext,
+        work: impl FnOnce(&tracing::Span) -> Fut,
+        outcome_of: impl FnOnce(&Result<T, E>) -> crate::trace::Outcome,
+    ) -> Result<T, E>
+    where
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        use tracing::Instrument;
+        let span = crate::trace::job_span(self.queue, &self.id, self.attempt, parent);
+        let started = std::time::Instant::now();
+        let result = work(&span).instrument(span.clone()).await;
+        crate::trace::finish_job(&span, self.queue, started, outcome_of(&result));
+        result
+    }
+
     /// Runs `work` as this attempt: inside the job's span (continuing `parent`; `work` gets
     /// the span for spans of its own), its outcome recorded; a failure with attempts left
     /// pushes the next attempt out by the backoff first.

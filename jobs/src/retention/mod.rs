@@ -34,6 +34,36 @@ pub trait Expiring: Send + Sync {
     ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
 }
 
+/// A kind of expiring rows that one statement deletes, a batch at a time: the kinds whose
+/// purge is nothing but that statement.
+pub struct ExpiredRows {
+    /// The kind's label (`Expiring::kind`).
+    pub kind: &'static str,
+    /// A `DELETE … LIMIT ?`: with a retention, its first `?` is the retention in seconds;
+    /// the last is the batch's limit.
+    pub delete: &'static str,
+    pub retention: Option<Duration>,
+}
+
+impl Expiring for ExpiredRows {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn purge_batch<'a>(
+        &'a self,
+        pool: &'a MySqlPool,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(async move {
+            let mut delete = sqlx::query(self.delete);
+            if let Some(retention) = self.retention {
+                delete = delete.bind(retention.as_secs() as i64);
+            }
+            Ok(delete.bind(limit).execute(pool).await?.rows_affected())
+        })
+    }
+}
+
 /// PUBLISHED outbox rows older than the retention.
 pub struct PublishedOutboxRows(pub Duration);
 
