@@ -9,7 +9,7 @@ use orderflow::{
     state::Role,
     telemetry,
 };
-use orderflow_jobs::{archive, engine::pause::Pauses};
+use orderflow_jobs::{archive_run::archive, engine::pause::Pauses};
 
 /// glibc serves a large block from its heap once a block that size was freed (its mmap
 /// threshold rises to it) and keeps that memory: argon2's 19 MiB blocks, on several blocking
@@ -151,7 +151,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             )
             .await?;
             let run = archive::ArchiveRun {
-                run_key: format!("manual-{}", orderflow_jobs::queue::new_job_id()),
+                run_key: format!("manual-{}", orderflow_jobs::engine::queue::new_job_id()),
                 older_than_days: older_than_days.unwrap_or(config.archive.older_than_days),
                 chunk_size: config.archive.chunk_size,
             };
@@ -195,7 +195,7 @@ async fn archive_now(
 ) -> anyhow::Result<archive::Summary> {
     let settings = config.events.queue;
     let key = run.run_key.clone();
-    orderflow_jobs::queue::push_archive(pool, &settings, run)
+    orderflow_jobs::archive_run::archive::push_archive(pool, &settings, run)
         .await
         .map_err(|e| anyhow::anyhow!("queueing the archive run: {e}"))?;
     let stop = tokio_util::sync::CancellationToken::new();

@@ -148,13 +148,13 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         sweep_interval: cfg.sweep_interval,
         sweep_grace: cfg.sweep_grace,
         shutdown_timeout: cfg.shutdown_timeout,
-        publish_retry: orderflow_jobs::retry_policy::RetryPolicy {
+        publish_retry: orderflow_jobs::publish_outbox::retry_policy::RetryPolicy {
             window: cfg.publish_retry_window,
         },
         // A send lasts at most the delivery timeout after the queue wait; the margin covers
         // the UPDATE that settles it.
         publish_claim_lease: cfg.delivery_timeout
-            + orderflow_jobs::publish::QUEUE_WAIT
+            + orderflow_jobs::publish_outbox::publish::QUEUE_WAIT
             + std::time::Duration::from_secs(5),
         archive: state.config.archive.clone(),
         retention: retention_schedule(&state.config),

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlx::MySqlPool;
 
 use crate::{
-    queue::{CONSUME_NOTIFICATION, PUBLISH_OUTBOX},
+    consume_notification::job::CONSUME_NOTIFICATION, publish_outbox::job::PUBLISH_OUTBOX,
     retention::ExpiredRows,
 };
 

@@ -3,15 +3,15 @@
 //! POST /admin/jobs/{id}/retry (202), POST /admin/jobs/{id}/discard,
 //! POST /admin/jobs/retry and /admin/jobs/discard (bulk: ids, an order's or an event's rows
 //! and events, or every dead job a filter matches — confirmed by its count; a dry run
-//! counts). Every action is recorded in the audit log, in the transaction that makes it.
+//! counts). Every action is recorded in the action log, in the transaction that makes it.
 
 use axum::{
     extract::{Query, State},
     http::StatusCode,
 };
 use chrono::{DateTime, Utc};
-use orderflow_jobs::engine::{
-    audit::Via,
+use orderflow_jobs::operators::{
+    action_log::Via,
     ops::{self, ActionError, Confirm, Op, Outcome, Selection, StatusFilter, LIMIT},
 };
 use serde::{Deserialize, Serialize};

@@ -4,12 +4,12 @@
 
 use axum::extract::State;
 use orderflow_jobs::{
-    engine::{
-        audit::Via,
-        pause,
+    kinds::QUEUES,
+    operators::pause,
+    operators::{
+        action_log::Via,
         queues::{self, QueueOverview},
     },
-    queue::QUEUES,
 };
 use serde::Serialize;
 use utoipa::ToSchema;

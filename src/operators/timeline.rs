@@ -5,7 +5,9 @@
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use orderflow_jobs::{engine::job_query, notifications, publish_outbox::carried};
+use orderflow_jobs::{
+    consume_notification::notifications, operators::job_query, publish_outbox::carried,
+};
 use serde::Serialize;
 use sqlx::MySqlPool;
 use utoipa::ToSchema;

@@ -4,14 +4,16 @@
 
 use chrono::{DateTime, Utc};
 use orderflow_jobs::{
-    engine::{
-        attempts::{self, AttemptRecord},
+    engine::attempts::{self, AttemptRecord},
+    operators::{
         job_query::{self, Counting, JobFilter, JobRow, StatusFilter},
         ops::BulkFilter,
         queues::StateCounts,
     },
-    publish_outbox::carried::{self, OutboxRecord},
-    queue::PUBLISH_OUTBOX,
+    publish_outbox::{
+        carried::{self, OutboxRecord},
+        job::PUBLISH_OUTBOX,
+    },
     search::{self, Term},
 };
 use serde::Serialize;

@@ -16,7 +16,7 @@
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use chrono::{SubsecRound, Utc};
-use orderflow_jobs::{publish_batch::Committed, queue};
+use orderflow_jobs::{engine::queue, publish_outbox::publish_batch::Committed};
 use sqlx::{pool::PoolConnection, MySql};
 use thiserror::Error;
 use tokio::time::Instant;

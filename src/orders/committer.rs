@@ -30,7 +30,7 @@ use std::{
     time::Duration,
 };
 
-use orderflow_jobs::publish_batch::PublishBatcher;
+use orderflow_jobs::publish_outbox::publish_batch::PublishBatcher;
 use rand::Rng;
 use tokio::{
     sync::{oneshot, watch, Notify},

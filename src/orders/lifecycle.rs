@@ -3,7 +3,7 @@
 //! nothing. Repeating a transition that already happened answers with the order as it is.
 
 use chrono::{SubsecRound, Utc};
-use orderflow_jobs::{publish_batch::PublishBatcher, queue};
+use orderflow_jobs::{engine::queue, publish_outbox::publish_batch::PublishBatcher};
 use sqlx::MySqlPool;
 use thiserror::Error;
 

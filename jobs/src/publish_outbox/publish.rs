@@ -26,12 +26,17 @@ use tracing::{Instrument, Span};
 use ulid::Ulid;
 
 use crate::{
+    engine::{
+        queue::{self, JobAttempt, QueueSettings},
+        trace::{Outcome, TraceContext},
+    },
     kafka::headers,
-    outbox::{self, Held, OutboxRow},
-    producer::EventProducer,
-    queue::{self, JobAttempt, PublishOutbox, QueueSettings, PUBLISH_OUTBOX},
-    retry_policy::{self, RetryPolicy},
-    trace::{Outcome, TraceContext},
+    publish_outbox::{
+        job::{PublishOutbox, PUBLISH_OUTBOX},
+        outbox::{self, Held, OutboxRow},
+        producer::EventProducer,
+        retry_policy::{self, RetryPolicy},
+    },
 };
 
 pub struct PublishContext {
