@@ -14,7 +14,7 @@ use super::{
 use crate::{
     auth,
     error::{ApiError, ErrorCode},
-    idempotency::{Fingerprint, StoredResponse},
+    idempotency::{Fingerprint, IdempotencyKey, StoredResponse},
     outbox::TraceContext,
     telemetry::names,
 };
@@ -72,9 +72,10 @@ impl From<CreateError> for ApiError {
     }
 }
 
-pub struct NewOrder<'a> {
+/// One POST /orders as the edge parsed it.
+pub struct OrderRequest<'a> {
     pub user_id: i64,
-    pub key: &'a str,
+    pub key: &'a IdempotencyKey,
     pub fingerprint: &'a Fingerprint,
     pub lines: &'a [Line],
     /// The caller's trace context: stored with the event when no span of ours is recorded.
@@ -99,13 +100,16 @@ fn replay(stored: StoredResponse, fingerprint: &Fingerprint) -> Result<Reply, Cr
     }
 }
 
-pub async fn create(committer: &OrderCommitter, order: NewOrder<'_>) -> Result<Reply, CreateError> {
+pub async fn create(
+    committer: &OrderCommitter,
+    order: OrderRequest<'_>,
+) -> Result<Reply, CreateError> {
     let span = transaction_span();
     // The event continues the trace from this order's own transaction span.
     let trace = TraceContext::of_span(&span).unwrap_or_else(|| order.trace.clone());
     let pending = Pending {
         user_id: order.user_id,
-        key: order.key.to_owned(),
+        key: order.key.as_str().to_owned(),
         fingerprint: order.fingerprint.clone(),
         lines: order.lines.to_vec(),
         trace,
