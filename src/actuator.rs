@@ -14,9 +14,9 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    app::AppState,
     db,
     error::{ApiError, ErrorBody},
+    state::AppState,
     telemetry::names,
 };
 
@@ -146,14 +146,14 @@ fn record_pool_gauges(state: &AppState) {
     metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "active").set(size - idle);
 }
 
-/// The database's state as gauges (outbox, queues: `orderflow_jobs::engine::gauges`), read
+/// The database's state as gauges (outbox, queues: `orderflow_jobs::operators::gauges`), read
 /// at each scrape within a bound: a slow database delays the scrape by at most that, and the
 /// gauges then keep their last values.
 async fn record_database_gauges(state: &AppState) {
     let lease = state.config.events.queue.lease;
     match tokio::time::timeout(
         DB_GAUGES_TIMEOUT,
-        orderflow_jobs::engine::gauges::refresh(&state.db, lease),
+        orderflow_jobs::operators::gauges::refresh(&state.db, lease),
     )
     .await
     {

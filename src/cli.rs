@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::app::Role;
+use crate::state::Role;
 
 #[derive(Debug, Parser)]
 #[command(

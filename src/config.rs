@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
-use orderflow_jobs::queue::QueueSettings;
+use orderflow_jobs::engine::queue::QueueSettings;
 use orderflow_workflows::{parse_schedule, ArchiveSchedule};
 use thiserror::Error;
 

@@ -8,10 +8,10 @@ use sqlx::{
     ConnectOptions, Connection, Executor, MySqlPool,
 };
 
-pub use orderflow_jobs::sql_error::{
+pub use orderflow_jobs::engine::sql_error::{
     is_deadlock, is_lock_wait_timeout, is_unavailable, is_unique_violation, mysql_code,
 };
-pub use orderflow_jobs::sql_script::{Part, Script, ScriptError, ScriptTx};
+pub use orderflow_sql_script::{Part, Script, ScriptError, ScriptTx};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -13,65 +13,57 @@ use axum::{
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    ValidationError,
-    IdempotencyKeyRequired,
-    Unauthorized,
-    InvalidCredentials,
-    Forbidden,
-    NotFound,
-    MethodNotAllowed,
-    RequestTimeout,
-    EmailTaken,
-    SkuTaken,
-    InsufficientStock,
-    OutOfStock,
-    InvalidState,
-    ConfirmationRequired,
-    TooManyJobs,
-    IdempotencyKeyInProgress,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    IdempotencyKeyReused,
-    TooManyRequests,
-    InternalError,
-    ServiceUnavailable,
-    OrderOutcomeUnknown,
+/// The codes, their wire names and [`ErrorCode::ALL`] from one list, so that no list of the
+/// codes (the tests walk `ALL`) can miss one.
+macro_rules! error_codes {
+    ($($code:ident => $name:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+        pub enum ErrorCode {
+            $($code,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order they are listed.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$code),*];
+
+            /// The code as it appears in the body, e.g. `OUT_OF_STOCK` (also a metric label).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$code => $name,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    ValidationError => "VALIDATION_ERROR",
+    IdempotencyKeyRequired => "IDEMPOTENCY_KEY_REQUIRED",
+    Unauthorized => "UNAUTHORIZED",
+    InvalidCredentials => "INVALID_CREDENTIALS",
+    Forbidden => "FORBIDDEN",
+    NotFound => "NOT_FOUND",
+    MethodNotAllowed => "METHOD_NOT_ALLOWED",
+    RequestTimeout => "REQUEST_TIMEOUT",
+    EmailTaken => "EMAIL_TAKEN",
+    SkuTaken => "SKU_TAKEN",
+    InsufficientStock => "INSUFFICIENT_STOCK",
+    OutOfStock => "OUT_OF_STOCK",
+    InvalidState => "INVALID_STATE",
+    ConfirmationRequired => "CONFIRMATION_REQUIRED",
+    TooManyJobs => "TOO_MANY_JOBS",
+    IdempotencyKeyInProgress => "IDEMPOTENCY_KEY_IN_PROGRESS",
+    PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+    UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+    IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+    TooManyRequests => "TOO_MANY_REQUESTS",
+    InternalError => "INTERNAL_ERROR",
+    ServiceUnavailable => "SERVICE_UNAVAILABLE",
+    OrderOutcomeUnknown => "ORDER_OUTCOME_UNKNOWN",
 }
 
 impl ErrorCode {
-    /// The code as it appears in the body, e.g. `OUT_OF_STOCK` (also a metric label).
-    pub fn as_str(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            ValidationError => "VALIDATION_ERROR",
-            IdempotencyKeyRequired => "IDEMPOTENCY_KEY_REQUIRED",
-            Unauthorized => "UNAUTHORIZED",
-            InvalidCredentials => "INVALID_CREDENTIALS",
-            Forbidden => "FORBIDDEN",
-            NotFound => "NOT_FOUND",
-            MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            RequestTimeout => "REQUEST_TIMEOUT",
-            EmailTaken => "EMAIL_TAKEN",
-            SkuTaken => "SKU_TAKEN",
-            InsufficientStock => "INSUFFICIENT_STOCK",
-            OutOfStock => "OUT_OF_STOCK",
-            InvalidState => "INVALID_STATE",
-            ConfirmationRequired => "CONFIRMATION_REQUIRED",
-            TooManyJobs => "TOO_MANY_JOBS",
-            IdempotencyKeyInProgress => "IDEMPOTENCY_KEY_IN_PROGRESS",
-            PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
-            IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
-            TooManyRequests => "TOO_MANY_REQUESTS",
-            InternalError => "INTERNAL_ERROR",
-            ServiceUnavailable => "SERVICE_UNAVAILABLE",
-            OrderOutcomeUnknown => "ORDER_OUTCOME_UNKNOWN",
-        }
-    }
-
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
@@ -260,30 +252,7 @@ mod tests {
 
     #[test]
     fn as_str_is_the_serialized_code() {
-        use ErrorCode::*;
-        for code in [
-            ValidationError,
-            IdempotencyKeyRequired,
-            Unauthorized,
-            InvalidCredentials,
-            Forbidden,
-            NotFound,
-            MethodNotAllowed,
-            RequestTimeout,
-            EmailTaken,
-            SkuTaken,
-            InsufficientStock,
-            OutOfStock,
-            InvalidState,
-            IdempotencyKeyInProgress,
-            PayloadTooLarge,
-            UnsupportedMediaType,
-            IdempotencyKeyReused,
-            TooManyRequests,
-            InternalError,
-            ServiceUnavailable,
-            OrderOutcomeUnknown,
-        ] {
+        for &code in ErrorCode::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
     }

@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use orderflow_jobs::{
+    engine::queue::Wake,
     kafka::{self, EmbeddedKafka},
-    producer::{EventProducer, ProducerSettings},
-    queue::Wake,
-    reseed,
+    publish_outbox::{
+        producer::{EventProducer, ProducerSettings},
+        reseed,
+    },
 };
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;

@@ -1,9 +1,10 @@
 //! orderflow: orders, inventory and notifications, exactly once under duplication and failure.
 //!
-//! `app` is the composition root; each other module owns one concept and its SQL.
+//! The composition root is `startup` (state, workers, serving) over `router` (every router and
+//! the middleware stack); `state` is the leaf they and every handler share. Each other module
+//! owns one concept and its SQL.
 
 pub mod actuator;
-pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
@@ -20,4 +21,7 @@ pub mod operators;
 pub mod optional_redis;
 pub mod orders;
 pub mod outbox;
+pub mod router;
+pub mod startup;
+pub mod state;
 pub mod telemetry;

@@ -2,12 +2,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use orderflow::{
-    app, auth,
+    auth,
     cli::{self, ArchiveCommand, Cli, Command, UsersCommand},
     config::Config,
-    db, operators, telemetry,
+    db, operators, router, startup,
+    state::Role,
+    telemetry,
 };
-use orderflow_jobs::{archive, engine::pause::Pauses};
+use orderflow_jobs::{archive_run::archive, engine::pause::Pauses};
 
 /// glibc serves a large block from its heap once a block that size was freed (its mmap
 /// threshold rises to it) and keeps that memory: argon2's 19 MiB blocks, on several blocking
@@ -27,11 +29,9 @@ fn tune_malloc() {
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve {
-        role: app::Role::All,
-    });
+    let command = cli.command.unwrap_or(Command::Serve { role: Role::All });
     if let Command::Openapi = &command {
-        let (_, doc) = app::routes(app::Role::All);
+        let (_, doc) = router::routes(Role::All);
         return match doc.to_pretty_json() {
             Ok(json) => {
                 println!("{json}");
@@ -94,10 +94,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve { role } => {
             let addr = config.http_addr;
-            let state = app::init(config).await?;
+            let state = startup::init(config).await?;
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tracing::info!(%addr, ?role, "orderflow listening");
-            app::serve(listener, state, role, shutdown_signal()).await?;
+            startup::serve(listener, state, role, shutdown_signal()).await?;
             tracing::info!("orderflow stopped");
         }
         Command::Migrate => {
@@ -151,7 +151,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             )
             .await?;
             let run = archive::ArchiveRun {
-                run_key: format!("manual-{}", orderflow_jobs::queue::new_job_id()),
+                run_key: format!("manual-{}", orderflow_jobs::engine::queue::new_job_id()),
                 older_than_days: older_than_days.unwrap_or(config.archive.older_than_days),
                 chunk_size: config.archive.chunk_size,
             };
@@ -195,7 +195,7 @@ async fn archive_now(
 ) -> anyhow::Result<archive::Summary> {
     let settings = config.events.queue;
     let key = run.run_key.clone();
-    orderflow_jobs::queue::push_archive(pool, &settings, run)
+    orderflow_jobs::archive_run::archive::push_archive(pool, &settings, run)
         .await
         .map_err(|e| anyhow::anyhow!("queueing the archive run: {e}"))?;
     let stop = tokio_util::sync::CancellationToken::new();

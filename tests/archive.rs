@@ -10,9 +10,8 @@ use std::{sync::Arc, time::Duration};
 
 use common::TestApp;
 use orderflow_jobs::{
-    archive::{self, ArchiveRun, Summary},
+    archive_run::archive::{self, ArchiveRun, Summary},
     engine::pause::Pauses,
-    queue,
     retention::{self, Expiring, FinishedJobs, PublishedOutboxRows},
 };
 use reqwest::StatusCode;
@@ -136,7 +135,7 @@ fn archive_worker(app: &TestApp) -> (CancellationToken, JoinHandle<()>) {
 }
 
 async fn start(app: &TestApp, run: ArchiveRun) {
-    queue::push_archive(app.db(), &app.state.config.events.queue, run)
+    archive::push_archive(app.db(), &app.state.config.events.queue, run)
         .await
         .unwrap();
 }
@@ -275,7 +274,7 @@ async fn a_worker_killed_mid_run_is_resumed_to_the_same_state() {
     );
     // Another replica: the reaper hands it the dead worker's job once the lease is over.
     let stop = CancellationToken::new();
-    let reaper = tokio::spawn(orderflow_jobs::reaper::reap_loop(
+    let reaper = tokio::spawn(orderflow_jobs::engine::reaper::reap_loop(
         app.db().clone(),
         Duration::from_secs(2),
         Duration::from_millis(500),

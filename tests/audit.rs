@@ -9,10 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use common::{audit, DatabaseGuard, TestApp};
 use orderflow::config::Config;
-use orderflow_jobs::{
-    archive::{self, ArchiveRun},
-    queue,
-};
+use orderflow_jobs::archive_run::archive::{self, ArchiveRun};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::MySqlPool;
@@ -75,7 +72,7 @@ impl History {
             "4 ORDER_CREATED and 1 ORDER_CANCELLED notified"
         );
         let key = format!("audit-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        queue::push_archive(
+        archive::push_archive(
             app.db(),
             &app.state.config.events.queue,
             ArchiveRun {

@@ -256,7 +256,7 @@ async fn a_poison_message_is_parked_dead_and_the_partition_moves_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_job_carries_several_events_notifies_each_once_and_refuses_only_its_poison() {
-    use orderflow_jobs::queue::{self, ConsumeNotification, ReceivedEvent};
+    use orderflow_jobs::consume_notification::job::{self, ConsumeNotification, ReceivedEvent};
 
     let app = TestApp::spawn().await;
     let admin = app.admin_token().await;
@@ -282,7 +282,7 @@ async fn one_job_carries_several_events_notifies_each_once_and_refuses_only_its_
     }
     // Never put in a batch by the consumer, but a handler must not lose the others for it.
     events.push(event(None, "{}".into()));
-    queue::push_notification(
+    job::push_notification(
         app.db(),
         &app.state.config.events.queue,
         ConsumeNotification { events },
@@ -515,7 +515,7 @@ async fn concurrent_publish_jobs_for_the_same_rows_publish_each_once() {
         .await
         .unwrap();
     assert_eq!(ids.len(), 10);
-    let ctx = orderflow_jobs::publish::PublishContext {
+    let ctx = orderflow_jobs::publish_outbox::publish::PublishContext {
         pool: app.db().clone(),
         producer: app.state.events.producer.clone(),
         topic_prefix: app.state.config.events.topic_prefix.clone(),
@@ -526,10 +526,10 @@ async fn concurrent_publish_jobs_for_the_same_rows_publish_each_once() {
         claim_lease: Duration::from_secs(30),
     };
     // Four workers race for the same ten rows, as apalis may let happen during a backoff.
-    let no_trace = orderflow_jobs::trace::TraceContext::default();
-    let reports = futures::future::join_all(
-        (0..4).map(|_| orderflow_jobs::publish::publish_rows(&ctx, &ids, &no_trace, None)),
-    )
+    let no_trace = orderflow_jobs::engine::trace::TraceContext::default();
+    let reports = futures::future::join_all((0..4).map(|_| {
+        orderflow_jobs::publish_outbox::publish::publish_rows(&ctx, &ids, &no_trace, None)
+    }))
     .await;
     let published: usize = reports
         .iter()
@@ -555,13 +555,13 @@ async fn a_lost_publish_job_is_swept_up() {
     let p = app.new_product(&admin, 10, 100).await;
     // An outbox row whose job never made it to the queue (as after a crash right after commit).
     let mut tx = app.db().begin().await.unwrap();
-    let appended = orderflow_jobs::outbox::append(
+    let appended = orderflow_jobs::publish_outbox::outbox::append(
         &mut tx,
-        orderflow_jobs::outbox::EventType::OrderCreated,
+        orderflow_jobs::publish_outbox::outbox::EventType::OrderCreated,
         424242,
         &json!({"orderId": 424242, "userId": 1, "totalAmount": 1}),
         &Default::default(),
-        &orderflow_jobs::queue::new_job_id(),
+        &orderflow_jobs::engine::queue::new_job_id(),
     )
     .await
     .unwrap();
@@ -588,13 +588,13 @@ async fn a_row_another_transaction_held_is_still_published_by_its_own_job() {
     // No sweeper rescue within the test: only the row's own job can publish it.
     let app = TestApp::spawn_with(|c| c.events.sweep_grace = Duration::from_secs(3600)).await;
     let mut tx = app.db().begin().await.unwrap();
-    let appended = orderflow_jobs::outbox::append(
+    let appended = orderflow_jobs::publish_outbox::outbox::append(
         &mut tx,
-        orderflow_jobs::outbox::EventType::OrderCreated,
+        orderflow_jobs::publish_outbox::outbox::EventType::OrderCreated,
         515151,
         &json!({"orderId": 515151, "userId": 1, "totalAmount": 1}),
         &Default::default(),
-        &orderflow_jobs::queue::new_job_id(),
+        &orderflow_jobs::engine::queue::new_job_id(),
     )
     .await
     .unwrap();
@@ -607,7 +607,7 @@ async fn a_row_another_transaction_held_is_still_published_by_its_own_job() {
         .fetch_one(&mut *holder)
         .await
         .unwrap();
-    orderflow_jobs::queue::push_publish(
+    orderflow_jobs::publish_outbox::job::push_publish(
         app.db(),
         &app.state.config.events.queue,
         &appended.job_id,
@@ -686,7 +686,7 @@ async fn an_ended_workers_jobs_are_released_at_once_and_a_silent_workers_after_t
     // The supervisor saw the worker "ended" stop: its jobs go back now, the interrupted
     // attempt counted.
     assert_eq!(
-        orderflow_jobs::reaper::release_worker(app.db(), "ended")
+        orderflow_jobs::engine::reaper::release_worker(app.db(), "ended")
             .await
             .unwrap(),
         2
@@ -701,7 +701,7 @@ async fn an_ended_workers_jobs_are_released_at_once_and_a_silent_workers_after_t
     );
     // The reaper takes only the job of the worker silent for longer than the lease.
     assert_eq!(
-        orderflow_jobs::reaper::reap_orphans(app.db(), Duration::from_secs(60))
+        orderflow_jobs::engine::reaper::reap_orphans(app.db(), Duration::from_secs(60))
             .await
             .unwrap(),
         1

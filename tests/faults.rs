@@ -298,7 +298,7 @@ async fn database_cut_mid_transaction_leaves_nothing_half_written_and_a_retry_su
     // A short lease (as in tests/crash.rs) keeps that within the test's wait.
     config.events.queue.keep_alive = Duration::from_secs(1);
     config.events.queue.lease = Duration::from_secs(4);
-    let state = orderflow::app::init(config)
+    let state = orderflow::startup::init(config)
         .await
         .expect("starts through the proxy");
     let app = TestApp::serve(state, guard, None).await;
@@ -597,7 +597,7 @@ async fn database_down_for_3_s_under_steady_orders_every_order_is_notified_soon_
     config.database_acquire_timeout = Duration::from_secs(2);
     config.events.queue.keep_alive = Duration::from_secs(1);
     config.events.queue.lease = Duration::from_secs(60);
-    let state = orderflow::app::init(config)
+    let state = orderflow::startup::init(config)
         .await
         .expect("starts through the proxy");
     let app = TestApp::serve(state, guard, None).await;

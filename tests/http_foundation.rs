@@ -154,7 +154,7 @@ async fn readiness_fails_while_the_database_is_unreachable_and_recovers() {
     let guard = std::sync::Arc::new(common::DatabaseGuard { url: url.clone() });
     let mut config = common::test_config(&proxied);
     config.database_acquire_timeout = Duration::from_secs(1);
-    let state = orderflow::app::init(config)
+    let state = orderflow::startup::init(config)
         .await
         .expect("starts through the proxy");
     let app = TestApp::serve(state, guard, None).await;

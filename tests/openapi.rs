@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::TestApp;
-use orderflow::app::{self, Role};
+use orderflow::{router, state::Role};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -182,7 +182,7 @@ fn refs(value: &Value, out: &mut Vec<String>) {
 #[test]
 fn every_reference_in_the_document_resolves() {
     for role in [Role::All, Role::Worker] {
-        let doc = serde_json::to_value(app::routes(role).1).unwrap();
+        let doc = serde_json::to_value(router::routes(role).1).unwrap();
         let mut found = Vec::new();
         refs(&doc, &mut found);
         assert!(!found.is_empty());
@@ -263,7 +263,7 @@ fn routes_are_only_registered_through_the_documenting_router() {
 
 #[test]
 fn a_worker_documents_only_what_it_serves() {
-    let (_, doc) = app::routes(Role::Worker);
+    let (_, doc) = router::routes(Role::Worker);
     let doc = serde_json::to_value(doc).unwrap();
     let ops = operations(&doc);
     assert!(!ops.is_empty());
@@ -293,7 +293,7 @@ async fn kubernetes_probes_point_at_real_routes() {
         }
     }
     assert!(probe_paths.len() >= 2, "{probe_paths:?}");
-    let (_, worker_doc) = app::routes(Role::Worker);
+    let (_, worker_doc) = router::routes(Role::Worker);
     let worker_doc = serde_json::to_value(worker_doc).unwrap();
     let app = TestApp::spawn_api_only(|_| {}).await;
     for path in &probe_paths {

@@ -294,7 +294,7 @@ fn random_concurrent_order_cancel_adjust_conserve_stock() {
 /// deadlock between two transactions that each hold the row the other one wants.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_innodb_deadlock_reads_as_a_deadlock_worth_repeating() {
-    use orderflow_jobs::sql_error::{is_deadlock, is_transient};
+    use orderflow_jobs::engine::sql_error::{is_deadlock, is_transient};
 
     let app = TestApp::spawn().await;
     let db = app.db();

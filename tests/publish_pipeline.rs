@@ -128,11 +128,11 @@ async fn a_record_kafka_refuses_for_good_is_dead_at_once_and_the_others_publish(
     let admin = app.admin_token().await;
     let (_, user) = app.new_user().await;
     let p = app.new_product(&admin, 100, 50).await;
-    let job_id = orderflow_jobs::queue::new_job_id();
+    let job_id = orderflow_jobs::engine::queue::new_job_id();
     let mut tx = app.db().begin().await.unwrap();
-    let huge = orderflow_jobs::outbox::append(
+    let huge = orderflow_jobs::publish_outbox::outbox::append(
         &mut tx,
-        orderflow_jobs::outbox::EventType::OrderCreated,
+        orderflow_jobs::publish_outbox::outbox::EventType::OrderCreated,
         777_777,
         &json!({"orderId": 777_777, "pad": "x".repeat(1_500_000)}),
         &Default::default(),
@@ -141,7 +141,7 @@ async fn a_record_kafka_refuses_for_good_is_dead_at_once_and_the_others_publish(
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    orderflow_jobs::queue::push_publish(
+    orderflow_jobs::publish_outbox::job::push_publish(
         app.db(),
         &app.state.config.events.queue,
         &job_id,
@@ -281,9 +281,9 @@ async fn at_the_end_of_the_window_the_rows_are_dead_and_a_retry_revives_them() {
 /// Appends an ORDER_CREATED row for a made-up order, naming `job_id`; returns its id.
 async fn append_row(app: &TestApp, order_id: i64, job_id: &str, payload: serde_json::Value) -> i64 {
     let mut tx = app.db().begin().await.unwrap();
-    let row = orderflow_jobs::outbox::append(
+    let row = orderflow_jobs::publish_outbox::outbox::append(
         &mut tx,
-        orderflow_jobs::outbox::EventType::OrderCreated,
+        orderflow_jobs::publish_outbox::outbox::EventType::OrderCreated,
         order_id,
         &payload,
         &Default::default(),
@@ -296,7 +296,7 @@ async fn append_row(app: &TestApp, order_id: i64, job_id: &str, payload: serde_j
 }
 
 async fn push_job(app: &TestApp, job_id: &str, ids: Vec<i64>) {
-    orderflow_jobs::queue::push_publish(
+    orderflow_jobs::publish_outbox::job::push_publish(
         app.db(),
         &app.state.config.events.queue,
         job_id,
@@ -392,7 +392,7 @@ async fn a_failure_that_cannot_be_recorded_still_leaves_the_job_alive_and_the_ro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_row_under_a_dead_job_is_swept_and_published() {
     let app = TestApp::spawn().await;
-    let job_id = orderflow_jobs::queue::new_job_id();
+    let job_id = orderflow_jobs::engine::queue::new_job_id();
     sqlx::query(
         "INSERT INTO jobs (id, job_type, status, attempts, max_attempts, job, last_result, done_at) \
          VALUES (?, 'publish-outbox', 'Killed', 5, 5, '{\"outbox_ids\":[]}', '\"killed\"', CURRENT_TIMESTAMP)",
@@ -423,7 +423,7 @@ async fn a_new_row_under_a_dead_job_is_swept_and_published() {
 async fn a_requeued_job_that_finds_its_rows_dead_ends_dead_and_its_retry_publishes_them() {
     let app = TestApp::spawn().await;
     let admin = app.admin_token().await;
-    let job_id = orderflow_jobs::queue::new_job_id();
+    let job_id = orderflow_jobs::engine::queue::new_job_id();
     append_row(&app, 9090, &job_id, json!({"orderId": 9090})).await;
     sqlx::query(
         "UPDATE outbox_events SET status = 'DEAD', attempts = 5, last_error = 'kafka down'",
@@ -475,8 +475,8 @@ async fn a_row_two_jobs_carry_is_dead_only_under_the_job_it_names() {
     })
     .await;
     let admin = app.admin_token().await;
-    let named = orderflow_jobs::queue::new_job_id();
-    let other = orderflow_jobs::queue::new_job_id();
+    let named = orderflow_jobs::engine::queue::new_job_id();
+    let other = orderflow_jobs::engine::queue::new_job_id();
     // Larger than Kafka's message.max.bytes: refused for good.
     let row = append_row(
         &app,
@@ -539,7 +539,7 @@ async fn a_job_whose_payload_does_not_decode_is_dead_and_the_queue_moves_on() {
     let admin = app.admin_token().await;
     let (_, user) = app.new_user().await;
     let p = app.new_product(&admin, 100, 50).await;
-    let bad = orderflow_jobs::queue::new_job_id();
+    let bad = orderflow_jobs::engine::queue::new_job_id();
     // Older than anything else in the queue: fetched first.
     sqlx::query(
         "INSERT INTO jobs (id, job_type, status, attempts, max_attempts, job, run_at) \
@@ -617,8 +617,8 @@ async fn a_job_waiting_for_a_row_another_job_is_sending_does_not_time_out_on_its
     .await;
     let embedded = app.state.events.embedded.as_ref().expect("embedded broker");
     embedded.broker_down();
-    let own = orderflow_jobs::queue::new_job_id();
-    let other = orderflow_jobs::queue::new_job_id();
+    let own = orderflow_jobs::engine::queue::new_job_id();
+    let other = orderflow_jobs::engine::queue::new_job_id();
     let row = append_row(&app, 5050, &own, json!({"orderId": 5050})).await;
     push_job(&app, &other, vec![row]).await;
     assert!(
@@ -724,7 +724,7 @@ async fn a_batch_the_job_table_refuses_is_split_and_every_event_notified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_acknowledgement_was_lost_is_run_again_and_ends_done() {
     let app = TestApp::spawn().await;
-    let job_id = orderflow_jobs::queue::new_job_id();
+    let job_id = orderflow_jobs::engine::queue::new_job_id();
     sqlx::raw_sql(&format!(
         "CREATE TRIGGER injected_lost_ack BEFORE UPDATE ON jobs FOR EACH ROW \
          IF NEW.id = '{job_id}' AND OLD.status = 'Running' AND NEW.status = 'Done' THEN \
@@ -778,14 +778,14 @@ async fn a_fetch_whose_commit_answer_was_lost_leaves_no_job_stranded() {
         "{}?statement-cache-capacity=0&ssl-mode=disabled",
         common::with_host(&url, proxy.addr)
     );
-    let state = orderflow::app::init(common::test_config(&through_proxy))
+    let state = orderflow::startup::init(common::test_config(&through_proxy))
         .await
         .expect("starts through the proxy");
     let lease = state.config.events.queue.lease;
     let app = TestApp::serve(state, guard, None).await;
     let direct = sqlx::MySqlPool::connect(&url).await.unwrap();
 
-    let job_id = orderflow_jobs::queue::new_job_id();
+    let job_id = orderflow_jobs::engine::queue::new_job_id();
     proxy.lose_answer_to_commit_after(&[b"SET status = 'Queued'", job_id.as_bytes()]);
     append_row(&app, 3131, &job_id, json!({"orderId": 3131})).await;
     push_job(&app, &job_id, Vec::new()).await;
@@ -846,7 +846,7 @@ async fn a_fetch_whose_commit_answer_was_lost_leaves_no_job_stranded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_row_another_job_holds_past_its_wait_retries_and_publishes_it_itself() {
     let app = TestApp::spawn().await;
-    let job_id = orderflow_jobs::queue::new_job_id();
+    let job_id = orderflow_jobs::engine::queue::new_job_id();
     let row = append_row(&app, 4242, &job_id, json!({"orderId": 4242})).await;
     // Held as by another job's send that outlasts this job's wait (the claim lease, 8 s here).
     sqlx::query(
@@ -920,7 +920,7 @@ async fn marking_rows_published_survives_a_deadlock_without_sending_them_again()
     .execute(app.db())
     .await
     .unwrap();
-    let job_id = orderflow_jobs::queue::new_job_id();
+    let job_id = orderflow_jobs::engine::queue::new_job_id();
     append_row(&app, 5150, &job_id, json!({"orderId": 5150})).await;
     push_job(&app, &job_id, Vec::new()).await;
     assert!(

@@ -395,7 +395,7 @@ async fn a_demoted_admins_token_loses_the_admin_routes_at_once() {
 /// (method, path template) of every operation under /api/v1/admin that the service serves,
 /// from the OpenAPI document that is generated from the router itself.
 fn served_admin_operations() -> BTreeSet<(String, String)> {
-    let (_, doc) = orderflow::app::routes(orderflow::app::Role::All);
+    let (_, doc) = orderflow::router::routes(orderflow::state::Role::All);
     let doc = serde_json::to_value(&doc).unwrap();
     let mut ops = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -1161,7 +1161,7 @@ async fn stored_role(app: &TestApp, email: &str) -> String {
 async fn restart_with_admin(app: &TestApp, email: &str, password: &str) {
     let mut config = (*app.state.config).clone();
     config.admin_bootstrap = Some((email.to_owned(), password.to_owned()));
-    orderflow::app::init(config)
+    orderflow::startup::init(config)
         .await
         .expect("the service starts whatever the bootstrap finds");
 }

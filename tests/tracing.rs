@@ -14,6 +14,7 @@ use common::TestApp;
 use opentelemetry::{trace::SpanKind, Value};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use orderflow::telemetry;
+use orderflow_jobs::consume_notification::job;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -222,7 +223,7 @@ async fn one_order_is_one_trace_from_the_request_to_the_notification_insert() {
     let events = traces
         .iter()
         .enumerate()
-        .map(|(i, (trace, span))| orderflow_jobs::queue::ReceivedEvent {
+        .map(|(i, (trace, span))| job::ReceivedEvent {
             topic: topic.clone(),
             partition: 0,
             offset: i as i64,
@@ -233,10 +234,10 @@ async fn one_order_is_one_trace_from_the_request_to_the_notification_insert() {
             tracestate: None,
         })
         .collect();
-    orderflow_jobs::queue::push_notification(
+    job::push_notification(
         app.db(),
         &app.state.config.events.queue,
-        orderflow_jobs::queue::ConsumeNotification { events },
+        job::ConsumeNotification { events },
     )
     .await
     .unwrap();

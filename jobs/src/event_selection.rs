@@ -10,10 +10,16 @@ use sqlx::MySqlConnection;
 use uuid::Uuid;
 
 use crate::{
-    consume_notification::carried::{self as notification_jobs, Parted},
-    engine::{job_query, job_query::JobFilter, split},
-    publish_outbox::carried,
-    queue::{self, PublishOutbox, CONSUME_NOTIFICATION, PUBLISH_OUTBOX},
+    consume_notification::{
+        carried::{self as notification_jobs, Parted},
+        job::CONSUME_NOTIFICATION,
+    },
+    engine::queue::{self},
+    operators::{job_query, job_query::JobFilter, split},
+    publish_outbox::{
+        carried,
+        job::{PublishOutbox, PUBLISH_OUTBOX},
+    },
 };
 
 /// What an operator named.

@@ -4,7 +4,7 @@
 
 use std::{sync::mpsc, thread, time::Duration};
 
-use crate::outbox::EventType;
+use crate::publish_outbox::outbox::EventType;
 
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},

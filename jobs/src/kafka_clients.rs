@@ -9,13 +9,12 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
 use serde::Serialize;
 use sqlx::MySqlPool;
 
 use crate::{
-    queue::{CONSUME_NOTIFICATION, PUBLISH_OUTBOX},
-    retention::Expiring,
+    consume_notification::job::CONSUME_NOTIFICATION, publish_outbox::job::PUBLISH_OUTBOX,
+    retention::ExpiredRows,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,27 +113,11 @@ pub async fn by_queue(pool: &MySqlPool) -> Result<HashMap<String, ClientRebuilds
 }
 
 /// Rebuild records older than the retention (`RETENTION_DAYS`).
-pub struct OldKafkaClientRebuilds(pub Duration);
-
-impl Expiring for OldKafkaClientRebuilds {
-    fn kind(&self) -> &'static str {
-        "kafka_client_rebuilds"
-    }
-    fn purge_batch<'a>(
-        &'a self,
-        pool: &'a MySqlPool,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-        Box::pin(async move {
-            Ok(sqlx::query(
-                "DELETE FROM kafka_client_rebuilds \
+pub fn old_rebuilds(retention: Duration) -> ExpiredRows {
+    ExpiredRows {
+        kind: "kafka_client_rebuilds",
+        delete: "DELETE FROM kafka_client_rebuilds \
                  WHERE rebuilt_at < CURRENT_TIMESTAMP(6) - INTERVAL ? SECOND LIMIT ?",
-            )
-            .bind(self.0.as_secs() as i64)
-            .bind(limit)
-            .execute(pool)
-            .await?
-            .rows_affected())
-        })
+        retention: Some(retention),
     }
 }

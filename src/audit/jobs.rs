@@ -7,7 +7,7 @@ pub(super) async fn scan(scan: &mut Scan<'_>) -> Result<Check, sqlx::Error> {
     let mut check = Check::new("dead_jobs", Kind::Listing, "dead jobs");
     let mut after = String::new();
     loop {
-        // Dead as the operators' views define it (orderflow_jobs::engine::job_query).
+        // Dead as the operators' views define it (orderflow_jobs::operators::job_query).
         let rows: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(
             "SELECT id, job_type, attempts, LEFT(last_result, 300) FROM jobs \
              WHERE (status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts)) \

@@ -7,12 +7,12 @@ use std::net::IpAddr;
 use axum::http::HeaderMap;
 
 use super::{
-    password, repo,
-    routes::MAX_PASSWORD_CHARS,
+    password::{self, MAX_PASSWORD_CHARS},
+    repo,
     throttle::{self, Throttled},
     Role,
 };
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// An account whose password was right.
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 //! exp/iss/aud validated, and the extractors that enforce the USER/ADMIN roles.
 
 mod extractor;
-mod jwt;
+pub(crate) mod jwt;
 mod login;
 mod password;
 mod repo;

@@ -15,6 +15,11 @@ use std::sync::LazyLock;
 
 use tokio::sync::Semaphore;
 
+/// A password's length in characters, as registration accepts it; login does not hash a
+/// candidate longer than four times the maximum (its bytes), whatever it is.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_CHARS: usize = 128;
+
 static HASHING: LazyLock<Semaphore> =
     LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
 

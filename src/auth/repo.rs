@@ -62,7 +62,7 @@ pub async fn role_of(pool: &MySqlPool, id: i64) -> Result<Option<Role>, sqlx::Er
         .transpose()
 }
 
-/// The email of a user (for the operators' audit log).
+/// The email of a user (for the operators' action log).
 pub async fn email_of(pool: &MySqlPool, id: i64) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT email FROM users WHERE id = ?")
         .bind(id)

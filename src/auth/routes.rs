@@ -11,14 +11,15 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     login::{authenticate, LoginRefused},
-    password, repo,
+    password::{self, MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS},
+    repo,
     throttle::PeerAddr,
     Role,
 };
 use crate::{
-    app::AppState,
     error::{ApiError, ErrorBody, ErrorCode, FieldError},
     http::extract::Json,
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -69,9 +70,6 @@ pub struct TokenResponse {
     /// Seconds until the token expires.
     pub expires_in: u64,
 }
-
-pub const MIN_PASSWORD_CHARS: usize = 8;
-pub const MAX_PASSWORD_CHARS: usize = 128;
 
 /// A deliberately plain check: one `@`, a dotted domain, no spaces or control characters.
 /// Deliverability is the mail system's business; this only refuses what cannot be an address.

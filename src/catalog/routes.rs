@@ -8,13 +8,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{repo, repo::CatalogError, Product};
 use crate::{
-    app::AppState,
     auth::AdminUser,
     error::{ApiError, ErrorBody, ErrorCode, FieldError},
     http::{
         extract::{Json, Path},
         paging::{Page, PageParams, PageRequest},
     },
+    state::AppState,
 };
 
 pub const MAX_PRICE: i64 = 1_000_000_000_000;

@@ -18,16 +18,16 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
     RequestExt,
 };
-use orderflow_jobs::engine::audit::{Actor, Via};
+use orderflow_jobs::operators::action_log::{Actor, Via};
 use rand::RngCore;
 use serde::{de::DeserializeOwned, Deserialize};
 use tower_cookies::{Cookie, Cookies};
 use tower_sessions::{cookie::SameSite, Session};
 
 use crate::{
-    app::AppState,
     auth::{self, Role},
     error::{ApiError, ErrorCode, FieldError},
+    state::AppState,
 };
 
 pub const USER_ID: &str = "user_id";
@@ -51,7 +51,7 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// The audit log's name for this operator.
+    /// The action log's name for this operator.
     pub fn actor(&self) -> Actor {
         Actor::Account {
             via: Via::Console,

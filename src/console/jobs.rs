@@ -9,11 +9,11 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use orderflow_jobs::{
-    engine::{
+    kinds::QUEUES,
+    operators::{
         job_query::{Counting, JobState, StatusFilter},
         ops::{self, ActionError, Confirm, Op, Outcome, Selection, LIMIT},
     },
-    queue::QUEUES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -22,10 +22,10 @@ use super::{
     view::{self, render, Chrome},
 };
 use crate::{
-    app::AppState,
     error::{ApiError, ErrorCode},
     http::{extract::Path, paging::PageRequest},
     operators::views::{self as shared, FilterInput, JobDetail},
+    state::AppState,
 };
 
 const PAGE_SIZE: u32 = 50;
@@ -256,10 +256,7 @@ pub struct SelectionForm {
 }
 
 fn refusal(op: Op, e: ActionError) -> Result<String, ApiError> {
-    let verb = match op {
-        Op::Retry => "retried",
-        Op::Discard => "discarded",
-    };
+    let verb = op.done();
     match e {
         ActionError::NotFound(id) => Ok(format!("No job {id}.")),
         ActionError::NotDead { id, status } => Ok(format!(
@@ -424,7 +421,7 @@ fn job_page(chrome: Chrome, detail: JobDetail) -> JobPage {
         worker: detail.lock_by.unwrap_or_default(),
         last_result: view::job_result(job.last_result.as_deref()),
         payload: pretty_json(job.payload.as_deref()),
-        publish_job: job.queue == orderflow_jobs::queue::PUBLISH_OUTBOX,
+        publish_job: job.queue == orderflow_jobs::publish_outbox::job::PUBLISH_OUTBOX,
         history: detail
             .attempt_history
             .into_iter()
@@ -512,8 +509,8 @@ fn job_href(id: &str) -> String {
 /// retry window instead (ADR 0015; its `max_attempts` only keeps apalis out of the
 /// decision), so "7/1000000" would show a limit nobody set.
 fn attempts_label(attempts: i32, max_attempts: i32) -> String {
-    let windowed =
-        i64::from(max_attempts) >= i64::from(orderflow_jobs::retry_policy::PUBLISH_MAX_ATTEMPTS);
+    let windowed = i64::from(max_attempts)
+        >= i64::from(orderflow_jobs::publish_outbox::retry_policy::PUBLISH_MAX_ATTEMPTS);
     if windowed {
         format!("{attempts} (retried until its window ends)")
     } else {
@@ -528,7 +525,7 @@ mod attempts_tests {
     #[test]
     fn a_count_limit_is_shown_and_a_window_is_named() {
         assert_eq!(attempts_label(2, 5), "2/5");
-        let publish = orderflow_jobs::retry_policy::PUBLISH_MAX_ATTEMPTS as i32;
+        let publish = orderflow_jobs::publish_outbox::retry_policy::PUBLISH_MAX_ATTEMPTS as i32;
         assert_eq!(
             attempts_label(7, publish),
             "7 (retried until its window ends)"

@@ -11,15 +11,15 @@
 //!   nothing);
 //! * pages: queues (counts, pause/resume), jobs (filters, select several, retry or discard
 //!   the selection or everything matching), one job (payload, attempts with errors and trace
-//!   links, carried rows), an order's timeline, the audit log; lists refresh themselves and
+//!   links, carried rows), an order's timeline, the action log; lists refresh themselves and
 //!   pause while rows are selected.
 //!
 //! The console is a browser UI, not part of the JSON API: like Swagger UI it is not in the
 //! OpenAPI document. Its routes are registered here only; what they show and do is the
 //! operators' module's (`crate::operators`), so the console and the API cannot disagree.
 
+mod action_log;
 mod assets;
-mod audit;
 mod guard;
 mod jobs;
 mod orders;
@@ -37,7 +37,7 @@ use axum::{
     Router,
 };
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub const PATH: &str = "/console";
 
@@ -60,7 +60,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/console/queues", get(queues::list))
         .route("/console/queues/{queue}/{op}", post(queues::set_paused))
         .route("/console/orders", get(orders::timeline))
-        .route("/console/audit", get(audit::list))
+        .route("/console/audit", get(action_log::list))
         .layer(session::layer(&state.db, &state.config.console))
         // After the session layer: a stylesheet or script neither reads nor extends a session.
         .route("/console/assets/{file}", get(assets::serve))

@@ -11,7 +11,7 @@ use super::{
     guard::Operator,
     view::{self, render, Chrome},
 };
-use crate::{app::AppState, error::ApiError, operators::timeline};
+use crate::{error::ApiError, operators::timeline, state::AppState};
 
 #[derive(Deserialize)]
 pub struct Search {

@@ -8,9 +8,10 @@ use axum::{
     response::{Redirect, Response},
 };
 use orderflow_jobs::{
-    engine::{job_query::Counting, pause, queues},
     kafka_clients::ClientRebuilds,
-    queue::QUEUES,
+    kinds::QUEUES,
+    operators::pause,
+    operators::{job_query::Counting, queues},
 };
 use serde::Deserialize;
 
@@ -19,9 +20,9 @@ use super::{
     view::{self, render, Chrome},
 };
 use crate::{
-    app::AppState,
     error::{ApiError, ErrorCode},
     http::extract::Path,
+    state::AppState,
 };
 
 struct QueueLine {

@@ -13,13 +13,12 @@
 //!   operator does — a page refreshing itself is not activity.
 //!
 //! Only the SHA-256 of a session id is stored: a copy of the table signs no one in. Expired
-//! rows are refused on load and purged by the retention job ([`ExpiredConsoleSessions`]).
+//! rows are refused on load and purged by the retention job ([`EXPIRED_SESSIONS`]).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::BoxFuture;
-use orderflow_jobs::retention::Expiring;
+use orderflow_jobs::retention::ExpiredRows;
 use sha2::{Digest, Sha256};
 use sqlx::MySqlPool;
 use tower_sessions::{
@@ -203,29 +202,11 @@ pub fn layer(pool: &MySqlPool, config: &ConsoleConfig) -> SessionManagerLayer<Co
 }
 
 /// Expired console sessions, one of the kinds the retention job purges.
-pub struct ExpiredConsoleSessions;
-
-impl Expiring for ExpiredConsoleSessions {
-    fn kind(&self) -> &'static str {
-        "console_sessions"
-    }
-
-    fn purge_batch<'a>(
-        &'a self,
-        pool: &'a MySqlPool,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-        Box::pin(async move {
-            Ok(sqlx::query(
-                "DELETE FROM console_sessions WHERE expires_at <= CURRENT_TIMESTAMP LIMIT ?",
-            )
-            .bind(limit)
-            .execute(pool)
-            .await?
-            .rows_affected())
-        })
-    }
-}
+pub const EXPIRED_SESSIONS: ExpiredRows = ExpiredRows {
+    kind: "console_sessions",
+    delete: "DELETE FROM console_sessions WHERE expires_at <= CURRENT_TIMESTAMP LIMIT ?",
+    retention: None,
+};
 
 #[cfg(test)]
 mod tests {

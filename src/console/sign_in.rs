@@ -24,9 +24,9 @@ use super::{
     view::render,
 };
 use crate::{
-    app::AppState,
     auth::{self, LoginRefused, PeerAddr, Role},
     error::{ApiError, ErrorCode},
+    state::AppState,
 };
 
 /// The cookie holding the sign-in form's CSRF token.

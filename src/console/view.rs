@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Serialize;
 
 use super::guard::Operator;
-use crate::{app::AppState, error::ApiError};
+use crate::{error::ApiError, state::AppState};
 
 /// The page's frame.
 pub struct Chrome {
@@ -76,8 +76,8 @@ pub fn parse_time(raw: Option<&str>) -> Result<Option<DateTime<Utc>>, String> {
     let Some(raw) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
-        return Ok(Some(t.with_timezone(&Utc)));
+    if let Some(t) = crate::operators::views::rfc3339(raw) {
+        return Ok(Some(t));
     }
     ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
         .iter()

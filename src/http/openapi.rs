@@ -18,7 +18,7 @@ use utoipa::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub const DOCUMENT_PATH: &str = "/api-docs/openapi.json";
 pub const SWAGGER_UI_PATH: &str = "/swagger-ui";
@@ -39,7 +39,7 @@ pub const BEARER: &str = "bearer";
         (name = "orders", description = "Idempotent order creation and the order lifecycle"),
         (name = "notifications", description = "Notifications produced from order events"),
         (name = "jobs", description = "Operators' view of the job table: filters and counts, one job with its attempt history and carried outbox rows, retry and discard (one or in bulk)"),
-        (name = "operators", description = "Operators' side of the job engine: queues (pause, resume), an order's timeline, the audit log of every operator action"),
+        (name = "operators", description = "Operators' side of the job engine: queues (pause, resume), an order's timeline, the action log of every operator action"),
         (name = "operations", description = "Health probes and metrics"),
     )
 )]

@@ -28,7 +28,24 @@ fn unquote_sf_string(inner: &str) -> Option<String> {
     Some(out)
 }
 
-pub fn parse_key(headers: &HeaderMap) -> Result<String, ApiError> {
+/// A client's `Idempotency-Key`, as sent and checked: only [`IdempotencyKey::from_headers`]
+/// makes one, so what reaches the order path is always a key the header rules accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The request's key, or the refusal the client is sent (missing: 400
+    /// IDEMPOTENCY_KEY_REQUIRED; malformed: 400 VALIDATION_ERROR).
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        parse_key(headers).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn parse_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Err(ApiError::new(

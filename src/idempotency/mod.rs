@@ -17,7 +17,7 @@ mod purge;
 mod repo;
 
 pub use fingerprint::Fingerprint;
-pub use key::{parse_key, IDEMPOTENCY_KEY};
+pub use key::{IdempotencyKey, IDEMPOTENCY_KEY};
 pub use purge::{purge_all, ExpiredIdempotencyKeys};
 pub use repo::{
     accounts_and_records, push_delete_expired, push_store, KeyOf, Outcome, StoreError,

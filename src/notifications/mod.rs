@@ -1,15 +1,15 @@
 //! GET /notifications: a user's own notifications, written by the consume-notification job
-//! (one per event id; the table and its SQL belong to `orderflow_jobs::notifications`).
+//! (one per event id; the table and its SQL belong to `orderflow_jobs::consume_notification::notifications`).
 
 use axum::extract::State;
-use orderflow_jobs::notifications::{self, Notification};
+use orderflow_jobs::consume_notification::notifications::{self, Notification};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    app::AppState,
     auth::AuthUser,
     error::{ApiError, ErrorBody},
     http::paging::{Page, PageParams, PageRequest},
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -1,17 +1,18 @@
 //! The command line's side of the operators' actions (`orderflow jobs …`, `orderflow queues
-//! …`): the same actions as the API, recorded in the audit log as the CLI's.
+//! …`): the same actions as the API, recorded in the action log as the CLI's.
 
 use std::io::Write;
 
 use anyhow::{bail, Context};
 use orderflow_jobs::{
-    engine::{
-        audit::Actor,
+    kinds::QUEUES,
+    operators::pause,
+    operators::{
+        action_log::Actor,
         job_query::{self, JobFilter},
         ops::{self, ActionError, BulkFilter, Confirm, Op, Selection, LIMIT},
-        pause, queues,
+        queues,
     },
-    queue::QUEUES,
 };
 use sqlx::MySqlPool;
 
@@ -21,7 +22,7 @@ use crate::{
     config::Config,
 };
 
-/// The CLI as the audit log names it: whoever runs it, with the database's credentials.
+/// The CLI as the action log names it: whoever runs it, with the database's credentials.
 fn actor() -> Actor {
     Actor::Cli {
         os_user: std::env::var("USER").ok().filter(|u| !u.is_empty()),

@@ -3,15 +3,15 @@
 //! POST /admin/jobs/{id}/retry (202), POST /admin/jobs/{id}/discard,
 //! POST /admin/jobs/retry and /admin/jobs/discard (bulk: ids, an order's or an event's rows
 //! and events, or every dead job a filter matches — confirmed by its count; a dry run
-//! counts). Every action is recorded in the audit log, in the transaction that makes it.
+//! counts). Every action is recorded in the action log, in the transaction that makes it.
 
 use axum::{
     extract::{Query, State},
     http::StatusCode,
 };
 use chrono::{DateTime, Utc};
-use orderflow_jobs::engine::{
-    audit::Via,
+use orderflow_jobs::operators::{
+    action_log::Via,
     ops::{self, ActionError, Confirm, Op, Outcome, Selection, StatusFilter, LIMIT},
 };
 use serde::{Deserialize, Serialize};
@@ -23,13 +23,13 @@ use super::{
     views::{self, FilterInput, JobDetail, JobPage},
 };
 use crate::{
-    app::AppState,
     auth::AdminUser,
     error::{ApiError, ErrorBody, ErrorCode, FieldError},
     http::{
         extract::{Json, Path},
         paging::{PageParams, PageRequest},
     },
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -78,9 +78,7 @@ enum JobStatus {
 /// says `date-time`).
 fn parse_time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, FieldError> {
     raw.map(|s| {
-        DateTime::parse_from_rfc3339(s.trim())
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| FieldError::new(field, "must be an RFC 3339 date-time"))
+        views::rfc3339(s).ok_or_else(|| FieldError::new(field, "must be an RFC 3339 date-time"))
     })
     .transpose()
 }
@@ -117,14 +115,7 @@ impl JobQuery {
 }
 
 fn refusal(op: Op, e: ActionError) -> ApiError {
-    let verb = match op {
-        Op::Retry => "retried",
-        Op::Discard => "discarded",
-    };
-    let act = match op {
-        Op::Retry => "retry",
-        Op::Discard => "discard",
-    };
+    let (verb, act) = (op.done(), op.verb());
     match e {
         ActionError::NotFound(_) => ApiError::not_found("job"),
         ActionError::NotDead { status, .. } => ApiError::new(

@@ -4,12 +4,12 @@
 
 use axum::extract::State;
 use orderflow_jobs::{
-    engine::{
-        audit::Via,
-        pause,
+    kinds::QUEUES,
+    operators::pause,
+    operators::{
+        action_log::Via,
         queues::{self, QueueOverview},
     },
-    queue::QUEUES,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -17,10 +17,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::actor;
 use crate::{
-    app::AppState,
     auth::AdminUser,
     error::{ApiError, ErrorBody},
     http::extract::Path,
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -5,7 +5,9 @@
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use orderflow_jobs::{engine::job_query, notifications, publish_outbox::carried};
+use orderflow_jobs::{
+    consume_notification::notifications, operators::job_query, publish_outbox::carried,
+};
 use serde::Serialize;
 use sqlx::MySqlPool;
 use utoipa::ToSchema;
@@ -13,12 +15,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::trace_link::TraceLink;
 use crate::{
-    app::AppState,
     auth::AdminUser,
     config::TraceUiUrl,
     error::{ApiError, ErrorBody},
     http::extract::Path,
     orders,
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

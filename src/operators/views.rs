@@ -4,14 +4,16 @@
 
 use chrono::{DateTime, Utc};
 use orderflow_jobs::{
-    engine::{
-        attempts::{self, AttemptRecord},
+    engine::attempts::{self, AttemptRecord},
+    operators::{
         job_query::{self, Counting, JobFilter, JobRow, StatusFilter},
         ops::BulkFilter,
         queues::StateCounts,
     },
-    publish_outbox::carried::{self, OutboxRecord},
-    queue::PUBLISH_OUTBOX,
+    publish_outbox::{
+        carried::{self, OutboxRecord},
+        job::PUBLISH_OUTBOX,
+    },
     search::{self, Term},
 };
 use serde::Serialize;
@@ -20,6 +22,14 @@ use utoipa::ToSchema;
 
 use super::trace_link::TraceLink;
 use crate::{config::TraceUiUrl, http::paging::PageRequest};
+
+/// A time an operator typed as RFC 3339 (surrounding blanks ignored), in UTC: the API's
+/// filters take only this; the console's forms also take a `datetime-local` value.
+pub fn rfc3339(raw: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
 
 /// Attempts shown per job, newest first (a job has at most JOB_MAX_ATTEMPTS per round).
 pub const MAX_ATTEMPTS_SHOWN: u32 = 100;

@@ -16,15 +16,15 @@
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use chrono::{SubsecRound, Utc};
-use orderflow_jobs::{publish_batch::Committed, queue};
+use orderflow_jobs::{engine::queue, publish_outbox::publish_batch::Committed};
 use sqlx::{pool::PoolConnection, MySql};
 use thiserror::Error;
 use tokio::time::Instant;
 
 use super::{
     allocate::{allocate, Allocation, Units},
-    create::{event_payload, refusal},
     model::{Line, Order, OrderItem, OrderStatus},
+    outcome::{event_payload, refusal},
     repo,
 };
 use crate::{

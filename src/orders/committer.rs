@@ -30,7 +30,7 @@ use std::{
     time::Duration,
 };
 
-use orderflow_jobs::publish_batch::PublishBatcher;
+use orderflow_jobs::publish_outbox::publish_batch::PublishBatcher;
 use rand::Rng;
 use tokio::{
     sync::{oneshot, watch, Notify},
@@ -41,8 +41,8 @@ use tracing::Instrument;
 use super::{
     admission::{Admission, Limits, Refusal, Ticket},
     batch::{self, BatchError, Decision, InDoubt, Outcome, Pending},
-    create::CreateError,
     lane::{Held, LaneDb},
+    outcome::CreateError,
 };
 use crate::{catalog::Cache, telemetry::names};
 

@@ -3,25 +3,21 @@
 //! (`committer`, `batch`): the idempotency record with the first outcome, the stock, the order
 //! with its items and its ORDER_CREATED outbox row. Either all of it commits or none of it.
 
-use serde_json::json;
-use thiserror::Error;
 use tracing::Instrument;
 
 use super::{
-    admission::Refusal,
     batch::{BatchError, Decision, Pending},
     committer::OrderCommitter,
-    model::{Line, Order},
+    model::Line,
+    outcome::CreateError,
 };
 use crate::{
     auth,
-    error::{ApiError, ErrorCode, FieldError},
-    idempotency::{Fingerprint, StoredResponse},
-    outbox::{EventType, TraceContext},
+    error::{ApiError, ErrorCode},
+    idempotency::{Fingerprint, IdempotencyKey, StoredResponse},
+    outbox::TraceContext,
     telemetry::names,
 };
-
-pub const PATH: &str = "/api/v1/orders";
 
 /// The response to send: the first outcome, fresh or replayed.
 #[derive(Debug)]
@@ -30,28 +26,6 @@ pub struct Reply {
     pub body: String,
     pub replayed: bool,
     pub order_id: Option<i64>,
-}
-
-#[derive(Debug, Error)]
-pub enum CreateError {
-    #[error("invalid order")]
-    Invalid(Vec<FieldError>),
-    #[error("the token's account no longer exists")]
-    AccountGone,
-    #[error("idempotency key reused with another request")]
-    KeyReused,
-    #[error("a request with this idempotency key is in flight")]
-    KeyInProgress,
-    #[error("the order committer has stopped")]
-    Stopped,
-    /// Not done, and never done later: nothing was stored and the key is free.
-    #[error("the order was not done ({})", .0.label())]
-    NotDone(Refusal),
-    /// The request's batch was committing when its deadline came: it may have committed.
-    #[error("the order's outcome was not known by its deadline")]
-    OutcomeUnknown,
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
 }
 
 impl From<BatchError> for CreateError {
@@ -98,9 +72,10 @@ impl From<CreateError> for ApiError {
     }
 }
 
-pub struct NewOrder<'a> {
+/// One POST /orders as the edge parsed it.
+pub struct OrderRequest<'a> {
     pub user_id: i64,
-    pub key: &'a str,
+    pub key: &'a IdempotencyKey,
     pub fingerprint: &'a Fingerprint,
     pub lines: &'a [Line],
     /// The caller's trace context: stored with the event when no span of ours is recorded.
@@ -125,13 +100,16 @@ fn replay(stored: StoredResponse, fingerprint: &Fingerprint) -> Result<Reply, Cr
     }
 }
 
-pub async fn create(committer: &OrderCommitter, order: NewOrder<'_>) -> Result<Reply, CreateError> {
+pub async fn create(
+    committer: &OrderCommitter,
+    order: OrderRequest<'_>,
+) -> Result<Reply, CreateError> {
     let span = transaction_span();
     // The event continues the trace from this order's own transaction span.
     let trace = TraceContext::of_span(&span).unwrap_or_else(|| order.trace.clone());
     let pending = Pending {
         user_id: order.user_id,
-        key: order.key.to_owned(),
+        key: order.key.as_str().to_owned(),
         fingerprint: order.fingerprint.clone(),
         lines: order.lines.to_vec(),
         trace,
@@ -171,26 +149,4 @@ fn transaction_span() -> tracing::Span {
         "orderflow.attempt" = tracing::field::Empty,
         "orderflow.batch.size" = tracing::field::Empty,
     )
-}
-
-/// A refusal as it is stored and replayed: the status and the standard error body.
-pub fn refusal(code: ErrorCode, message: String, details: Vec<FieldError>) -> (u16, String) {
-    let mut err = ApiError::new(code, message);
-    err.details = details;
-    let body = serde_json::to_string(&err.body(PATH)).expect("error body serializes");
-    (err.status().as_u16(), body)
-}
-
-/// What a consumer needs to act on the event without calling back.
-pub fn event_payload(kind: EventType, user_id: i64, order: &Order) -> serde_json::Value {
-    json!({
-        "eventType": kind,
-        "orderId": order.id,
-        "userId": user_id,
-        "status": order.status,
-        "items": order.items,
-        "totalAmount": order.total_amount,
-        "createdAt": order.created_at,
-        "occurredAt": order.updated_at,
-    })
 }

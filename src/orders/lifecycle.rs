@@ -3,13 +3,13 @@
 //! nothing. Repeating a transition that already happened answers with the order as it is.
 
 use chrono::{SubsecRound, Utc};
-use orderflow_jobs::{publish_batch::PublishBatcher, queue};
+use orderflow_jobs::{engine::queue, publish_outbox::publish_batch::PublishBatcher};
 use sqlx::MySqlPool;
 use thiserror::Error;
 
 use super::{
-    create::event_payload,
     model::{Order, OrderStatus},
+    outcome::event_payload,
     repo,
 };
 use crate::{

@@ -3,12 +3,13 @@
 mod admission;
 mod allocate;
 mod batch;
-mod committer;
+pub(crate) mod committer;
 mod create;
 mod lane;
 mod lifecycle;
 mod lookup;
 mod model;
+mod outcome;
 mod repo;
 mod routes;
 

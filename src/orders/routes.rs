@@ -9,13 +9,12 @@ use axum::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
-    create::{self, NewOrder},
+    create::{self, OrderRequest},
     lifecycle,
     model::{self, CreateOrderRequest, Order},
     repo,
 };
 use crate::{
-    app::AppState,
     auth::{AdminUser, AuthUser, TokenUser},
     error::{ApiError, ErrorBody, FieldError},
     http::{
@@ -23,6 +22,7 @@ use crate::{
         paging::{Page, PageParams, PageRequest},
     },
     idempotency, outbox,
+    state::AppState,
     telemetry::names,
 };
 
@@ -98,7 +98,7 @@ async fn create_order_inner(
     body: serde_json::Value,
 ) -> Result<Response, ApiError> {
     // Everything refused here happens before execution starts and stores nothing.
-    let key = idempotency::parse_key(&headers)?;
+    let key = idempotency::IdempotencyKey::from_headers(&headers)?;
     let request = parse_body(&body)?;
     let lines = model::validate(&request, state.config.orders).map_err(ApiError::validation)?;
     let fingerprint = idempotency::Fingerprint::of(&body);
@@ -107,7 +107,7 @@ async fn create_order_inner(
     // The account behind the token is checked when the order is decided (`committer`).
     let reply = create::create(
         &state.orders,
-        NewOrder {
+        OrderRequest {
             user_id: user.id,
             key: &key,
             fingerprint: &fingerprint,

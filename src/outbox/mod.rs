@@ -1,8 +1,8 @@
 //! The transactional outbox, as the HTTP side sees it: the table and its SQL live in
-//! `orderflow_jobs::outbox` (shared with the publish-outbox job); this module adds what
+//! `orderflow_jobs::publish_outbox::outbox` (shared with the publish-outbox job); this module adds what
 //! belongs to the request: reading the W3C trace context from its headers.
 
-pub use orderflow_jobs::outbox::{
+pub use orderflow_jobs::publish_outbox::outbox::{
     append, push_append, Appended, EventType, NewEvent, TraceContext,
 };
 

@@ -21,8 +21,9 @@ pub mod tansu;
 use std::{net::SocketAddr, time::Duration};
 
 use orderflow::{
-    app::{self, AppState, Role},
     config::Config,
+    router, startup,
+    state::{AppState, Role},
 };
 use reqwest::{header::HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
@@ -175,7 +176,7 @@ impl TestApp {
     }
 
     async fn start(config: Config, db_guard: std::sync::Arc<DatabaseGuard>) -> Self {
-        let state = app::init(config).await.expect("service starts");
+        let state = startup::init(config).await.expect("service starts");
         Self::serve(state, db_guard, None).await
     }
 
@@ -185,7 +186,7 @@ impl TestApp {
         let guard = std::sync::Arc::new(DatabaseGuard { url: url.clone() });
         let mut config = test_config(&url);
         adjust(&mut config);
-        let state = app::init(config).await.expect("service starts");
+        let state = startup::init(config).await.expect("service starts");
         Self::serve_role(state, guard, Role::Api).await
     }
 
@@ -205,7 +206,7 @@ impl TestApp {
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
-        let server = tokio::spawn(app::serve(listener, state.clone(), role, async move {
+        let server = tokio::spawn(startup::serve(listener, state.clone(), role, async move {
             stop.cancelled().await
         }));
         Self::assemble(addr, state, shutdown, server, db_guard)
@@ -243,7 +244,7 @@ impl TestApp {
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let router = app::with_middleware(routes, state.clone());
+        let router = router::with_middleware(routes, state.clone());
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {

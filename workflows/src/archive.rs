@@ -15,11 +15,16 @@ use std::{sync::Arc, time::Duration};
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use apalis_workflow::Workflow;
 use orderflow_jobs::{
-    archive::ArchiveRun,
-    archive_steps::{self, ArchiveContext},
-    backend::WorkerStorage,
-    engine::{attempts::AttemptHistoryLayer, pause::Pauses},
-    queue::{self, QueueSettings, ARCHIVE_RUN},
+    archive_run::{
+        archive::{ArchiveRun, ARCHIVE_RUN},
+        archive_steps::{self, ArchiveContext},
+    },
+    engine::{
+        attempts::AttemptHistoryLayer,
+        backend::{self, WorkerStorage},
+        pause::Pauses,
+        queue::QueueSettings,
+    },
 };
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +47,7 @@ fn monitor(
             // One job at a time per replica: chunks are meant to trickle, not to compete with
             // orders for the database.
             WorkerBuilder::new(name.clone())
-                .backend(queue::worker_storage::<Vec<u8>>(
+                .backend(backend::worker_storage::<Vec<u8>>(
                     &ctx.pool,
                     ARCHIVE_RUN,
                     &ctx.settings,

@@ -12,12 +12,13 @@ use std::{
 
 use apalis::prelude::BoxDynError;
 use orderflow_jobs::{
+    consume_notification::{
+        job::{ConsumeNotification, ReceivedEvent},
+        notify,
+    },
+    engine::{sql_error, trace::TraceContext},
     kafka::{self, headers},
     kafka_clients::{self, KafkaClient},
-    notify,
-    queue::{self, ConsumeNotification, ReceivedEvent},
-    sql_error,
-    trace::TraceContext,
 };
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -276,7 +277,13 @@ async fn store_one(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match queue::push_notification(&p.pool, &p.settings, job.clone()).await {
+        match orderflow_jobs::consume_notification::job::push_notification(
+            &p.pool,
+            &p.settings,
+            job.clone(),
+        )
+        .await
+        {
             Ok(_) => {
                 p.notify_wake.now();
                 return Stored::Yes;

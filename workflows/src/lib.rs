@@ -8,7 +8,7 @@
 //!
 //! plus the job reaper (the lease apalis-mysql rc.8 lacks) and the schedules (apalis-cron) of
 //! the archive workflow and of the retention job. (The gauges operators watch are read at
-//! each scrape: `orderflow_jobs::engine::gauges`.)
+//! each scrape: `orderflow_jobs::operators::gauges`.)
 
 mod archive;
 mod consumer;
@@ -19,22 +19,26 @@ use std::{sync::Arc, time::Duration};
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use orderflow_jobs::{
-    audit_run::{self, AuditContext, AuditTick},
+    audit_run::{self, AuditContext, AuditTick, AUDIT},
+    consume_notification::{
+        job::{ConsumeNotification, CONSUME_NOTIFICATION},
+        notify::{self, NotifyContext},
+    },
     engine::{
         attempts::AttemptHistoryLayer,
+        backend,
         lost_acks::{self, LostAcks},
         pause::Pauses,
+        queue::{QueueSettings, Wake},
+        reaper,
     },
-    notify::{self, NotifyContext},
-    producer::EventProducer,
-    publish::{self, PublishContext},
-    queue::{
-        self, ConsumeNotification, PublishOutbox, QueueSettings, Wake, AUDIT, CONSUME_NOTIFICATION,
-        PUBLISH_OUTBOX, RETENTION,
+    publish_outbox::{
+        job::{PublishOutbox, PUBLISH_OUTBOX},
+        producer::EventProducer,
+        publish::{self, PublishContext},
+        retry_policy::RetryPolicy,
     },
-    reaper,
-    retention::{self, Purge, RetentionContext},
-    retry_policy::RetryPolicy,
+    retention::{self, Purge, RetentionContext, RETENTION},
 };
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
@@ -214,7 +218,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
         settings: p.settings,
     });
 
-    tracing::info!(queues = ?orderflow_jobs::queue::QUEUES, bootstrap = %p.bootstrap, "event pipeline starting");
+    tracing::info!(queues = ?orderflow_jobs::kinds::QUEUES, bootstrap = %p.bootstrap, "event pipeline starting");
     let acks = LostAcks::default();
     let background = vec![
         tokio::spawn({
@@ -264,7 +268,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                 Monitor::new()
                     .register(move |_| {
                         WorkerBuilder::new(name.clone())
-                            .backend(queue::worker_storage::<PublishOutbox>(
+                            .backend(backend::worker_storage::<PublishOutbox>(
                                 &pool,
                                 PUBLISH_OUTBOX,
                                 &settings,
@@ -293,7 +297,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
             Monitor::new()
                 .register(move |_| {
                     WorkerBuilder::new(name.clone())
-                        .backend(queue::worker_storage::<ConsumeNotification>(
+                        .backend(backend::worker_storage::<ConsumeNotification>(
                             &pool,
                             CONSUME_NOTIFICATION,
                             &settings,
@@ -332,7 +336,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
                 Monitor::new()
                     .register(move |_| {
                         WorkerBuilder::new(name.clone())
-                            .backend(queue::worker_storage::<Purge>(
+                            .backend(backend::worker_storage::<Purge>(
                                 &pool,
                                 RETENTION,
                                 &settings,
@@ -360,7 +364,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
             Monitor::new()
                 .register(move |_| {
                     WorkerBuilder::new(name.clone())
-                        .backend(queue::worker_storage::<AuditTick>(
+                        .backend(backend::worker_storage::<AuditTick>(
                             &pool,
                             AUDIT,
                             &settings,

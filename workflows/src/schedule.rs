@@ -9,9 +9,9 @@ use apalis::prelude::{BoxDynError, Data, Monitor, WorkerBuilder};
 use apalis_cron::{CronStream, Tick};
 use chrono::{DateTime, Utc};
 use orderflow_jobs::{
-    archive::ArchiveRun,
+    archive_run::archive::ArchiveRun,
     audit_run::{AuditTick, Auditor},
-    queue::{self, Pushed},
+    engine::queue::Pushed,
     retention::{Expiring, Purge},
 };
 use tokio_util::sync::CancellationToken;
@@ -72,7 +72,7 @@ async fn on_archive_tick(tick: Tick, p: Data<Arc<Pipeline>>) -> Result<(), BoxDy
     log_push(
         "archive run",
         &key,
-        queue::push_archive(&p.pool, &p.settings, run).await?,
+        orderflow_jobs::archive_run::archive::push_archive(&p.pool, &p.settings, run).await?,
     );
     Ok(())
 }
@@ -85,7 +85,7 @@ async fn on_retention_tick(tick: Tick, p: Data<Arc<Pipeline>>) -> Result<(), Box
     log_push(
         "retention purge",
         &key,
-        queue::push_retention(&p.pool, &p.settings, purge).await?,
+        orderflow_jobs::retention::push_retention(&p.pool, &p.settings, purge).await?,
     );
     Ok(())
 }
@@ -98,7 +98,7 @@ async fn on_audit_tick(tick: Tick, p: Data<Arc<Pipeline>>) -> Result<(), BoxDynE
     log_push(
         "audit",
         &key,
-        queue::push_audit(&p.pool, &p.settings, audit).await?,
+        orderflow_jobs::audit_run::push_audit(&p.pool, &p.settings, audit).await?,
     );
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! The outbox sweeper: NEW rows whose publish job is gone (never pushed because the process
 //! died right after the commit, or finished without publishing them) get a new job, in
 //! batches. (The gauges that say whether the pipeline keeps up are read at each scrape:
-//! `orderflow_jobs::engine::gauges`.)
+//! `orderflow_jobs::operators::gauges`.)
 
-use orderflow_jobs::{outbox, queue};
+use orderflow_jobs::{engine::queue, publish_outbox::outbox};
 use tokio_util::sync::CancellationToken;
 
 use crate::Pipeline;
@@ -20,7 +20,7 @@ pub async fn sweep_once(p: &Pipeline) -> Result<usize, Box<dyn std::error::Error
         }
         let job_id = queue::new_job_id();
         outbox::assign_job(&p.pool, &ids, &job_id).await?;
-        queue::push_publish(
+        orderflow_jobs::publish_outbox::job::push_publish(
             &p.pool,
             &p.settings,
             &job_id,

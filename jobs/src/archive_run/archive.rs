@@ -23,7 +23,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
-use crate::trace::TraceContext;
+use apalis::prelude::BoxDynError;
+
+use crate::engine::{
+    queue::{self, JobKind, Pushed, QueueSettings},
+    trace::TraceContext,
+};
+
+/// The archive workflow: its plan, chunk and summary jobs.
+pub const ARCHIVE_RUN: &str = "archive-run";
 
 /// What starts a run: the cron tick's or the CLI's request (the first job of the chain).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +39,25 @@ pub struct ArchiveRun {
     pub run_key: String,
     pub older_than_days: u32,
     pub chunk_size: u32,
+}
+
+/// The run key is the job's idempotency key, so the schedule's ticks on several replicas
+/// queue a run once.
+impl JobKind for ArchiveRun {
+    const QUEUE: &'static str = ARCHIVE_RUN;
+
+    fn idempotency_key(&self) -> Option<String> {
+        Some(self.run_key.clone())
+    }
+}
+
+/// Starts an archive run (the first job of its workflow: the plan).
+pub async fn push_archive(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    run: ArchiveRun,
+) -> Result<Pushed, BoxDynError> {
+    queue::push(pool, settings, run).await
 }
 
 /// The plan's output, and the payload of every chunk job and of the summary step.
@@ -114,7 +141,7 @@ pub async fn dead_steps(pool: &MySqlPool, run_key: &str) -> Result<i64, sqlx::Er
         "SELECT COUNT(*) FROM jobs WHERE job_type = ? AND status = 'Killed' \
          AND JSON_UNQUOTE(JSON_EXTRACT(CONVERT(job USING utf8mb4), '$.run_key')) = ?",
     )
-    .bind(crate::queue::ARCHIVE_RUN)
+    .bind(crate::archive_run::archive::ARCHIVE_RUN)
     .bind(run_key)
     .fetch_one(pool)
     .await

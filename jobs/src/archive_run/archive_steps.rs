@@ -10,9 +10,11 @@ use tracing::Instrument;
 use ulid::Ulid;
 
 use crate::{
-    archive::{self, ArchivePlan, ArchiveRun, Chunk, Summary},
-    queue::{JobAttempt, QueueSettings, ARCHIVE_RUN},
-    trace::TraceContext,
+    archive_run::archive::{self, ArchivePlan, ArchiveRun, Chunk, Summary, ARCHIVE_RUN},
+    engine::{
+        queue::{JobAttempt, QueueSettings},
+        trace::TraceContext,
+    },
 };
 
 pub struct ArchiveContext {

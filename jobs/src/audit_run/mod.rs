@@ -12,10 +12,13 @@ use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 use ulid::Ulid;
 
-use crate::{
-    queue::{JobAttempt, QueueSettings, AUDIT},
+use crate::engine::{
+    queue::{self, JobAttempt, JobKind, Pushed, QueueSettings},
     trace::TraceContext,
 };
+
+/// The scheduled invariant audit (`AUDIT_CRON`).
+pub const AUDIT: &str = "audit";
 
 /// Runs every check of the audit, publishes its metrics, and returns the violations found
 /// (a violation is a finding, not a failure of the job: the job fails only when it cannot
@@ -28,6 +31,24 @@ pub trait Auditor: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditTick {
     pub tick: String,
+}
+
+/// One job per tick (the tick is its idempotency key), however many replicas tick.
+impl JobKind for AuditTick {
+    const QUEUE: &'static str = AUDIT;
+
+    fn idempotency_key(&self) -> Option<String> {
+        Some(self.key())
+    }
+}
+
+/// Queues the audit of one schedule tick.
+pub async fn push_audit(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    tick: AuditTick,
+) -> Result<Pushed, BoxDynError> {
+    queue::push(pool, settings, tick).await
 }
 
 impl AuditTick {

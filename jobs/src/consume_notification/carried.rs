@@ -11,7 +11,7 @@
 use sqlx::{MySqlExecutor, QueryBuilder};
 use uuid::Uuid;
 
-use crate::queue::{ConsumeNotification, CONSUME_NOTIFICATION};
+use super::job::{ConsumeNotification, CONSUME_NOTIFICATION};
 
 /// Clocks of the replica that wrote the event and of the one that queued its job may differ.
 const CLOCK_SKEW_MS: u64 = 60_000;
@@ -89,8 +89,8 @@ mod tests {
         assert_eq!(made_at_ms(&Uuid::new_v4()), None);
     }
 
-    fn event(id: Option<&str>) -> crate::queue::ReceivedEvent {
-        crate::queue::ReceivedEvent {
+    fn event(id: Option<&str>) -> crate::consume_notification::job::ReceivedEvent {
+        crate::consume_notification::job::ReceivedEvent {
             topic: "ORDER_CREATED".into(),
             partition: 0,
             offset: 1,

@@ -14,10 +14,16 @@ use tracing::{Instrument, Span};
 use ulid::Ulid;
 
 use crate::{
-    notifications::{self, NewNotification},
-    outbox::EventType,
-    queue::{self, ConsumeNotification, QueueSettings, ReceivedEvent, CONSUME_NOTIFICATION},
-    trace::{self, Outcome},
+    consume_notification::{
+        job::{ConsumeNotification, ReceivedEvent, CONSUME_NOTIFICATION},
+        notifications::{self, NewNotification},
+    },
+    engine::{
+        attempts,
+        queue::{self, QueueSettings},
+        trace::{self, Outcome},
+    },
+    publish_outbox::outbox::EventType,
 };
 
 pub struct NotifyContext {
@@ -118,7 +124,7 @@ pub async fn handle(
     task: MySqlContext,
 ) -> Result<Notified, BoxDynError> {
     let attempt = attempt.current();
-    let last = queue::is_last_attempt(attempt, task.max_attempts());
+    let last = attempts::is_last_attempt(attempt, task.max_attempts());
     let job_id = id.to_string();
     let started = Instant::now();
     let events: Vec<Event> = job

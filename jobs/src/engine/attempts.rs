@@ -9,7 +9,7 @@
 //! or an `AbortError`: dead), so the row and the job's status agree.
 //!
 //! The trace id is known only inside the handler, where the attempt's span is made
-//! ([`crate::trace::job_span`]); the span reports it through a task-local slot that the layer
+//! ([`crate::engine::trace::job_span`]); the span reports it through a task-local slot that the layer
 //! puts around the attempt ([`note_trace_id`]).
 
 use std::{
@@ -31,7 +31,6 @@ use sqlx::MySqlPool;
 use ulid::Ulid;
 
 use super::lost_acks::LostAcks;
-use crate::queue::is_last_attempt;
 
 /// The longest error kept per attempt (`job_attempts.error`).
 pub const MAX_ERROR_CHARS: usize = 2000;
@@ -301,9 +300,24 @@ where
     }
 }
 
+/// Whether the attempt that just failed was the job's last (apalis then marks it Killed).
+pub fn is_last_attempt(attempt: usize, max_attempts: i32) -> bool {
+    attempt >= max_attempts.max(1) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_attempt_is_the_one_that_reaches_max_attempts() {
+        assert!(!is_last_attempt(1, 3));
+        assert!(is_last_attempt(3, 3));
+        assert!(
+            is_last_attempt(1, 0),
+            "a job without attempts left is done at once"
+        );
+    }
 
     #[test]
     fn the_outcome_follows_apalis_rule() {

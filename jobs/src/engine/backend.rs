@@ -52,7 +52,10 @@ use super::{
     fetch::{self, FetchFailed, InDoubt},
     pause::QueueGate,
 };
-use crate::{queue::Storage, sql_error};
+use crate::engine::{
+    queue::{self, QueueSettings, Storage, Wake},
+    sql_error,
+};
 
 pub struct WorkerStorage<T>(pub Storage<T>, pub QueueGate);
 
@@ -341,6 +344,22 @@ where
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Pin::new(&mut self.get_mut().0).poll_close(cx)
     }
+}
+
+/// A worker's storage: it polls every `poll_interval` after an empty fetch, or when woken,
+/// never while `gate` is closed (the queue is paused), and its heartbeat only keeps the
+/// worker alive (this module).
+pub fn worker_storage<T>(
+    pool: &sqlx::MySqlPool,
+    queue: &str,
+    settings: &QueueSettings,
+    wake: Option<&Wake>,
+    gate: QueueGate,
+) -> WorkerStorage<T> {
+    WorkerStorage(
+        apalis_mysql::MySqlStorage::new_with_config(pool, &queue::config(queue, settings, wake)),
+        gate,
+    )
 }
 
 #[cfg(test)]

@@ -17,8 +17,6 @@ use serde::Serialize;
 use sqlx::MySqlPool;
 use tokio::sync::watch;
 
-use super::audit::{self, Action, Actor};
-
 /// Whether a worker may fetch. Closed until the process has read the queue's state once, so
 /// a replica starting while its queue is paused never fetches from it.
 #[derive(Debug, Clone)]
@@ -172,44 +170,6 @@ pub async fn paused_for(pool: &MySqlPool) -> Result<HashMap<String, i64>, sqlx::
         .into_iter()
         .map(|(queue, secs)| (queue, secs.unwrap_or(0).max(0)))
         .collect())
-}
-
-/// Pauses or resumes `queue` for every replica, recorded in the operators' audit log in the
-/// same transaction; returns whether the state changed.
-pub async fn set_paused(
-    pool: &MySqlPool,
-    queue: &str,
-    paused: bool,
-    actor: &Actor,
-) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let was: Option<bool> =
-        sqlx::query_scalar("SELECT paused FROM job_queues WHERE queue = ? FOR UPDATE")
-            .bind(queue)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let changed = was.unwrap_or(false) != paused;
-    sqlx::query(
-        "INSERT INTO job_queues (queue, paused, changed_at, changed_by) \
-         VALUES (?, ?, CURRENT_TIMESTAMP(6), ?) \
-         ON DUPLICATE KEY UPDATE paused = VALUES(paused), changed_at = VALUES(changed_at), \
-         changed_by = VALUES(changed_by)",
-    )
-    .bind(queue)
-    .bind(paused)
-    .bind(actor.label())
-    .execute(&mut *tx)
-    .await?;
-    let action = if paused {
-        Action::Pause
-    } else {
-        Action::Resume
-    };
-    let target = serde_json::json!({ "queue": queue });
-    audit::record(&mut tx, actor, action, &target, u64::from(changed)).await?;
-    tx.commit().await?;
-    tracing::info!(queue, paused, changed, actor = %actor.label(), "queue state set by an operator");
-    Ok(changed)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The job queues on apalis' MySQL backend: payloads, storages and pushing.
+//! The job queues on apalis' MySQL backend: storages, pushing, and one attempt of a job. The
+//! payloads and queue names belong to the job kinds (`JobKind`).
 //!
 //! Facts about apalis-mysql 1.0.0-rc.8 that shape this module (docs/adr/0004-job-engine.md):
 //! a push opens its own transaction (so it cannot join the order's — hence the outbox); it
@@ -16,124 +17,14 @@ use apalis_core::backend::poll_strategy::{PollContext, PollStrategy};
 use apalis_mysql::{fetcher::MySqlFetcher, Config, MySqlStorage, TaskBuilderExt};
 use futures_util::{stream::BoxStream, StreamExt};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 use sqlx::MySqlPool;
 use tokio::sync::Notify;
 use ulid::Ulid;
 
-use super::pause::QueueGate;
-use crate::{backend::WorkerStorage, trace::TraceContext};
-
-pub const PUBLISH_OUTBOX: &str = "publish-outbox";
-pub const CONSUME_NOTIFICATION: &str = "consume-notification";
-/// The archive workflow: its plan, chunk and summary jobs.
-pub const ARCHIVE_RUN: &str = "archive-run";
-pub const RETENTION: &str = "retention";
-/// The scheduled invariant audit (`AUDIT_CRON`).
-pub const AUDIT: &str = "audit";
-pub const QUEUES: [&str; 5] = [
-    PUBLISH_OUTBOX,
-    CONSUME_NOTIFICATION,
-    ARCHIVE_RUN,
-    RETENTION,
-    AUDIT,
-];
+use super::{attempts::is_last_attempt, trace::TraceContext};
 
 pub type Storage<T> = MySqlStorage<T, JsonCodec<Vec<u8>>, MySqlFetcher>;
-
-/// Publish outbox rows: those listed (the sweeper's batches), or, with an empty list, the NEW
-/// rows that name this job (what the order path commits: `publish_batch`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishOutbox {
-    #[serde(default)]
-    pub outbox_ids: Vec<i64>,
-    /// The trace of the order that queued it (empty for the sweeper's batches).
-    #[serde(default)]
-    pub trace: TraceContext,
-}
-
-/// One Kafka message for the notification pipeline, as received (validated by the handler,
-/// so that a poison message becomes a dead job instead of blocking its partition).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReceivedEvent {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub event_id: Option<String>,
-    pub event_type: Option<String>,
-    pub payload: Option<String>,
-    pub traceparent: Option<String>,
-    #[serde(default)]
-    pub tracestate: Option<String>,
-}
-
-impl ReceivedEvent {
-    pub fn trace(&self) -> TraceContext {
-        TraceContext {
-            traceparent: self.traceparent.clone(),
-            tracestate: self.tracestate.clone(),
-        }
-    }
-
-    /// The event id, when it is one (a UUID): what deduplicates a redelivered event.
-    pub fn valid_event_id(&self) -> Option<&str> {
-        self.event_id
-            .as_deref()
-            .filter(|id| uuid::Uuid::parse_str(id).is_ok())
-    }
-}
-
-/// A consume-notification job: the well-formed events the consumer received together, or
-/// one poison message (each is a dead job of its own, for an operator to look at). Carrying
-/// the batch makes one job — one push, fetch, transaction and acknowledgement — serve many
-/// events: one job per event cost five commits per event and fell behind the orders
-/// (docs/adr/0010-notification-batches.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "ConsumeNotificationWire")]
-pub struct ConsumeNotification {
-    pub events: Vec<ReceivedEvent>,
-}
-
-/// Jobs queued before batches carried one message as the whole payload.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ConsumeNotificationWire {
-    Batch { events: Vec<ReceivedEvent> },
-    One(ReceivedEvent),
-}
-
-impl From<ConsumeNotificationWire> for ConsumeNotification {
-    fn from(wire: ConsumeNotificationWire) -> Self {
-        match wire {
-            ConsumeNotificationWire::Batch { events } => Self { events },
-            ConsumeNotificationWire::One(event) => Self {
-                events: vec![event],
-            },
-        }
-    }
-}
-
-impl ConsumeNotification {
-    /// The job's idempotency key, so that a redelivered batch does not even make a second
-    /// job: the event id of a single event, a name-based UUID of a batch's sorted event ids.
-    /// None when an event has no valid id (poison: nothing to deduplicate it by).
-    pub fn idempotency_key(&self) -> Option<String> {
-        let ids: Option<Vec<&str>> = self.events.iter().map(|e| e.valid_event_id()).collect();
-        match ids?.as_mut_slice() {
-            [] => None,
-            [one] => Some((*one).to_owned()),
-            many => {
-                many.sort_unstable();
-                let name = many.join(",");
-                Some(uuid::Uuid::new_v5(&BATCH_KEY_NAMESPACE, name.as_bytes()).to_string())
-            }
-        }
-    }
-}
-
-/// The namespace of batch idempotency keys (any fixed UUID; event ids are v7, never v5).
-const BATCH_KEY_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x6f72_6465_7266_6c6f_7700_6e6f_7469_6679);
 
 #[derive(Debug, Clone, Copy)]
 pub struct QueueSettings {
@@ -203,22 +94,6 @@ pub fn storage<T>(pool: &MySqlPool, queue: &str, settings: &QueueSettings) -> St
     MySqlStorage::new_with_config(pool, &config(queue, settings, None))
 }
 
-/// A worker's storage: it polls every `poll_interval` after an empty fetch, or when woken,
-/// never while `gate` is closed (the queue is paused), and its heartbeat only keeps the
-/// worker alive (`backend`).
-pub fn worker_storage<T>(
-    pool: &MySqlPool,
-    queue: &str,
-    settings: &QueueSettings,
-    wake: Option<&Wake>,
-    gate: QueueGate,
-) -> WorkerStorage<T> {
-    WorkerStorage(
-        MySqlStorage::new_with_config(pool, &config(queue, settings, wake)),
-        gate,
-    )
-}
-
 /// A new job id, chosen before the push so that it can be recorded (e.g. on outbox rows).
 pub fn new_job_id() -> String {
     Ulid::new().to_string()
@@ -236,41 +111,31 @@ fn is_duplicate(err: &BoxDynError) -> bool {
     text.contains("1062") || text.contains("Duplicate entry")
 }
 
-pub async fn push_publish(
-    pool: &MySqlPool,
-    settings: &QueueSettings,
-    job_id: &str,
-    outbox_ids: Vec<i64>,
-    trace: TraceContext,
-) -> Result<(), BoxDynError> {
-    let id: Ulid = job_id.parse()?;
-    // Its retries end with the retry window, not a count (`retry_policy`).
-    let task = TaskBuilder::new(PublishOutbox { outbox_ids, trace })
-        .with_task_id(TaskId::new(id))
-        .max_attempts(crate::retry_policy::PUBLISH_MAX_ATTEMPTS)
-        .build();
-    storage::<PublishOutbox>(pool, PUBLISH_OUTBOX, settings)
-        .push_task(task)
-        .await
-        .map_err(|e| Box::new(e) as BoxDynError)
+/// A kind of job, as the engine knows it: its payload names its queue and, when it has one,
+/// the key under which a second push of the same job is a duplicate. Each kind lives in its own
+/// module (`publish_outbox`, `consume_notification`, `archive_run`, `retention`, `audit_run`)
+/// with its payload, its queue and its push; the engine names none of them.
+pub trait JobKind: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
+    /// The queue (the `job_type` column).
+    const QUEUE: &'static str;
+
+    /// The key that makes a second push of this job a duplicate, when it has one.
+    fn idempotency_key(&self) -> Option<String>;
 }
 
-/// Pushes received events as one job, under its idempotency key.
-pub async fn push_notification(
+/// Pushes `job` to its kind's queue with the queue's attempts, under its idempotency key;
+/// a duplicate key means it is already queued.
+pub async fn push<J: JobKind>(
     pool: &MySqlPool,
     settings: &QueueSettings,
-    job: ConsumeNotification,
+    job: J,
 ) -> Result<Pushed, BoxDynError> {
     let key = job.idempotency_key();
     let mut builder = TaskBuilder::new(job).max_attempts(settings.max_attempts);
     if let Some(key) = key {
         builder = builder.with_idempotency_key(key);
     }
-    push_once(
-        storage(pool, CONSUME_NOTIFICATION, settings),
-        builder.build(),
-    )
-    .await
+    push_once(storage(pool, J::QUEUE, settings), builder.build()).await
 }
 
 /// Pushes a task; a duplicate idempotency key means it is already queued, not a failure.
@@ -279,7 +144,7 @@ async fn push_once<T>(
     task: apalis::prelude::Task<T, apalis_mysql::MySqlContext, Ulid>,
 ) -> Result<Pushed, BoxDynError>
 where
-    T: Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
+    T: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static,
 {
     match storage.push_task(task).await {
         Ok(()) => Ok(Pushed::Queued),
@@ -292,54 +157,6 @@ where
             }
         }
     }
-}
-
-/// Starts an archive run (the first job of its workflow: the plan); the run key is the job's
-/// idempotency key, so the schedule's ticks on several replicas queue it once.
-pub async fn push_archive(
-    pool: &MySqlPool,
-    settings: &QueueSettings,
-    run: crate::archive::ArchiveRun,
-) -> Result<Pushed, BoxDynError> {
-    let key = run.run_key.clone();
-    let task = TaskBuilder::new(run)
-        .max_attempts(settings.max_attempts)
-        .with_idempotency_key(key)
-        .build();
-    push_once(storage(pool, ARCHIVE_RUN, settings), task).await
-}
-
-/// Queues the retention purge of one schedule tick (once, however many replicas tick).
-pub async fn push_retention(
-    pool: &MySqlPool,
-    settings: &QueueSettings,
-    purge: crate::retention::Purge,
-) -> Result<Pushed, BoxDynError> {
-    let key = purge.key();
-    let task = TaskBuilder::new(purge)
-        .max_attempts(settings.max_attempts)
-        .with_idempotency_key(key)
-        .build();
-    push_once(storage(pool, RETENTION, settings), task).await
-}
-
-/// Queues the audit of one schedule tick (once, however many replicas tick).
-pub async fn push_audit(
-    pool: &MySqlPool,
-    settings: &QueueSettings,
-    tick: crate::audit_run::AuditTick,
-) -> Result<Pushed, BoxDynError> {
-    let key = tick.key();
-    let task = TaskBuilder::new(tick)
-        .max_attempts(settings.max_attempts)
-        .with_idempotency_key(key)
-        .build();
-    push_once(storage(pool, AUDIT, settings), task).await
-}
-
-/// Whether the attempt that just failed was the job's last (apalis then marks it Killed).
-pub fn is_last_attempt(attempt: usize, max_attempts: i32) -> bool {
-    attempt >= max_attempts.max(1) as usize
 }
 
 /// One attempt of a job, as its handler sees it.
@@ -365,6 +182,26 @@ impl JobAttempt {
         }
     }
 
+    /// Runs `work` as this attempt inside the job's span (continuing `parent`), and records
+    /// the outcome `outcome_of` reads from its result: for a handler that settles its own
+    /// failures (publish-outbox ends on its retry window and defers its next run itself).
+    pub async fn observe<T, E, Fut>(
+        self,
+        parent: &TraceContext,
+        work: impl FnOnce(&tracing::Span) -> Fut,
+        outcome_of: impl FnOnce(&Result<T, E>) -> crate::engine::trace::Outcome,
+    ) -> Result<T, E>
+    where
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        use tracing::Instrument;
+        let span = crate::engine::trace::job_span(self.queue, &self.id, self.attempt, parent);
+        let started = std::time::Instant::now();
+        let result = work(&span).instrument(span.clone()).await;
+        crate::engine::trace::finish_job(&span, self.queue, started, outcome_of(&result));
+        result
+    }
+
     /// Runs `work` as this attempt: inside the job's span (continuing `parent`; `work` gets
     /// the span for spans of its own), its outcome recorded; a failure with attempts left
     /// pushes the next attempt out by the backoff first.
@@ -380,13 +217,13 @@ impl JobAttempt {
         E: Into<BoxDynError> + std::fmt::Display,
     {
         use tracing::Instrument;
-        let span = crate::trace::job_span(self.queue, &self.id, self.attempt, parent);
+        let span = crate::engine::trace::job_span(self.queue, &self.id, self.attempt, parent);
         let started = std::time::Instant::now();
         let result = work(&span).instrument(span.clone()).await;
         let outcome = match &result {
-            Ok(_) => crate::trace::Outcome::Done,
+            Ok(_) => crate::engine::trace::Outcome::Done,
             Err(_) if is_last_attempt(self.attempt, self.max_attempts) => {
-                crate::trace::Outcome::Dead
+                crate::engine::trace::Outcome::Dead
             }
             Err(e) => {
                 // In scope, not `parent:`: the JSON log lists the entered spans only.
@@ -394,10 +231,10 @@ impl JobAttempt {
                     tracing::warn!(queue = self.queue, job_id = %self.id, attempt = self.attempt, error = %e, "job failed; will retry");
                 });
                 retry_later(pool, settings, &self.id, self.attempt).await?;
-                crate::trace::Outcome::Retry
+                crate::engine::trace::Outcome::Retry
             }
         };
-        crate::trace::finish_job(&span, self.queue, started, outcome);
+        crate::engine::trace::finish_job(&span, self.queue, started, outcome);
         result.map_err(Into::into)
     }
 }
@@ -450,62 +287,6 @@ mod tests {
                 cap / 2
             );
         }
-    }
-
-    #[test]
-    fn the_last_attempt_is_the_one_that_reaches_max_attempts() {
-        assert!(!is_last_attempt(1, 3));
-        assert!(is_last_attempt(3, 3));
-        assert!(
-            is_last_attempt(1, 0),
-            "a job without attempts left is done at once"
-        );
-    }
-
-    fn event(event_id: Option<&str>) -> ReceivedEvent {
-        ReceivedEvent {
-            topic: "ORDER_CREATED".into(),
-            partition: 0,
-            offset: 3,
-            event_id: event_id.map(str::to_owned),
-            event_type: Some("ORDER_CREATED".into()),
-            payload: Some("{}".into()),
-            traceparent: None,
-            tracestate: None,
-        }
-    }
-
-    const A: &str = "0192f3a4-5b6c-7d8e-9f00-11223344556a";
-    const B: &str = "0192f3a4-5b6c-7d8e-9f00-11223344556b";
-
-    #[test]
-    fn a_job_queued_with_one_message_as_its_payload_still_reads() {
-        let one = serde_json::to_string(&event(Some(A))).unwrap();
-        let job: ConsumeNotification = serde_json::from_str(&one).unwrap();
-        assert_eq!(job.events, [event(Some(A))]);
-        let batch = serde_json::to_string(&ConsumeNotification {
-            events: vec![event(Some(A)), event(Some(B))],
-        })
-        .unwrap();
-        let job: ConsumeNotification = serde_json::from_str(&batch).unwrap();
-        assert_eq!(job.events.len(), 2);
-    }
-
-    #[test]
-    fn a_batch_key_is_the_same_for_the_same_events_in_any_order() {
-        let job = |ids: &[&str]| ConsumeNotification {
-            events: ids.iter().map(|id| event(Some(id))).collect(),
-        };
-        assert_eq!(job(&[A]).idempotency_key().as_deref(), Some(A));
-        let ab = job(&[A, B]).idempotency_key().unwrap();
-        assert_eq!(job(&[B, A]).idempotency_key().unwrap(), ab);
-        assert_ne!(ab, A);
-        assert_ne!(ab, B);
-        assert!(ab.len() <= 36, "fits jobs.idempotency_key");
-        let poison = ConsumeNotification {
-            events: vec![event(None)],
-        };
-        assert_eq!(poison.idempotency_key(), None);
     }
 
     #[test]

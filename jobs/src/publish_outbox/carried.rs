@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
-use crate::trace::TraceContext;
+use crate::engine::trace::TraceContext;
 
 /// An outbox row with the publish job meant to carry it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

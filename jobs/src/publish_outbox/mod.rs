@@ -1,5 +1,6 @@
 //! The publish-outbox job kind: the transactional outbox table and the job that drains it.
 //!
+//! * `job` — the job: its queue, payload and push;
 //! * `outbox` — the table's SQL: appended by the order transaction, claimed and marked by the
 //!   job, swept for rows whose job was lost;
 //! * `producer` — the Kafka producer the jobs share, rebuilt after a fatal error;
@@ -10,6 +11,7 @@
 //! * `reseed` — a fresh embedded broker given again what the last one may have lost.
 
 pub mod carried;
+pub mod job;
 pub mod outbox;
 pub mod producer;
 pub mod publish;

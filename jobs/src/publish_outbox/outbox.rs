@@ -8,11 +8,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
-use crate::{
-    sql_error,
-    sql_script::{Part, Script},
-};
+use orderflow_sql_script::{Part, Script};
 use uuid::Uuid;
+
+use crate::engine::sql_error;
 
 pub const AGGREGATE_ORDER: &str = "ORDER";
 
@@ -41,7 +40,7 @@ impl EventType {
     }
 }
 
-pub use crate::trace::TraceContext;
+pub use crate::engine::trace::TraceContext;
 
 /// A row as appended: its id, the event id, the publish job meant to carry it, and the trace
 /// context stored with it (the job continues that trace).

@@ -26,12 +26,17 @@ use tracing::{Instrument, Span};
 use ulid::Ulid;
 
 use crate::{
+    engine::{
+        queue::{self, JobAttempt, QueueSettings},
+        trace::{Outcome, TraceContext},
+    },
     kafka::headers,
-    outbox::{self, Held, OutboxRow},
-    producer::EventProducer,
-    queue::{self, PublishOutbox, QueueSettings, PUBLISH_OUTBOX},
-    retry_policy::{self, RetryPolicy},
-    trace::{self, Outcome, TraceContext},
+    publish_outbox::{
+        job::{PublishOutbox, PUBLISH_OUTBOX},
+        outbox::{self, Held, OutboxRow},
+        producer::EventProducer,
+        retry_policy::{self, RetryPolicy},
+    },
 };
 
 pub struct PublishContext {
@@ -279,21 +284,20 @@ pub async fn handle(
     ctx: Data<Arc<PublishContext>>,
     id: TaskId<Ulid>,
     attempt: Attempt,
-    _task: MySqlContext,
+    task: MySqlContext,
 ) -> Result<PublishReport, BoxDynError> {
-    let attempt = attempt.current();
-    let span = trace::job_span(PUBLISH_OUTBOX, &id.to_string(), attempt, &job.trace);
-    let started = Instant::now();
-    let result = run(&ctx, &job, &id.to_string(), attempt)
-        .instrument(span.clone())
-        .await;
-    let outcome = match &result {
-        Ok(_) => Outcome::Done,
-        Err(e) if e.downcast_ref::<AbortError>().is_some() => Outcome::Dead,
-        Err(_) => Outcome::Retry,
-    };
-    trace::finish_job(&span, PUBLISH_OUTBOX, started, outcome);
-    result
+    let this = JobAttempt::new(PUBLISH_OUTBOX, &id, &attempt, &task);
+    let (id, attempt) = (this.id.clone(), this.attempt);
+    this.observe(
+        &job.trace,
+        |_| run(&ctx, &job, &id, attempt),
+        |result| match result {
+            Ok(_) => Outcome::Done,
+            Err(e) if e.downcast_ref::<AbortError>().is_some() => Outcome::Dead,
+            Err(_) => Outcome::Retry,
+        },
+    )
+    .await
 }
 
 /// What a failed attempt left its rows and its job.

@@ -24,9 +24,11 @@ use tokio::{
 };
 
 use crate::{
-    outbox::{self, Appended},
-    queue::{self, QueueSettings, Wake},
-    trace::TraceContext,
+    engine::{
+        queue::{QueueSettings, Wake},
+        trace::TraceContext,
+    },
+    publish_outbox::outbox::{self, Appended},
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -181,7 +183,7 @@ async fn push(pool: &MySqlPool, queue: &QueueSettings, jobs: Vec<Committed>) {
         return;
     }
     // No id list: the job carries the NEW rows that name it.
-    if let Err(e) = queue::push_publish(pool, queue, &job_id, Vec::new(), trace).await {
+    if let Err(e) = super::job::push_publish(pool, queue, &job_id, Vec::new(), trace).await {
         tracing::warn!(error = %e, job_id, "could not enqueue publish-outbox; the sweeper will");
     }
 }

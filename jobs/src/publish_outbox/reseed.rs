@@ -16,10 +16,12 @@ use sqlx::MySqlPool;
 use tracing::Instrument;
 
 use crate::{
-    outbox::OutboxRow,
-    producer::EventProducer,
-    publish::{produce_span, record_headers},
-    trace::TraceContext,
+    engine::trace::TraceContext,
+    publish_outbox::{
+        outbox::OutboxRow,
+        producer::EventProducer,
+        publish::{produce_span, record_headers},
+    },
 };
 
 /// Outbox ids read per query.

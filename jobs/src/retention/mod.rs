@@ -15,10 +15,14 @@ use sqlx::MySqlPool;
 use ulid::Ulid;
 
 use crate::{
-    ops, outbox,
-    queue::{JobAttempt, QueueSettings, RETENTION},
-    trace::TraceContext,
+    engine::{
+        queue::{self, JobAttempt, JobKind, Pushed, QueueSettings},
+        trace::TraceContext,
+    },
+    publish_outbox::outbox,
 };
+
+pub const RETENTION: &str = "retention";
 
 const BATCH: u32 = 1000;
 
@@ -32,6 +36,36 @@ pub trait Expiring: Send + Sync {
         pool: &'a MySqlPool,
         limit: u32,
     ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+}
+
+/// A kind of expiring rows that one statement deletes, a batch at a time: the kinds whose
+/// purge is nothing but that statement.
+pub struct ExpiredRows {
+    /// The kind's label (`Expiring::kind`).
+    pub kind: &'static str,
+    /// A `DELETE … LIMIT ?`: with a retention, its first `?` is the retention in seconds;
+    /// the last is the batch's limit.
+    pub delete: &'static str,
+    pub retention: Option<Duration>,
+}
+
+impl Expiring for ExpiredRows {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn purge_batch<'a>(
+        &'a self,
+        pool: &'a MySqlPool,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(async move {
+            let mut delete = sqlx::query(self.delete);
+            if let Some(retention) = self.retention {
+                delete = delete.bind(retention.as_secs() as i64);
+            }
+            Ok(delete.bind(limit).execute(pool).await?.rows_affected())
+        })
+    }
 }
 
 /// PUBLISHED outbox rows older than the retention.
@@ -62,14 +96,50 @@ impl Expiring for FinishedJobs {
         pool: &'a MySqlPool,
         limit: u32,
     ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-        Box::pin(ops::purge_done(pool, self.0, limit))
+        Box::pin(purge_done(pool, self.0, limit))
     }
+}
+
+/// Deletes up to `limit` jobs that finished (`Done`) more than `older_than` ago,
+/// and their attempt history with them. Dead and discarded jobs stay for the operators.
+pub async fn purge_done(
+    pool: &MySqlPool,
+    older_than: std::time::Duration,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM jobs WHERE status = 'Done' \
+         AND done_at < CURRENT_TIMESTAMP - INTERVAL ? SECOND LIMIT ?",
+    )
+    .bind(older_than.as_secs() as i64)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// The payload of a retention job: the tick that queued it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Purge {
     pub tick: String,
+}
+
+/// One job per tick (the tick is its idempotency key), however many replicas tick.
+impl JobKind for Purge {
+    const QUEUE: &'static str = RETENTION;
+
+    fn idempotency_key(&self) -> Option<String> {
+        Some(self.key())
+    }
+}
+
+/// Queues the retention purge of one schedule tick.
+pub async fn push_retention(
+    pool: &MySqlPool,
+    settings: &QueueSettings,
+    purge: Purge,
+) -> Result<Pushed, BoxDynError> {
+    queue::push(pool, settings, purge).await
 }
 
 impl Purge {

@@ -11,7 +11,7 @@ use axum::{
     http::{request::Parts, HeaderMap},
 };
 
-/// The TCP peer's address, when the server was started with connect info (`app::serve`
+/// The TCP peer's address, when the server was started with connect info (`startup::serve`
 /// is); `None` otherwise, e.g. in a test router served without it.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub Option<IpAddr>);

@@ -8,13 +8,11 @@ use std::{collections::HashMap, time::Duration};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
-use super::{
-    job_query::{self, Counting, JobFilter, JobState, StatusFilter},
-    pause::{self, PauseState},
-};
+use super::job_query::{self, Counting, JobFilter, JobState, StatusFilter};
 use crate::{
+    engine::pause::{self, PauseState},
     kafka_clients::{self, ClientRebuilds},
-    queue::QUEUES,
+    kinds::QUEUES,
 };
 
 #[derive(Debug, Clone, Default, Serialize)]

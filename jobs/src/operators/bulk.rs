@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use sqlx::{MySqlConnection, MySqlPool};
 
 use super::{
-    audit::{self, Actor},
+    action_log::{self, Actor},
     job_query::{self, JobFilter},
     ops::{change_whole, ActionError, Op},
 };
@@ -182,7 +182,7 @@ fn check(selection: &Selection, matched: u64, expected: Option<u64>) -> Result<(
     }
 }
 
-/// The audit log's record of an action: what was asked and exactly what changed.
+/// The action log's record of an action: what was asked and exactly what changed.
 struct Record {
     jobs: Vec<String>,
     split: Vec<Value>,
@@ -264,7 +264,7 @@ pub async fn act_on_all(
     let changed = change_whole(&mut tx, op, &jobs).await?;
     record.jobs = changed.jobs;
     let n = record.jobs.len() as u64;
-    audit::record(
+    action_log::record(
         &mut tx,
         actor,
         op.bulk(),

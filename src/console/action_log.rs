@@ -1,18 +1,18 @@
-//! The audit log page: every operator action, newest first.
+//! The action log page: every operator action, newest first.
 
 use askama::Template;
 use axum::{
     extract::{Query, State},
     response::Response,
 };
-use orderflow_jobs::engine::audit;
+use orderflow_jobs::operators::action_log;
 use serde::Deserialize;
 
 use super::{
     guard::Operator,
     view::{self, render, Chrome},
 };
-use crate::{app::AppState, error::ApiError, http::paging::MAX_PAGE};
+use crate::{error::ApiError, http::paging::MAX_PAGE, state::AppState};
 
 const PAGE_SIZE: i64 = 50;
 
@@ -31,8 +31,8 @@ struct EntryLine {
 }
 
 #[derive(Template)]
-#[template(path = "console/audit.html")]
-struct AuditPage {
+#[template(path = "console/action_log.html")]
+struct ActionLogPage {
     chrome: Chrome,
     entries: Vec<EntryLine>,
     total: i64,
@@ -52,9 +52,10 @@ pub async fn list(
     operator: Operator,
     Query(paging): Query<Paging>,
 ) -> Result<Response, ApiError> {
-    let chrome = Chrome::of(&operator, &state, "audit").await;
+    let chrome = Chrome::of(&operator, &state, "action_log").await;
     let page = paging.page.unwrap_or(0).min(MAX_PAGE);
-    let (entries, total) = audit::list(&state.db, PAGE_SIZE, i64::from(page) * PAGE_SIZE).await?;
+    let (entries, total) =
+        action_log::list(&state.db, PAGE_SIZE, i64::from(page) * PAGE_SIZE).await?;
     let entries = entries
         .into_iter()
         .map(|e| EntryLine {
@@ -67,7 +68,7 @@ pub async fn list(
         })
         .collect();
     let pages = (total + PAGE_SIZE - 1) / PAGE_SIZE;
-    Ok(render(&AuditPage {
+    Ok(render(&ActionLogPage {
         chrome,
         entries,
         total,

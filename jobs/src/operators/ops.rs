@@ -1,5 +1,5 @@
 //! Operators' actions on the job table: retry a dead job or discard it, recorded in the
-//! audit log in the same transaction; `bulk` does the same for many at once, with this
+//! action log in the same transaction; `bulk` does the same for many at once, with this
 //! module's change of whole jobs. apalis-board only views and pushes; these are ours.
 //!
 //! An action on a publish-outbox job also changes the outbox rows it carries, in the same
@@ -10,16 +10,18 @@ use serde_json::json;
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
 use super::{
-    audit::{self, Action, Actor},
+    action_log::{self, Action, Actor},
     job_query::{DEAD, DISCARDED},
 };
 use crate::{
-    publish_outbox::carried,
-    queue::{ARCHIVE_RUN, PUBLISH_OUTBOX},
+    archive_run::archive::ARCHIVE_RUN,
+    publish_outbox::{carried, job::PUBLISH_OUTBOX},
 };
 
-pub use super::bulk::{act_on_all, BulkFilter, Confirm, Outcome, Selection, LIMIT};
-pub use super::job_query::{JobRow, JobState, StatusFilter};
+pub use super::{
+    bulk::{act_on_all, BulkFilter, Confirm, Outcome, Selection, LIMIT},
+    job_query::{JobRow, JobState, StatusFilter},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -57,6 +59,22 @@ pub enum Op {
 }
 
 impl Op {
+    /// The action as an operator asks for it: "retry", "discard".
+    pub fn verb(self) -> &'static str {
+        match self {
+            Op::Retry => "retry",
+            Op::Discard => "discard",
+        }
+    }
+
+    /// What a job is once it is done: "retried", "discarded".
+    pub fn done(self) -> &'static str {
+        match self {
+            Op::Retry => "retried",
+            Op::Discard => "discarded",
+        }
+    }
+
     pub(crate) fn one(self) -> Action {
         match self {
             Op::Retry => Action::Retry,
@@ -151,7 +169,7 @@ pub(crate) async fn change_whole(
     })
 }
 
-/// Retries or discards one dead job, recorded in the audit log in the same transaction;
+/// Retries or discards one dead job, recorded in the action log in the same transaction;
 /// returns how many of its outbox rows changed (revived, or discarded). An archive-run job
 /// is refused a discard: retry it instead.
 pub async fn act(pool: &MySqlPool, op: Op, id: &str, actor: &Actor) -> Result<u64, ActionError> {
@@ -165,28 +183,10 @@ pub async fn act(pool: &MySqlPool, op: Op, id: &str, actor: &Actor) -> Result<u6
         });
     }
     let changed = change_whole(&mut tx, op, &[(id.to_owned(), queue.clone())]).await?;
-    audit::record(&mut tx, actor, op.one(), &json!({ "ids": [id] }), 1).await?;
+    action_log::record(&mut tx, actor, op.one(), &json!({ "ids": [id] }), 1).await?;
     tx.commit().await?;
     tracing::info!(job_id = id, queue = %queue, outbox_rows = changed.outbox_rows, action = op.one().as_str(), "dead job changed by an operator");
     Ok(changed.outbox_rows)
-}
-
-/// Retention: deletes up to `limit` jobs that finished (`Done`) more than `older_than` ago,
-/// and their attempt history with them. Dead and discarded jobs stay for the operators.
-pub async fn purge_done(
-    pool: &MySqlPool,
-    older_than: std::time::Duration,
-    limit: u32,
-) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "DELETE FROM jobs WHERE status = 'Done' \
-         AND done_at < CURRENT_TIMESTAMP - INTERVAL ? SECOND LIMIT ?",
-    )
-    .bind(older_than.as_secs() as i64)
-    .bind(limit)
-    .execute(pool)
-    .await?
-    .rows_affected())
 }
 
 /// Dead jobs per queue (for the `jobs_dead` gauge).

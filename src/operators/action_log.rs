@@ -1,14 +1,15 @@
-//! GET /admin/audit: the operators' audit log, newest first (ADMIN).
+//! GET /admin/audit: the operators' action log, newest first (ADMIN). The path keeps its
+//! first name; the invariant audit is `crate::audit`.
 
 use axum::extract::State;
-use orderflow_jobs::engine::audit::{self, AuditEntry};
+use orderflow_jobs::operators::action_log::{self, ActionLogEntry};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    app::AppState,
     auth::AdminUser,
     error::{ApiError, ErrorBody},
     http::paging::{Page, PageParams, PageRequest},
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -25,7 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     security(("bearer" = [])),
     params(PageParams),
     responses(
-        (status = 200, description = "A page of the audit log, newest first", body = Page<AuditEntry>),
+        (status = 200, description = "A page of the action log, newest first", body = Page<ActionLogEntry>),
         (status = 400, description = "VALIDATION_ERROR: bad paging", body = ErrorBody),
         (status = 403, description = "FORBIDDEN: not an ADMIN", body = ErrorBody),
     )
@@ -34,7 +35,7 @@ async fn list(
     State(state): State<AppState>,
     _admin: AdminUser,
     page: PageRequest,
-) -> Result<axum::Json<Page<AuditEntry>>, ApiError> {
-    let (items, total) = audit::list(&state.db, page.limit(), page.offset()).await?;
+) -> Result<axum::Json<Page<ActionLogEntry>>, ApiError> {
+    let (items, total) = action_log::list(&state.db, page.limit(), page.offset()).await?;
     Ok(axum::Json(Page::new(items, page, total)))
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use sqlx::MySqlPool;
 
-use super::{ops, pause, queue::QUEUES, queues};
-use crate::outbox;
+use super::{ops, queues};
+use crate::{engine::pause, kinds::QUEUES, publish_outbox::outbox};
 
 /// Reads the state and sets every gauge. On an error the gauges keep their last values (the
 /// caller logs it; an unreachable database has alerts of its own).

@@ -1,4 +1,5 @@
-//! The operators' audit log (`operator_audit`): every retry, bulk retry, discard, bulk
+//! The operators' action log (the `operator_audit` table; the invariant audit is
+//! `crate::audit_run` and the service's `audit`): every retry, bulk retry, discard, bulk
 //! discard, pause and resume, from the API, the console or the CLI — who, what, on which jobs
 //! or filter, how many it changed, and when.
 
@@ -136,8 +137,10 @@ pub async fn record(
 
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+// The API document keeps the schema's first name (`/admin/audit` keeps its path too).
+#[cfg_attr(feature = "openapi", schema(as = AuditEntry))]
 #[serde(rename_all = "camelCase")]
-pub struct AuditEntry {
+pub struct ActionLogEntry {
     pub id: i64,
     pub at: DateTime<Utc>,
     pub via: Via,
@@ -152,7 +155,7 @@ pub struct AuditEntry {
 }
 
 #[derive(sqlx::FromRow)]
-struct AuditRow {
+struct ActionLogRow {
     id: i64,
     at: DateTime<Utc>,
     via: String,
@@ -168,8 +171,8 @@ pub async fn list(
     pool: &MySqlPool,
     limit: i64,
     offset: i64,
-) -> Result<(Vec<AuditEntry>, i64), sqlx::Error> {
-    let rows: Vec<AuditRow> = sqlx::query_as(
+) -> Result<(Vec<ActionLogEntry>, i64), sqlx::Error> {
+    let rows: Vec<ActionLogRow> = sqlx::query_as(
         "SELECT id, at, via, actor, actor_user_id, action, target, affected \
          FROM operator_audit ORDER BY id DESC LIMIT ? OFFSET ?",
     )
@@ -183,7 +186,7 @@ pub async fn list(
     let entries = rows
         .into_iter()
         .filter_map(|r| {
-            Some(AuditEntry {
+            Some(ActionLogEntry {
                 id: r.id,
                 at: r.at,
                 via: Via::parse(&r.via),

@@ -1,87 +1,28 @@
-//! The composition root: shared state, the router with its middleware stack, background
-//! tasks, and start-up (database, migrations, admin bootstrap).
+//! Start-up, used by the binary (and the tests that run the service in-process): connects to
+//! everything and prepares the database, builds the shared state, starts the background
+//! workers, and serves the router until the shutdown signal.
 
 use std::{future::Future, sync::Arc};
 
-use axum::{
-    extract::{DefaultBodyLimit, FromRef, MatchedPath},
-    http::{Request, Response, StatusCode},
-    middleware::from_fn,
-    Router,
+use orderflow_jobs::{
+    kafka_clients::{self, KafkaClient},
+    publish_outbox::publish_batch::{BatchSettings, PublishBatcher},
 };
-use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::{
-    catch_panic::CatchPanicLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    timeout::TimeoutLayer,
-    trace::TraceLayer,
-};
-use utoipa::OpenApi;
-use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
-    actuator, auth,
-    auth::JwtKeys,
-    catalog::{self, Cache},
+    auth::{self, JwtKeys},
+    catalog::Cache,
     config::Config,
     console, db,
-    events::{self, Events},
-    http::{self, error_body, metrics as http_metrics, openapi, request_id},
-    idempotency, notifications, operators, orders, outbox, telemetry,
+    events::{self},
+    http, idempotency, orders,
+    router::router,
+    state::{AppState, Role},
+    telemetry,
 };
-use orderflow_jobs::{
-    kafka_clients::{self, KafkaClient},
-    publish_batch::{BatchSettings, PublishBatcher},
-    trace,
-};
-
-#[derive(Clone)]
-pub struct AppState {
-    pub db: MySqlPool,
-    pub cache: Cache,
-    pub jwt: Arc<JwtKeys>,
-    pub config: Arc<Config>,
-    pub metrics: PrometheusHandle,
-    pub events: Arc<Events>,
-    pub login_throttle: auth::LoginThrottle,
-    /// Committed outbox rows on their way to a shared publish-outbox job.
-    pub publisher: PublishBatcher,
-    /// POST /orders, committed in batches.
-    pub orders: orders::OrderCommitter,
-}
-
-impl FromRef<AppState> for Arc<JwtKeys> {
-    fn from_ref(state: &AppState) -> Self {
-        state.jwt.clone()
-    }
-}
-
-impl FromRef<AppState> for MySqlPool {
-    fn from_ref(state: &AppState) -> Self {
-        state.db.clone()
-    }
-}
-
-/// What a process serves: `all` is the API and the background workers together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
-pub enum Role {
-    #[default]
-    All,
-    Api,
-    Worker,
-}
-
-impl Role {
-    pub fn serves_api(self) -> bool {
-        matches!(self, Role::All | Role::Api)
-    }
-    pub fn runs_workers(self) -> bool {
-        matches!(self, Role::All | Role::Worker)
-    }
-}
 
 /// Connects to everything and prepares the database. Redis is not required to start.
 pub async fn init(config: Config) -> anyhow::Result<AppState> {
@@ -191,110 +132,6 @@ async fn bootstrap_admin(pool: &MySqlPool, email: &str, password: &str) -> anyho
     Ok(())
 }
 
-fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .merge(auth::router())
-        .merge(catalog::router())
-        .merge(orders::router())
-        .merge(notifications::router())
-        .merge(operators::router())
-}
-
-/// The server span of a request, named and attributed per the OpenTelemetry HTTP semantic
-/// conventions; it continues the caller's `traceparent` when one is sent.
-fn http_span<B>(req: &Request<B>) -> tracing::Span {
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .and_then(|id| id.header_value().to_str().ok())
-        .unwrap_or_default();
-    let path = req.uri().path();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    let span = tracing::info_span!(
-        "http",
-        otel.name = format!("{} {route}", req.method()),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        "http.request.method" = %req.method(),
-        "http.route" = route,
-        "url.path" = path,
-        "http.response.status_code" = tracing::field::Empty,
-        requestId = %request_id,
-        userId = tracing::field::Empty,
-        orderId = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
-    let caller = outbox::trace_context(req.headers());
-    caller.adopt(&span);
-    // The caller's trace id, when nothing of ours is recorded; else our span's ids.
-    if let Some(id) = caller.trace_id() {
-        span.record("trace_id", id);
-    }
-    trace::record_ids(&span);
-    span
-}
-
-fn record_status<B>(res: &Response<B>, _latency: std::time::Duration, span: &tracing::Span) {
-    span.record("http.response.status_code", res.status().as_u16());
-    if res.status().is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
-}
-
-/// The routes a process of `role` serves, and the OpenAPI document describing exactly those.
-pub fn routes(role: Role) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let mut routes =
-        OpenApiRouter::with_openapi(openapi::ApiDoc::openapi()).merge(actuator::router());
-    if role.serves_api() {
-        routes = routes.nest("/api/v1", api_routes());
-    }
-    let (router, doc) = routes.split_for_parts();
-    (router, openapi::complete(doc))
-}
-
-/// The routes of `role` (documented), Swagger UI and the web console (every role serves
-/// HTTP, so every role serves the console), inside the middleware stack.
-pub fn router(state: AppState, role: Role) -> Router {
-    let (routes, doc) = routes(role);
-    let console = console::router(&state);
-    with_middleware(
-        routes.merge(openapi::docs_router(doc)).merge(console),
-        state,
-    )
-}
-
-/// Wraps routes in the service's middleware stack (request ids, tracing, the standard error
-/// body, panic catching, timeout, body limit, metrics). Public so that tests can check the
-/// stack's behaviour on routes of their own, such as one that panics.
-pub fn with_middleware(routes: Router<AppState>, state: AppState) -> Router {
-    let config = state.config.clone();
-    // Router::layer wraps every route, so the layers run after routing (the metrics see the
-    // route template); the last layer added is the outermost.
-    routes
-        .fallback(error_body::not_found)
-        .layer(from_fn(http_metrics::record))
-        .layer(DefaultBodyLimit::max(config.http_body_limit_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            config.http_request_timeout,
-        ))
-        .layer(CatchPanicLayer::custom(error_body::panic_response))
-        .layer(from_fn(error_body::render_errors))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(http_span)
-                .on_response(record_status),
-        )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(from_fn(request_id::drop_insane_request_id))
-        .with_state(state)
-}
-
 /// The event pipeline of this process, as configured.
 pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
     let cfg = &state.config.events;
@@ -311,13 +148,13 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         sweep_interval: cfg.sweep_interval,
         sweep_grace: cfg.sweep_grace,
         shutdown_timeout: cfg.shutdown_timeout,
-        publish_retry: orderflow_jobs::retry_policy::RetryPolicy {
+        publish_retry: orderflow_jobs::publish_outbox::retry_policy::RetryPolicy {
             window: cfg.publish_retry_window,
         },
         // A send lasts at most the delivery timeout after the queue wait; the margin covers
         // the UPDATE that settles it.
         publish_claim_lease: cfg.delivery_timeout
-            + orderflow_jobs::publish::QUEUE_WAIT
+            + orderflow_jobs::publish_outbox::publish::QUEUE_WAIT
             + std::time::Duration::from_secs(5),
         archive: state.config.archive.clone(),
         retention: retention_schedule(&state.config),
@@ -335,7 +172,7 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
 /// What the retention job purges, each kind with its own retention.
 fn retention_schedule(config: &Config) -> orderflow_workflows::RetentionSchedule {
     use orderflow_jobs::{
-        kafka_clients::OldKafkaClientRebuilds,
+        kafka_clients,
         retention::{FinishedJobs, PublishedOutboxRows},
     };
     let finished_after = config.retention.finished_after;
@@ -343,10 +180,10 @@ fn retention_schedule(config: &Config) -> orderflow_workflows::RetentionSchedule
         cron: config.retention.cron.clone(),
         kinds: vec![
             Arc::new(idempotency::ExpiredIdempotencyKeys),
-            Arc::new(console::session::ExpiredConsoleSessions),
+            Arc::new(console::session::EXPIRED_SESSIONS),
             Arc::new(PublishedOutboxRows(finished_after)),
             Arc::new(FinishedJobs(finished_after)),
-            Arc::new(OldKafkaClientRebuilds(finished_after)),
+            Arc::new(kafka_clients::old_rebuilds(finished_after)),
         ],
     }
 }
