@@ -593,12 +593,14 @@ fn cost_table(c: &crate::scenarios::cost::CostResult) -> String {
         let _ = writeln!(
             out,
             "\n### Top statements by database time per order (slow log, {} orders in {} s, all stages)\n\n\
-             {} statements and {} ms of statement time per order (wall time in the server, logging on).\n\n\
+             {} statements and {} ms of statement time per order (wall time in the server, logging on; \
+             the new process's broker re-seed, {} ms, left out).\n\n\
              | statement | calls/order | ms/order | share | rows examined/call |\n|---|---:|---:|---:|---:|",
             d.orders,
             num(d.seconds),
             num(d.statements_per_order),
-            num(d.ms_per_order)
+            num(d.ms_per_order),
+            num(d.reseed_ms_left_out)
         );
         for s in &d.top {
             let _ = writeln!(
