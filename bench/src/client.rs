@@ -160,6 +160,32 @@ impl Api {
         })
     }
 
+    /// Pauses or resumes a job queue (ADMIN): no process of the service fetches from a
+    /// paused queue from its next poll on (`cost` uses it to measure the stages apart).
+    pub async fn set_queue_paused(
+        &self,
+        admin_token: &str,
+        queue: &str,
+        paused: bool,
+    ) -> anyhow::Result<()> {
+        let op = if paused { "pause" } else { "resume" };
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/admin/queues/{queue}/{op}", self.base))
+            .bearer_auth(admin_token)
+            .send()
+            .await
+            .with_context(|| format!("{op} {queue}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!(
+                "{op} {queue}: {status}: {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
     /// A counter from /actuator/prometheus, summed over its labels (0 if never incremented).
     pub async fn counter(&self, name: &str) -> Option<f64> {
         let text = self

@@ -64,6 +64,9 @@ enum Command {
     Archive,
     /// The order transaction as raw SQL, spread and hot.
     Ceiling,
+    /// CPU, statements and commits per order, per stage (order commit, publish,
+    /// consume/notify), against the raw one-order transaction; then the slow-log digest.
+    Cost,
     /// A few seconds of spread, hot and replay at low concurrency (CI).
     Smoke,
     /// The same order rate on 1, 2, 3 … service processes against one database: what each
@@ -129,6 +132,7 @@ struct Plan {
     pipeline: bool,
     archive: bool,
     ceiling: bool,
+    cost: bool,
     /// Wait for the event pipeline to catch up between scenarios.
     drain: bool,
     concurrency: usize,
@@ -158,6 +162,7 @@ impl Plan {
             pipeline: is(&[Command::Pipeline]),
             archive: is(&[Command::Archive]),
             ceiling: is(&[Command::Ceiling]),
+            cost: is(&[Command::Cost]),
             drain: !smoke,
             concurrency: o.concurrency.unwrap_or(if smoke { 4 } else { 32 }),
             hot_concurrency: o.hot_concurrency.unwrap_or(if smoke { 8 } else { 64 }),
@@ -175,6 +180,9 @@ impl Plan {
         }
     }
 }
+
+/// The statement digest's load (every statement is logged meanwhile: short).
+const DIGEST_TIME: Duration = Duration::from_secs(5);
 
 /// The overload scenario's length (issue 28: 20 s at twice the capacity).
 const OVERLOAD_TIME: Duration = Duration::from_secs(20);
@@ -281,6 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<u64> {
         pipeline: None,
         archive: None,
         ceiling: None,
+        cost: None,
         drains: Default::default(),
         rss_after_mib: Vec::new(),
         failure: None,
@@ -313,7 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<u64> {
         &plan,
         &opts,
         &mut service,
-        server.database(&database),
+        server.clone().database(&database),
         &mut results,
     )
     .await;
@@ -326,6 +335,39 @@ async fn run(cli: Cli) -> anyhow::Result<u64> {
     match service.stop().await {
         Ok(took) => results.startup.stop_seconds = Some(round(took.as_secs_f64(), 2)),
         Err(e) => results.notes.push(format!("stopping the service: {e:#}")),
+    }
+    if let Ok(ctx) = &outcome {
+        // After the service has stopped: the digest needs a process of its own (digest.rs).
+        if plan.cost && results.cost.is_some() {
+            eprintln!("bench: statement digest (slow log, a new service process)");
+            let digest = async {
+                let root = MySqlPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(server.clone())
+                    .await?;
+                let d = scenarios::digest::run(
+                    &service,
+                    ctx,
+                    &root,
+                    &database,
+                    plan.concurrency,
+                    DIGEST_TIME,
+                )
+                .await;
+                root.close().await;
+                d
+            }
+            .await;
+            match digest {
+                Ok(d) => {
+                    if let Some(c) = results.cost.as_mut() {
+                        c.digest = Some(d);
+                    }
+                }
+                Err(e) => results.notes.push(format!("statement digest: {e:#}")),
+            }
+        }
+        ctx.pool.close().await;
     }
     if let Err(e) = service::drop_database(&service.database_url).await {
         results.notes.push(format!("dropping {database}: {e:#}"));
@@ -352,7 +394,7 @@ async fn scenarios(
     service: &mut Service,
     database: MySqlConnectOptions,
     results: &mut Results,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<scenarios::Ctx> {
     let api = Api::new(&service.base)?;
     let pool = MySqlPoolOptions::new()
         .max_connections(4)
@@ -379,7 +421,7 @@ async fn scenarios(
 
     // The ceiling's runs follow the service's runs of the same scenario: same tables, same
     // machine state.
-    let ceiling = plan.ceiling.then(|| Ceiling::new(database));
+    let ceiling = plan.ceiling.then(|| Ceiling::new(database.clone()));
     let mut settled = Vec::new();
     if plan.spread {
         eprintln!("bench: spread ({} clients)", plan.concurrency);
@@ -428,6 +470,16 @@ async fn scenarios(
             results,
         )
         .await?;
+    }
+    if plan.cost {
+        eprintln!(
+            "bench: cost per order by stage ({} clients, queues paused in turn)",
+            plan.concurrency
+        );
+        let raw = Ceiling::new(database.clone());
+        results.cost =
+            Some(scenarios::cost::run(&ctx, &raw, plan.concurrency, plan.spread_time).await?);
+        after(plan, "cost", &ctx, service, results).await?;
     }
     let create_rate = results.spread.as_ref().map(|s| s.summary.ok_per_sec);
     if plan.replay {
@@ -492,8 +544,7 @@ async fn scenarios(
         );
         after(plan, "archive", &ctx, service, results).await?;
     }
-    ctx.pool.close().await;
-    Ok(())
+    Ok(ctx)
 }
 
 fn record_rss(service: &Service, scenario: &str, results: &mut Results) {

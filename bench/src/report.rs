@@ -53,6 +53,8 @@ pub struct Results {
     pub pipeline: Option<PipelineResult>,
     pub archive: Option<ArchiveResult>,
     pub ceiling: Option<CeilingResult>,
+    /// CPU, statements and commits per order by stage, and the statement digest (issue 33).
+    pub cost: Option<crate::scenarios::cost::CostResult>,
     /// How long the event pipeline took to catch up after each scenario.
     pub drains: BTreeMap<String, Drain>,
     /// The service's resident memory right after each scenario, in MiB (in run order).
@@ -111,6 +113,11 @@ fn num(v: f64) -> String {
 
 fn opt(v: Option<f64>) -> String {
     v.map(num).unwrap_or_else(|| "–".into())
+}
+
+/// Milliseconds per order: three decimals (a tenth of a millisecond is a large difference).
+fn ms3(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into())
 }
 
 fn ratio(service: f64, ceiling: f64) -> String {
@@ -519,6 +526,9 @@ pub fn markdown(r: &Results) -> String {
         "\nratio = service ÷ ceiling (throughput: the share of the ceiling reached; latency: \
          how many times slower). The ceiling is the same database work as raw SQL (see bench/README.md).\n",
     );
+    if let Some(c) = &r.cost {
+        out.push_str(&cost_table(c));
+    }
     if let Some(f) = &r.failure {
         let _ = writeln!(out, "\n**The run failed:** {f}");
     }
@@ -526,6 +536,84 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(out, "\n- {n}");
     }
     let _ = writeln!(out, "\nerrors: {}", r.errors);
+    out
+}
+
+/// The cost section: per stage, per order, against the raw one-order transaction.
+fn cost_table(c: &crate::scenarios::cost::CostResult) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "\n## Cost per order (CPU from /proc of mariadbd and the service; statements and commits: \
+         the server's Questions and Com_commit)\n\n\
+         | stage | orders | s | database CPU (ms/order) | service CPU (ms/order) | statements/order | commits/order | database cores | service cores |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let line = |out: &mut String, s: &crate::scenarios::cost::StageCost| {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.stage,
+            s.orders,
+            num(s.seconds),
+            ms3(s.db_cpu_ms),
+            ms3(s.service_cpu_ms),
+            opt(s.statements),
+            opt(s.commits),
+            opt(s.db_cores),
+            opt(s.service_cores)
+        );
+    };
+    line(&mut out, &c.raw);
+    for s in &c.stages {
+        line(&mut out, s);
+    }
+    line(&mut out, &c.pipeline);
+    let _ = writeln!(
+        out,
+        "\nIdle, per second (other work on the server, the service's pollers): database {} ms, \
+         service {} ms of CPU, {} statements, {} commits.\n",
+        opt(c.idle.db_cpu_ms),
+        opt(c.idle.service_cpu_ms),
+        opt(c.idle.statements),
+        opt(c.idle.commits)
+    );
+    let _ = writeln!(
+        out,
+        "| ratio (same run) | value | issue 33 target |\n|---|---:|---:|\n\
+         | whole pipeline's database CPU ÷ raw transaction's | {} | ≤ 0.5 |\n\
+         | order commit's database CPU ÷ raw transaction's | {} | |\n\
+         | whole pipeline's service CPU ÷ raw transaction's database CPU | {} | ≤ 0.66 |\n\
+         | order-commit window orders/s (queues paused) ÷ raw orders/s | {} | |",
+        opt(c.db_vs_raw),
+        opt(c.order_commit_db_vs_raw),
+        opt(c.service_vs_raw_db),
+        ratio(c.orders_per_sec, c.raw_orders_per_sec)
+    );
+    if let Some(d) = &c.digest {
+        let _ = writeln!(
+            out,
+            "\n### Top statements by database time per order (slow log, {} orders in {} s, all stages)\n\n\
+             {} statements and {} ms of statement time per order (wall time in the server, logging on; \
+             the new process's broker re-seed, {} ms, left out).\n\n\
+             | statement | calls/order | ms/order | share | rows examined/call |\n|---|---:|---:|---:|---:|",
+            d.orders,
+            num(d.seconds),
+            num(d.statements_per_order),
+            num(d.ms_per_order),
+            num(d.reseed_ms_left_out)
+        );
+        for s in &d.top {
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {:.1} % | {} |",
+                s.statement.replace('|', "\\|"),
+                num(s.calls_per_order),
+                ms3(Some(s.ms_per_order)),
+                s.share * 100.0,
+                num(s.rows_examined_per_call)
+            );
+        }
+    }
     out
 }
 

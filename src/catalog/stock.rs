@@ -97,6 +97,48 @@ pub fn push_changes(script: &mut Script, changes: &[(i64, i64)]) {
     }
 }
 
+/// Adds to `script` one guarded write taking every `(product, units)` of `takes` (positive
+/// amounts, product-id order) — none if `takes` is empty. The rows are locked in product-id
+/// order (the primary key's), as one statement per product did. A row whose units are
+/// short is left alone and the others are changed: [`took_all`] tells from the affected
+/// rows whether every take applied, and a caller that finds one short rolls back.
+pub fn push_takes(script: &mut Script, takes: &[(i64, i64)]) {
+    if takes.is_empty() {
+        return;
+    }
+    let case = |parts: &mut Vec<Part<'_>>| {
+        parts.push(Part::Sql("CASE product_id"));
+        for &(product_id, units) in takes {
+            parts.extend([
+                Part::Sql(" WHEN "),
+                Part::Int(product_id),
+                Part::Sql(" THEN "),
+                Part::Int(units),
+            ]);
+        }
+        parts.push(Part::Sql(" END"));
+    };
+    let mut parts = vec![Part::Sql("UPDATE stocks SET quantity = quantity - ")];
+    case(&mut parts);
+    parts.push(Part::Sql(
+        ", version = version + 1, updated_at = CURRENT_TIMESTAMP(6) WHERE product_id IN (",
+    ));
+    for (i, &(product_id, _)) in takes.iter().enumerate() {
+        if i > 0 {
+            parts.push(Part::Sql(", "));
+        }
+        parts.push(Part::Int(product_id));
+    }
+    parts.push(Part::Sql(") AND quantity >= "));
+    case(&mut parts);
+    script.statement(&parts);
+}
+
+/// Whether the statement of [`push_takes`] took all of its `takes` units.
+pub fn took_all(result: &MySqlQueryResult, takes: usize) -> bool {
+    result.rows_affected() == takes as u64
+}
+
 /// Adds to `script` a write to the stock table that changes no row (there is no product 0):
 /// it needs the locks a write to the table needs — its metadata lock, and the global one
 /// `FLUSH TABLES WITH READ LOCK` holds — and nothing else, so it shows whether an order's

@@ -17,9 +17,9 @@ use std::{collections::HashMap, future::Future, time::Duration};
 
 use chrono::{SubsecRound, Utc};
 use orderflow_jobs::{engine::queue, publish_outbox::publish_batch::Committed};
-use sqlx::{pool::PoolConnection, MySql};
+use sqlx::{mysql::MySqlQueryResult, pool::PoolConnection, MySql, MySqlConnection};
 use thiserror::Error;
-use tokio::time::Instant;
+use tokio::{sync::OnceCell, time::Instant};
 
 use super::{
     allocate::{allocate, Allocation, Units},
@@ -211,6 +211,30 @@ async fn roll_back(tx: &mut ScriptTx<'_>, until: Instant, after: &BatchError) {
     }
 }
 
+/// How the server numbers the rows of one multi-row INSERT, read once per process.
+static ID_STEP: OnceCell<Option<i64>> = OnceCell::const_new();
+
+/// `Some(step)` when the rows of one multi-row INSERT get consecutive ids, `step` apart:
+/// `innodb_autoinc_lock_mode` 0 ("traditional") or 1 ("consecutive", MariaDB's default),
+/// for which MySQL and MariaDB document that guarantee, with `auto_increment_increment` =
+/// `step`. `None` otherwise — 2 ("interleaved", MySQL 8's default) promises unique ids
+/// only — and a batch then inserts each order with a statement of its own and reads its id
+/// from that statement (ADR 0012).
+async fn id_step(conn: &mut MySqlConnection) -> Result<Option<i64>, sqlx::Error> {
+    ID_STEP
+        .get_or_try_init(|| async {
+            let (mode, step): (i64, i64) = sqlx::query_as(
+                "SELECT CAST(@@GLOBAL.innodb_autoinc_lock_mode AS SIGNED), \
+                 CAST(@@SESSION.auto_increment_increment AS SIGNED)",
+            )
+            .fetch_one(conn)
+            .await?;
+            Ok::<_, sqlx::Error>((matches!(mode, 0 | 1) && step >= 1).then_some(step))
+        })
+        .await
+        .copied()
+}
+
 /// After this many rounds of an allocation that keeps finding the stock taken by others, the
 /// short rows are locked so that the next round ends it.
 const LOCK_AFTER_ROUNDS: usize = 3;
@@ -263,12 +287,13 @@ pub async fn commit(
     let claims: Vec<usize> = undecided(&decided).collect();
     let mut outcome = Outcome::default();
     if !claims.is_empty() {
+        let step = bounded(until, id_step(conn)).await?;
         let mut claimed: Vec<&Pending> = Vec::with_capacity(claims.len());
         for &i in &claims {
             claimed.push(batch[i]);
         }
         let mut tx = ScriptTx::new(conn);
-        outcome = match store(&mut tx, &claimed, &offers, &expired, retention, until).await {
+        outcome = match store(&mut tx, &claimed, &offers, &expired, retention, step, until).await {
             Ok(outcome) => outcome,
             Err(BatchError::InDoubt(mut doubt)) => {
                 let decisions = std::mem::take(&mut doubt.outcome.decisions);
@@ -355,6 +380,7 @@ async fn store(
     offers: &HashMap<i64, Offer>,
     expired: &[idempotency::KeyOf<'_>],
     retention: Duration,
+    step: Option<i64>,
     until: Instant,
 ) -> Result<Outcome, BatchError> {
     let demands: Vec<&[Line]> = claims.iter().map(|&p| p.lines.as_slice()).collect();
@@ -363,18 +389,20 @@ async fn store(
 
     let mut first = Script::default();
     idempotency::push_delete_expired(&mut first, expired);
-    let deleted = first.len();
     let allocation = allocate(&demands, &available);
     let takes: Vec<(i64, i64)> = allocation.take.iter().map(|(p, n)| (*p, *n)).collect();
-    stock::push_changes(&mut first, &takes);
+    // One guarded write for every product of the batch (none if no order fits).
+    let took_at = first.len();
+    stock::push_takes(&mut first, &takes);
+    let inserted_at = first.len();
     let orders = orders_of(claims, offers, &allocation);
-    push_orders(&mut first, claims, &orders, now);
+    push_orders(&mut first, claims, &orders, now, step);
     let results = bounded_script(until, tx.begin(&first))
         .await
         .map_err(|e| e.error)?;
-    let taken = stock::applied(&results[deleted..deleted + takes.len()]);
-    let (allocation, orders, order_ids) = if taken.iter().all(|&t| t) {
-        let ids = repo::inserted_ids(&results[deleted + takes.len()..]);
+    let taken = takes.is_empty() || stock::took_all(&results[took_at], takes.len());
+    let (allocation, orders, order_ids) = if taken {
+        let ids = inserted_ids(&results[inserted_at..], orders.len(), step)?;
         (allocation, orders, ids)
     } else {
         // Another transaction took units since the read: start again, round by round.
@@ -392,11 +420,12 @@ async fn store(
         let allocation = take_stock(tx, &demands, available, until).await?;
         let orders = orders_of(claims, offers, &allocation);
         let mut script = Script::default();
-        push_orders(&mut script, claims, &orders, now);
+        push_orders(&mut script, claims, &orders, now, step);
         let results = bounded_script(until, tx.run(&script))
             .await
             .map_err(|e| e.error)?;
-        (allocation, orders, repo::inserted_ids(&results))
+        let ids = inserted_ids(&results, orders.len(), step)?;
+        (allocation, orders, ids)
     };
 
     let mut decisions: Vec<Option<Decision>> = vec![None; claims.len()];
@@ -518,12 +547,15 @@ fn orders_of(
         .collect()
 }
 
-/// Adds the INSERTs of `orders` (claim index, items, total) to `script`.
+/// Adds the INSERTs of `orders` (claim index, items, total) to `script`: one per table for
+/// the whole batch where the server numbers a multi-row INSERT's rows consecutively
+/// (`step`), two per order otherwise.
 fn push_orders(
     script: &mut Script,
     claims: &[&Pending],
     orders: &[(usize, Vec<OrderItem>, i64)],
     now: chrono::DateTime<Utc>,
+    step: Option<i64>,
 ) {
     let rows: Vec<repo::NewOrder> = orders
         .iter()
@@ -533,7 +565,22 @@ fn push_orders(
             items,
         })
         .collect();
-    repo::push_inserts(script, &rows, now);
+    match step {
+        Some(step) => repo::push_batch_inserts(script, &rows, now, step),
+        None => repo::push_inserts(script, &rows, now),
+    }
+}
+
+/// The ids of the `n` orders `push_orders` added, from its statements' results.
+fn inserted_ids(
+    results: &[MySqlQueryResult],
+    n: usize,
+    step: Option<i64>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    match step {
+        Some(step) => repo::batch_inserted_ids(results, n, step),
+        None => Ok(repo::inserted_ids(results)),
+    }
 }
 
 /// Takes the units the orders that fit need, allocating in arrival order, in an open

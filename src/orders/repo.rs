@@ -61,6 +61,83 @@ pub fn push_inserts(script: &mut Script, orders: &[NewOrder<'_>], now: DateTime<
     }
 }
 
+/// Adds to `script` one INSERT of all `orders` and one of all their items (none if there
+/// are no orders); `batch_inserted_ids` reads the orders' ids. Only for a server that gives
+/// the rows of one multi-row INSERT consecutive ids, `step` apart
+/// (`innodb_autoinc_lock_mode` 0 or 1 and `auto_increment_increment` = `step`; see
+/// `batch::id_step`): the first row's id is `LAST_INSERT_ID()`, the k-th's
+/// `LAST_INSERT_ID() + k × step`, which the items' INSERT, the next statement, refers to.
+pub fn push_batch_inserts(
+    script: &mut Script,
+    orders: &[NewOrder<'_>],
+    now: DateTime<Utc>,
+    step: i64,
+) {
+    if orders.is_empty() {
+        return;
+    }
+    let mut rows = vec![Part::Sql(
+        "INSERT INTO orders (user_id, status, total_amount, created_at, updated_at) VALUES ",
+    )];
+    let mut items = vec![Part::Sql(
+        "INSERT INTO order_items (order_id, product_id, quantity, unit_price) VALUES ",
+    )];
+    for (k, order) in orders.iter().enumerate() {
+        rows.extend([
+            Part::Sql(if k == 0 { "(" } else { ", (" }),
+            Part::Int(order.user_id),
+            Part::Sql(", 'CREATED', "),
+            Part::Int(order.total),
+            Part::Sql(", "),
+            Part::Time(now),
+            Part::Sql(", "),
+            Part::Time(now),
+            Part::Sql(")"),
+        ]);
+        for item in order.items {
+            items.extend([
+                Part::Sql(if items.len() == 1 {
+                    "(LAST_INSERT_ID() + "
+                } else {
+                    ", (LAST_INSERT_ID() + "
+                }),
+                Part::Int(k as i64 * step),
+                Part::Sql(", "),
+                Part::Int(item.product_id),
+                Part::Sql(", "),
+                Part::Int(item.quantity),
+                Part::Sql(", "),
+                Part::Int(item.unit_price),
+                Part::Sql(")"),
+            ]);
+        }
+    }
+    script.statement(&rows);
+    script.statement(&items);
+}
+
+/// The ids of the `n` orders `push_batch_inserts` added, from its statements' results (the
+/// first is the orders' INSERT). An INSERT that added another number of rows is a protocol
+/// error: the ids could not be told.
+pub fn batch_inserted_ids(
+    results: &[MySqlQueryResult],
+    n: usize,
+    step: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let orders = &results[0];
+    if orders.rows_affected() != n as u64 {
+        return Err(sqlx::Error::Protocol(format!(
+            "a multi-row INSERT of {n} orders added {} rows",
+            orders.rows_affected()
+        )));
+    }
+    let first = orders.last_insert_id() as i64;
+    Ok((0..n as i64).map(|k| first + k * step).collect())
+}
+
 /// The ids of the orders `push_inserts` added, from its statements' results.
 pub fn inserted_ids(results: &[MySqlQueryResult]) -> Vec<i64> {
     results

@@ -3,6 +3,8 @@
 //! scenarios so that one scenario's backlog does not slow the next one down.
 
 pub mod archive;
+pub mod cost;
+pub mod digest;
 pub mod hot;
 pub mod overload;
 pub mod pipeline;
@@ -54,6 +56,8 @@ pub struct Ctx {
     pub products: Arc<Vec<i64>>,
     pub hot_product: i64,
     pub service_pid: u32,
+    /// The admin's token (pausing queues).
+    pub admin: String,
 }
 
 /// Users, their tokens and products, all made over HTTP as a client would.
@@ -103,6 +107,7 @@ pub async fn prepare(
         products: Arc::new(ids),
         hot_product,
         service_pid,
+        admin,
     })
 }
 

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
+use orderflow_sql_script::{Part, Script};
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
@@ -47,6 +49,40 @@ pub async fn insert(
         Err(e) if crate::is_unique_violation(&e) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Inserts every notification of `rows` with one statement (issue 33: one per job, not one
+/// per event). It fails whole if one of the events already has its notification (the
+/// UNIQUE event id, `is_unique_violation`): inside a transaction only this statement is
+/// undone, and the caller inserts them one by one with [`insert`] to tell which were new.
+pub async fn insert_many(
+    conn: &mut sqlx::MySqlConnection,
+    rows: &[NewNotification<'_>],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut parts = vec![Part::Sql(
+        "INSERT INTO notifications (event_id, user_id, order_id, type, message) VALUES ",
+    )];
+    for (i, n) in rows.iter().enumerate() {
+        parts.extend([
+            Part::Sql(if i == 0 { "(" } else { ", (" }),
+            Part::Text(n.event_id),
+            Part::Sql(", "),
+            Part::Int(n.user_id),
+            Part::Sql(", "),
+            Part::Int(n.order_id),
+            Part::Sql(", "),
+            Part::Text(n.kind),
+            Part::Sql(", "),
+            Part::Text(n.message),
+            Part::Sql(")"),
+        ]);
+    }
+    let mut script = Script::default();
+    script.statement(&parts);
+    script.run(conn).await.map(drop).map_err(|e| e.error)
 }
 
 pub async fn list_for_user(

@@ -252,19 +252,41 @@ async fn insert_all(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let mut tx = pool.begin().await?;
-    let mut created = Vec::with_capacity(events.len());
-    for (event, parsed) in events {
-        let new = NewNotification {
+    let rows: Vec<NewNotification> = events
+        .iter()
+        .map(|(_, parsed)| NewNotification {
             event_id: &parsed.event_id,
             user_id: parsed.user_id,
             order_id: parsed.order_id,
             kind: parsed.kind.as_str(),
             message: &parsed.message,
-        };
-        let insert = notifications::insert(&mut *tx, &new).instrument(insert_span(&event.span));
-        created.push(insert.await?);
-    }
+        })
+        .collect();
+    // Each event keeps its own INSERT span, open while the statement that writes its row runs.
+    let spans: Vec<Span> = events
+        .iter()
+        .map(|(event, _)| insert_span(&event.span))
+        .collect();
+    let mut tx = pool.begin().await?;
+    // One statement for the job's events; if one of them already has its notification (a
+    // redelivery), that statement is undone and each is inserted on its own, which tells
+    // the new ones from the others.
+    let created = match notifications::insert_many(&mut tx, &rows)
+        .instrument(spans[0].clone())
+        .await
+    {
+        Ok(()) => vec![true; rows.len()],
+        Err(e) if crate::is_unique_violation(&e) => {
+            let mut created = Vec::with_capacity(rows.len());
+            for (new, span) in rows.iter().zip(&spans) {
+                let insert = notifications::insert(&mut *tx, new).instrument(span.clone());
+                created.push(insert.await?);
+            }
+            created
+        }
+        Err(e) => return Err(e),
+    };
+    drop(spans);
     tx.commit().await?;
     Ok(created)
 }
