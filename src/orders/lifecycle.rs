@@ -8,6 +8,7 @@ use sqlx::MySqlPool;
 use thiserror::Error;
 
 use super::{
+    ids::{OrderId, OwnerId},
     model::{Order, OrderStatus},
     outcome::event_payload,
     repo,
@@ -61,8 +62,8 @@ enum Step {
 
 async fn begin_transition(
     tx: &mut sqlx::MySqlConnection,
-    order_id: i64,
-    owner: Option<i64>,
+    order_id: OrderId,
+    owner: Option<OwnerId>,
     to: OrderStatus,
 ) -> Result<Step, TransitionError> {
     let (user_id, mut order) = repo::lock(tx, order_id, owner)
@@ -87,8 +88,8 @@ async fn begin_transition(
 pub async fn cancel(
     pool: &MySqlPool,
     publisher: &PublishBatcher,
-    owner: i64,
-    order_id: i64,
+    owner: OwnerId,
+    order_id: OrderId,
     trace: &TraceContext,
 ) -> Result<Transitioned, TransitionError> {
     let mut tx = pool.begin().await?;
@@ -110,7 +111,7 @@ pub async fn cancel(
     let event = outbox::append(
         &mut tx,
         EventType::OrderCancelled,
-        order_id,
+        order_id.0,
         &event_payload(EventType::OrderCancelled, user_id, &order),
         &TraceContext::current_or(trace),
         &queue::new_job_id(),
@@ -124,7 +125,7 @@ pub async fn cancel(
     })
 }
 
-pub async fn complete(pool: &MySqlPool, order_id: i64) -> Result<Order, TransitionError> {
+pub async fn complete(pool: &MySqlPool, order_id: OrderId) -> Result<Order, TransitionError> {
     let mut tx = pool.begin().await?;
     match begin_transition(&mut tx, order_id, None, OrderStatus::Completed).await? {
         Step::Already(order) => Ok(order),

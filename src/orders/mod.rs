@@ -5,6 +5,7 @@ mod allocate;
 mod batch;
 pub(crate) mod committer;
 mod create;
+mod ids;
 mod lane;
 mod lifecycle;
 mod lookup;

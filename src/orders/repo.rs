@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{mysql::MySqlQueryResult, MySqlConnection, MySqlPool, QueryBuilder};
 
-use super::model::{Order, OrderItem, OrderRow, OrderStatus};
+use super::{
+    ids::{OrderId, OwnerId},
+    model::{Order, OrderItem, OrderRow, OrderStatus},
+};
 use crate::{
     db::{Part, Script},
     http::paging::PageRequest,
@@ -199,8 +202,8 @@ async fn attach_items(
 /// The order if `user_id` owns it (`None` for another user's order: never reveal existence).
 pub async fn find_owned(
     pool: &MySqlPool,
-    user_id: i64,
-    order_id: i64,
+    user_id: OwnerId,
+    order_id: OrderId,
 ) -> Result<Option<Order>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     let row: Option<OrderRow> = sqlx::query_as(&format!(
@@ -241,8 +244,8 @@ pub async fn list_owned(
 /// `owner = None` for admin operations.
 pub async fn lock(
     conn: &mut MySqlConnection,
-    order_id: i64,
-    owner: Option<i64>,
+    order_id: OrderId,
+    owner: Option<OwnerId>,
 ) -> Result<Option<(i64, Order)>, sqlx::Error> {
     let row: Option<OrderRow> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ? AND (? IS NULL OR user_id = ?) FOR UPDATE"
@@ -267,7 +270,7 @@ pub async fn lock(
 /// Moves the order from `from` to `to`; false if it was no longer in `from`.
 pub async fn transition(
     conn: &mut MySqlConnection,
-    order_id: i64,
+    order_id: OrderId,
     from: OrderStatus,
     to: OrderStatus,
     now: DateTime<Utc>,

@@ -10,6 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     create::{self, OrderRequest},
+    ids::{OrderId, OwnerId},
     lifecycle,
     model::{self, CreateOrderRequest, Order},
     repo,
@@ -178,9 +179,9 @@ async fn list(
 async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(id): Path<i64>,
+    Path(id): Path<OrderId>,
 ) -> Result<axum::Json<Order>, ApiError> {
-    repo::find_owned(&state.db, user.id, id)
+    repo::find_owned(&state.db, OwnerId(user.id), id)
         .await?
         .map(axum::Json)
         .ok_or_else(|| ApiError::not_found("order"))
@@ -209,14 +210,15 @@ async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<OrderId>,
 ) -> Result<axum::Json<Order>, ApiError> {
-    tracing::Span::current().record("orderId", id);
+    tracing::Span::current().record("orderId", id.0);
     let trace = outbox::trace_context(&headers);
-    let done = lifecycle::cancel(&state.db, &state.publisher, user.id, id, &trace).await?;
+    let done =
+        lifecycle::cancel(&state.db, &state.publisher, OwnerId(user.id), id, &trace).await?;
     if !done.restocked.is_empty() {
         state.cache.invalidate_products(&done.restocked).await;
-        tracing::info!(orderId = id, "order cancelled; stock restored");
+        tracing::info!(orderId = id.0, "order cancelled; stock restored");
     }
     Ok(axum::Json(done.order))
 }
@@ -240,9 +242,9 @@ async fn cancel(
 async fn complete(
     State(state): State<AppState>,
     _admin: AdminUser,
-    Path(id): Path<i64>,
+    Path(id): Path<OrderId>,
 ) -> Result<axum::Json<Order>, ApiError> {
-    tracing::Span::current().record("orderId", id);
+    tracing::Span::current().record("orderId", id.0);
     let order = lifecycle::complete(&state.db, id).await?;
     Ok(axum::Json(order))
 }
