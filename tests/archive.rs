@@ -384,24 +384,86 @@ async fn assert_final_state_archive_only(app: &TestApp, total: i64) {
     assert_eq!(sum, ELIGIBLE * total, "totals intact");
 }
 
+/// The real schedule: ARCHIVE_CRON firing every second on two replicas, each tick of each
+/// trying to queue the day's run. One run is queued and done; the ticks that follow it,
+/// on both replicas, queue nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schedule_queues_one_run_per_day_and_the_worker_runs_it() {
-    let app = TestApp::spawn().await;
-    let (_, total) = seed(&app).await;
+    let every_second = "* * * * * *";
+    // The API alone first, to seed the tables before any tick.
+    let api = TestApp::spawn_api_only(|c| {
+        c.archive.cron = every_second.into();
+        c.archive.chunk_size = 1000;
+        c.archive.older_than_days = 30;
+        // The retention schedule ticks beside the archive's: its one job per tick shows the
+        // schedules ticking (it purges only what is days old: nothing here).
+        c.retention.cron = every_second.into();
+    })
+    .await;
+    let (_, total) = seed(&api).await;
+    let first_day = chrono::Utc::now();
+    let replicas = [api.replica_of().await, api.replica_of().await];
     let key = orderflow_workflows::daily_run_key(chrono::Utc::now());
-    // Two replicas ticking for the same day queue one start.
-    for _ in 0..2 {
-        start(&app, run(&key, 1000)).await;
-    }
-    let starts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE idempotency_key = ?")
-        .bind(&key)
-        .fetch_one(app.db())
+    let done = api
+        .eventually(Duration::from_secs(120), || async {
+            archive::summary(api.db(), &key)
+                .await
+                .unwrap()
+                .is_some_and(|s| s.finished())
+        })
+        .await;
+    assert!(
+        done,
+        "the schedule queued the day's run {key} and it finished"
+    );
+    let summary = finished(&api, &key).await;
+    assert_eq!((summary.status.as_str(), summary.chunks), ("DONE", 10));
+    assert_final_state(&api, total).await;
+
+    // Three more ticks of the schedules after the run ended (three retention jobs queued
+    // since), each of them on both replicas a chance to queue the day's run again.
+    let ticks_before = retention_ticks(&api).await;
+    assert!(
+        api.eventually(Duration::from_secs(30), || async {
+            retention_ticks(&api).await >= ticks_before + 3
+        })
+        .await,
+        "the schedules go on ticking"
+    );
+    let last_day = chrono::Utc::now();
+    let days: Vec<String> = [first_day, last_day]
+        .map(orderflow_workflows::daily_run_key)
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // Every start the ticks queued, per key: one per day (a test run across midnight sees two days).
+    let starts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT idempotency_key, COUNT(*) FROM jobs WHERE job_type = 'archive-run' \
+         AND idempotency_key IS NOT NULL GROUP BY idempotency_key ORDER BY idempotency_key",
+    )
+    .fetch_all(api.db())
+    .await
+    .unwrap();
+    assert!(
+        starts.iter().all(|(k, n)| days.contains(k) && *n == 1)
+            && starts.iter().any(|(k, _)| *k == key),
+        "one start per day ({days:?}): {starts:?}"
+    );
+    let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM archive_runs")
+        .fetch_one(api.db())
         .await
         .unwrap();
-    assert_eq!(starts, 1);
-    let summary = finished(&app, &key).await;
-    assert_eq!((summary.status.as_str(), summary.chunks), ("DONE", 10));
-    assert_final_state(&app, total).await;
+    assert_eq!(runs as usize, starts.len(), "one archive run per start");
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
+/// The retention jobs queued so far: one per tick of its schedule.
+async fn retention_ticks(app: &TestApp) -> i64 {
+    app.count("SELECT COUNT(*) FROM jobs WHERE job_type = 'retention'")
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{proxy, TestApp};
+use common::{process::ServiceProcess, proxy, TestApp};
 use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -272,6 +272,36 @@ async fn redis_down_the_api_answers_from_the_database() {
     assert!(
         after > before,
         "cache errors are counted ({before} -> {after})"
+    );
+}
+
+/// The cache's metrics on a service of its own, from zero: this binary's process-wide
+/// registry is moved by every test in it (the other Redis tests count errors too). With
+/// Redis down every lookup is a miss and none a hit; the failures are counted (at least the
+/// first: after a failure Redis is bypassed for a second, and a bypassed call is no error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_every_lookup_is_a_miss_and_the_failures_are_counted() {
+    let url = common::fresh_database_url();
+    let _database = common::DatabaseGuard { url: url.clone() };
+    let service = ServiceProcess::start(&url, &[("REDIS_URL", "redis://127.0.0.1:1")]).await;
+    let admin = service.admin_token().await;
+    let id = service.new_product(&admin, 5).await;
+    let lookups = [
+        format!("/api/v1/products/{id}"),
+        format!("/api/v1/products/{id}"),
+        "/api/v1/products".to_owned(),
+        format!("/api/v1/products/{id}"),
+        "/api/v1/products?page=0&size=5".to_owned(),
+    ];
+    for path in &lookups {
+        assert_eq!(service.probe(path).await, Some(200), "{path}");
+    }
+    let sample = |result: &str| format!("cache_requests_total{{result=\"{result}\"}}");
+    assert_eq!(service.metric(&sample("miss")).await, lookups.len() as f64);
+    assert_eq!(service.metric(&sample("hit")).await, 0.0);
+    assert!(
+        service.metric(&sample("error")).await >= 1.0,
+        "the cache's failures are counted"
     );
 }
 

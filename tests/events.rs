@@ -36,6 +36,44 @@ async fn dead_rows_of_dead_jobs(app: &TestApp) -> i64 {
     .await
 }
 
+/// Waits until the service's consumer group has committed to the end of these event types'
+/// topics, i.e. has consumed every message on them (what a fixed sleep only hoped for).
+async fn consumed_everything(app: &TestApp, event_types: &[&str]) -> bool {
+    let topics: Vec<String> = event_types.iter().map(|t| app.topic(t)).collect();
+    kafka::wait_until_group_consumed(
+        &app.state.events.bootstrap,
+        &app.state.config.events.consumer_group,
+        &topics,
+        WAIT,
+    )
+    .await
+}
+
+/// Every consume-notification job (idempotency key, status), once none is still to run or
+/// running (or after `WAIT`, as they are then: the caller's assertion shows them).
+async fn settled_consume_jobs(app: &TestApp) -> Vec<(Option<String>, String)> {
+    let jobs = || async {
+        sqlx::query_as::<_, (Option<String>, String)>(
+            "SELECT idempotency_key, status FROM jobs \
+             WHERE job_type = 'consume-notification' ORDER BY id",
+        )
+        .fetch_all(app.db())
+        .await
+        .unwrap()
+    };
+    app.eventually(WAIT, || async {
+        app.count(
+            "SELECT COUNT(*) FROM jobs WHERE job_type = 'consume-notification' \
+             AND (status IN ('Pending', 'Queued', 'Running') \
+             OR (status = 'Failed' AND attempts < max_attempts))",
+        )
+        .await
+            == 0
+    })
+    .await;
+    jobs().await
+}
+
 /// Reads `expected` events of the topic and asserts each one is there exactly once.
 async fn assert_each_event_once(app: &TestApp, topic: &str, expected: usize) {
     let events = kafka::read_all(
@@ -143,21 +181,77 @@ async fn an_order_and_its_cancellation_each_reach_kafka_and_notify_once() {
         (Some(order_id), Some(user_id))
     );
 
-    app.post(
-        &format!("/api/v1/orders/{order_id}/cancel"),
-        Some(&user),
-        json!({}),
-    )
-    .await;
+    let cancel = app
+        .post(
+            &format!("/api/v1/orders/{order_id}/cancel"),
+            Some(&user),
+            json!({}),
+        )
+        .await;
+    assert_eq!(cancel.status, StatusCode::OK, "{}", cancel.text);
+    assert_eq!(cancel.body["status"], "CANCELLED");
     assert!(
         app.eventually(WAIT, || async {
             notifications(&app, &user).await.len() == 2
         })
         .await
     );
+    let newest = &notifications(&app, &user).await[0];
+    assert_eq!(newest["type"], "ORDER_CANCELLED");
+    assert_eq!(newest["orderId"], order_id);
+    let cancelled_id: String = sqlx::query_scalar(
+        "SELECT event_id FROM outbox_events WHERE aggregate_id = ? \
+         AND event_type = 'ORDER_CANCELLED'",
+    )
+    .bind(order_id)
+    .fetch_one(app.db())
+    .await
+    .unwrap();
+    assert_eq!(newest["eventId"], cancelled_id.as_str());
+
+    // The cancellation on its own topic, keyed by the order.
+    let events = kafka::read_all(
+        &app.state.events.bootstrap,
+        &app.topic("ORDER_CANCELLED"),
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.event_id.as_deref(), Some(cancelled_id.as_str()));
+    assert_eq!(e.event_type.as_deref(), Some("ORDER_CANCELLED"));
+    assert_eq!(e.key.as_deref(), Some(order_id.to_string().as_str()));
+    let payload: Value = serde_json::from_str(&e.payload).unwrap();
+    assert_eq!(payload["orderId"].as_i64(), Some(order_id));
+
+    // "Once", counted when nothing is left to arrive: the service's consumer has consumed
+    // both topics, and every consume job has ended.
+    assert!(
+        consumed_everything(&app, &["ORDER_CREATED", "ORDER_CANCELLED"]).await,
+        "the service's consumer committed past both events"
+    );
     assert_eq!(
-        notifications(&app, &user).await[0]["type"],
-        "ORDER_CANCELLED"
+        settled_consume_jobs(&app).await,
+        [
+            (Some(event_id.clone()), "Done".to_owned()),
+            (Some(cancelled_id.clone()), "Done".to_owned())
+        ],
+        "one consume job per event, done"
+    );
+    let notified = notifications(&app, &user).await;
+    let mut notified: Vec<&str> = notified
+        .iter()
+        .filter_map(|n| n["eventId"].as_str())
+        .collect();
+    notified.sort_unstable();
+    let mut expected = [event_id.as_str(), cancelled_id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(notified, expected, "each event notified once");
+    assert_eq!(app.count("SELECT COUNT(*) FROM notifications").await, 2);
+    assert!(
+        app.eventually(WAIT, || all_published(&app)).await,
+        "both outbox rows PUBLISHED"
     );
 }
 
@@ -179,29 +273,22 @@ async fn the_same_event_delivered_twice_notifies_once() {
         )
         .await;
     }
-    // The three redeliveries are consumed (the consumer commits past them) ...
-    let consumed = app
-        .eventually(WAIT, || async {
-            kafka::read_all(
-                &app.state.events.bootstrap,
-                &topic,
-                4,
-                Duration::from_millis(500),
-            )
-            .await
-            .len()
-                == 4
-        })
-        .await;
-    assert!(consumed);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // ... and change nothing: one notification, one job for the event.
+    // The three redeliveries are consumed: the service's consumer group commits past them
+    // (only once their job is stored, or found to be stored already) ...
+    assert!(
+        consumed_everything(&app, &["ORDER_CREATED"]).await,
+        "the service's consumer committed past the redeliveries"
+    );
+    // ... and change nothing: one notification, and one consume job in all, done. Without
+    // de-duplication each redelivery would be a job of its own (which the notifications'
+    // unique event id would then refuse, or turn into a no-op).
     assert_eq!(notifications(&app, &user).await.len(), 1);
     assert_eq!(app.count("SELECT COUNT(*) FROM notifications").await, 1);
-    let jobs = app
-        .count(&format!("SELECT COUNT(*) FROM jobs WHERE job_type = 'consume-notification' AND idempotency_key = '{event_id}'"))
-        .await;
-    assert_eq!(jobs, 1);
+    assert_eq!(
+        settled_consume_jobs(&app).await,
+        [(Some(event_id.clone()), "Done".to_owned())],
+        "one consume job for the event, done"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{assert_standard_error, TestApp};
+use common::{assert_standard_error, raw_http, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -48,25 +48,19 @@ async fn raw_post(
 
 /// Sends `request` as is on a fresh connection; returns the status (None if the server
 /// closed without answering) and the response body.
-async fn raw_http(app: &TestApp, request: &str) -> (Option<u16>, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    // The server may answer and close before it has read everything: a failed write is
-    // part of the outcome, not an error of the test.
-    let _ = conn.write_all(request.as_bytes()).await;
-    let mut raw = Vec::new();
-    let _ = conn.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| text.starts_with("HTTP/1.1 "));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+async fn raw_request(app: &TestApp, request: &str) -> (Option<u16>, String) {
+    let answer = raw_http::exchange(app.addr, request.as_bytes()).await;
+    (answer.status, answer.body)
+}
+
+/// Asserts that a request whose body is over the limit was refused with 413 in the standard
+/// body. The server answers as soon as it knows (the Content-Length, or the streamed body
+/// passing the limit) and closes without reading the rest, so the client's write may be cut
+/// part-way: that is what a client may see, and the answer is read all the same.
+#[track_caller]
+fn assert_refused_as_too_large(what: &str, answer: &raw_http::RawAnswer) {
+    assert_eq!(answer.status, Some(413), "{what}: {answer:?}");
+    assert_standard_error(&answer.json(), "PAYLOAD_TOO_LARGE");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,48 +74,50 @@ async fn oversized_bodies_are_413_in_the_standard_body_and_store_nothing() {
     // Valid JSON, well over the limit, on every route that takes a body.
     let padding = "x".repeat(2 * limit);
     let order = json!({"items": [{"productId": p, "quantity": 1}], "pad": padding}).to_string();
-    let r = raw_post(
-        &app,
-        "/api/v1/orders",
-        Some(&user),
-        &[("idempotency-key", "big-1")],
-        order.clone(),
+    let bearer = |t: &str| format!("Bearer {t}");
+    let user_auth = bearer(&user);
+    let admin_auth = bearer(&admin);
+    let answer = raw_http::exchange(
+        app.addr,
+        &raw_http::post(
+            "/api/v1/orders",
+            &[
+                ("Authorization", user_auth.as_str()),
+                ("Idempotency-Key", "big-1"),
+            ],
+            &order,
+        ),
     )
     .await;
-    r.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
-    for (path, token) in [
+    assert_refused_as_too_large("an order", &answer);
+    for (path, auth) in [
         ("/api/v1/auth/register", None),
         ("/api/v1/auth/login", None),
-        ("/api/v1/admin/products", Some(admin.as_str())),
+        ("/api/v1/admin/products", Some(admin_auth.as_str())),
         (
             &*format!("/api/v1/admin/products/{p}/stock-adjust"),
-            Some(admin.as_str()),
+            Some(admin_auth.as_str()),
         ),
     ] {
         let body = json!({"email": padding, "password": padding, "name": "n"}).to_string();
-        raw_post(&app, path, token, &[], body)
-            .await
-            .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let answer = raw_http::exchange(app.addr, &raw_http::post(path, &headers, &body)).await;
+        assert_refused_as_too_large(path, &answer);
     }
     // The same without a Content-Length (chunked): the limit applies while streaming.
-    let mut chunked = String::new();
-    for chunk in order.as_bytes().chunks(8 * 1024) {
-        chunked.push_str(&format!("{:x}\r\n", chunk.len()));
-        chunked.push_str(std::str::from_utf8(chunk).unwrap());
-        chunked.push_str("\r\n");
-    }
-    chunked.push_str("0\r\n\r\n");
-    let (status, body) = raw_http(
-        &app,
-        &format!(
-            "POST /api/v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user}\r\n\
-             Idempotency-Key: big-2\r\nContent-Type: application/json\r\n\
-             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunked}"
+    let answer = raw_http::exchange(
+        app.addr,
+        &raw_http::post_chunked(
+            "/api/v1/orders",
+            &[
+                ("Authorization", user_auth.as_str()),
+                ("Idempotency-Key", "big-2"),
+            ],
+            &order,
         ),
     )
     .await;
-    assert_eq!(status, Some(413), "{body}");
-    assert_standard_error(&serde_json::from_str(&body).unwrap(), "PAYLOAD_TOO_LARGE");
+    assert_refused_as_too_large("a chunked order", &answer);
 
     assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 0);
     assert_eq!(app.count("SELECT COUNT(*) FROM orders").await, 0);
@@ -219,7 +215,7 @@ async fn oversized_and_malformed_headers_are_refused_without_a_5xx() {
     let huge = "h".repeat(1024 * 1024);
     let many: String = (0..200).map(|i| format!("X-Many-{i}: v\r\n")).collect();
     for headers in [format!("X-Huge: {huge}\r\n"), many] {
-        let (status, body) = raw_http(
+        let (status, body) = raw_request(
             &app,
             &format!(
                 "GET /api/v1/products HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
@@ -254,10 +250,23 @@ async fn deeply_nested_json_is_a_400_not_a_crash() {
         .await;
         r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
-    for path in [
-        "/api/v1/auth/register",
-        "/api/v1/auth/login",
-        "/api/v1/admin/products",
+    // Without a token the admin route refuses the caller before it reads the body.
+    for (path, status, code) in [
+        (
+            "/api/v1/auth/register",
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/v1/auth/login",
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/v1/admin/products",
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+        ),
     ] {
         let r = raw_post(&app, path, None, &[], format!(r#"{{"email":{objects}}}"#)).await;
         assert!(
@@ -266,7 +275,8 @@ async fn deeply_nested_json_is_a_400_not_a_crash() {
             r.status,
             r.text
         );
-        assert_standard_error(&r.body, r.body["code"].as_str().unwrap_or("?"));
+        assert_eq!(r.status, status, "{path}: {}", r.text);
+        assert_standard_error(&r.body, code);
     }
     assert_eq!(app.count("SELECT COUNT(*) FROM idempotency_keys").await, 0);
     still_healthy(&app).await;

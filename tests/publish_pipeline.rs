@@ -472,6 +472,8 @@ async fn a_row_two_jobs_carry_is_dead_only_under_the_job_it_names() {
     let app = TestApp::spawn_with(|c| {
         c.events.queue.backoff_base = Duration::from_millis(200);
         c.events.queue.backoff_max = Duration::from_millis(500);
+        // No sweeper within the test: the row keeps naming the job it was appended with.
+        c.events.sweep_grace = Duration::from_secs(3600);
     })
     .await;
     let admin = app.admin_token().await;
@@ -496,6 +498,14 @@ async fn a_row_two_jobs_carry_is_dead_only_under_the_job_it_names() {
         .await,
         "the other job ends"
     );
+    // The other job carried it, saw Kafka refuse it, and left it to the job it names: the
+    // row is untouched (NEW, no attempt counted) and the other job is done, not dead.
+    assert_eq!(job_status(&app, &other).await.as_deref(), Some("Done"));
+    assert_eq!(
+        row_state(&app, row).await,
+        (Some(named.clone()), "NEW".to_owned(), 0),
+        "the other job left the row to the job it names"
+    );
     push_job(&app, &named, Vec::new()).await;
     let dead_under_its_dead_job =
         "SELECT COUNT(*) FROM outbox_events e JOIN jobs j ON j.id = e.job_id \
@@ -509,14 +519,16 @@ async fn a_row_two_jobs_carry_is_dead_only_under_the_job_it_names() {
         by_status(&app).await,
         job_status(&app, &named).await
     );
-    let job_id: String = sqlx::query_scalar("SELECT job_id FROM outbox_events WHERE id = ?")
-        .bind(row)
-        .fetch_one(app.db())
-        .await
-        .unwrap();
+    assert_eq!(
+        row_state(&app, row).await,
+        (Some(named.clone()), "DEAD".to_owned(), 1),
+        "DEAD under the job it names, after that job's one attempt"
+    );
+    assert_eq!(job_status(&app, &named).await.as_deref(), Some("Killed"));
+    assert_eq!(job_status(&app, &other).await.as_deref(), Some("Done"));
     let r = app
         .post(
-            &format!("/api/v1/admin/jobs/{job_id}/retry"),
+            &format!("/api/v1/admin/jobs/{named}/retry"),
             Some(&admin),
             json!({}),
         )
@@ -527,7 +539,29 @@ async fn a_row_two_jobs_carry_is_dead_only_under_the_job_it_names() {
         "the retry reaches it: {}",
         r.text
     );
+    // The retry revived the row: its job tried it again (Kafka still refuses it, so it is
+    // DEAD again, after a second attempt). A retry that left the row DEAD would end the job
+    // dead without trying it.
+    assert!(
+        app.eventually(WAIT, || async {
+            row_state(&app, row).await == (Some(named.clone()), "DEAD".to_owned(), 2)
+                && job_status(&app, &named).await.as_deref() == Some("Killed")
+        })
+        .await,
+        "the retried job tried its revived row once more: row {:?}, job {:?}",
+        row_state(&app, row).await,
+        job_status(&app, &named).await
+    );
     app.stop().await;
+}
+
+/// The job a row names, its status and its attempts.
+async fn row_state(app: &TestApp, row: i64) -> (Option<String>, String, i32) {
+    sqlx::query_as("SELECT job_id, status, attempts FROM outbox_events WHERE id = ?")
+        .bind(row)
+        .fetch_one(app.db())
+        .await
+        .unwrap()
 }
 
 /// Finding 4: a job whose payload this release cannot decode (a rolling deploy, a corrupt

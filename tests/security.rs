@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
 use chrono::Utc;
-use common::{TestApp, ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET};
+use common::{process::ServiceProcess, TestApp, ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET};
 use jsonwebtoken::{crypto, encode, Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -1084,6 +1084,57 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
     // Another client behind the same proxy is not affected.
     let r = login_as(&app, ADMIN_EMAIL, ADMIN_PASSWORD, Some("198.51.100.9")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+/// The throttle's metrics, exactly, on a service of its own (this binary's process-wide
+/// registry is moved by every test in it). With Redis down each login's reservation is one
+/// Redis call that fails, or is skipped in the second of bypass after a failure: counted
+/// once either way; the settlement of a login counted in the process never calls Redis.
+/// Each refusal is counted once, under its scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_the_throttle_counts_each_login_and_refusal_exactly() {
+    let url = common::fresh_database_url();
+    let _database = common::DatabaseGuard { url: url.clone() };
+    let service = ServiceProcess::start(
+        &url,
+        &[
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("LOGIN_MAX_FAILURES_PER_ACCOUNT_AND_IP", "2"),
+            ("LOGIN_MAX_FAILURES_PER_IP", "3"),
+            ("LOGIN_THROTTLE_WINDOW_SECS", "60"),
+            ("HTTP_TRUSTED_PROXY_HOPS", "1"),
+        ],
+    )
+    .await;
+    let login = |email: String, password: &'static str, from: &'static str| {
+        let request = service
+            .client
+            .post(format!("{}/api/v1/auth/login", service.base))
+            .header("x-forwarded-for", from)
+            .json(&json!({"email": email, "password": password}));
+        async move { request.send().await.expect("login answered").status() }
+    };
+    let errors = "login_throttle_errors_total";
+    let account_client = r#"login_throttled_total{scope="account_client"}"#;
+    let client = r#"login_throttled_total{scope="client"}"#;
+    assert_eq!(service.metric(errors).await, 0.0, "no login yet");
+    let attacker = "203.0.113.41";
+    let admin = || ADMIN_EMAIL.to_owned();
+    let mut statuses = Vec::new();
+    for (email, password, from) in [
+        (admin(), "wrong-password", attacker),
+        (admin(), "wrong-password", attacker),
+        (admin(), ADMIN_PASSWORD, attacker), // the account from here: at its limit
+        (unique_email("other"), "wrong", attacker),
+        (unique_email("next"), "wrong", attacker), // the address: at its limit
+        (admin(), ADMIN_PASSWORD, "198.51.100.41"),
+    ] {
+        statuses.push(login(email, password, from).await.as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 429, 401, 429, 200]);
+    assert_eq!(service.metric(errors).await, 6.0, "one per login");
+    assert_eq!(service.metric(account_client).await, 1.0);
+    assert_eq!(service.metric(client).await, 1.0);
 }
 
 /// Issue 22, finding 7: Redis unreachable, or accepting connections and never answering,

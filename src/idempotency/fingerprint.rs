@@ -98,6 +98,9 @@ mod tests {
             "lines keep their order, as the previous release's fingerprint did"
         );
         assert_eq!(a.len(), 64);
+        // A body whose only number is written another way (no plain integer beside it).
+        assert_eq!(fp(r#"{"quantity":2.0}"#), fp(r#"{"quantity":2}"#));
+        assert_eq!(fp("[2e0]"), fp("[2]"));
     }
 
     #[test]

@@ -95,6 +95,10 @@ mod tests {
         );
         assert_eq!(parse(r#""a\"b\\c""#).unwrap(), r#"a"b\c"#);
         assert_eq!(parse(&"k".repeat(255)).unwrap().len(), 255);
+        // Quoted only when it both starts and ends with a quote; otherwise taken as it is.
+        assert_eq!(parse(r#"ab""#).unwrap(), r#"ab""#);
+        assert_eq!(parse(r#""ab"#).unwrap(), r#""ab"#);
+        assert_eq!(parse(r#"""#).unwrap(), r#"""#);
     }
 
     #[test]

@@ -94,6 +94,15 @@ mod tests {
     }
 
     #[test]
+    fn what_an_order_takes_is_gone_for_the_next() {
+        // 10 units: 2, then 6, both fit (8 left after the first); then 3 does not (2 left).
+        let (a, b, c) = ([line(1, 2)], [line(1, 6)], [line(1, 3)]);
+        let got = allocate(&[&a, &b, &c], &units(&[(1, 10)]));
+        assert_eq!(got.short_on, [None, None, Some(c[0])]);
+        assert_eq!(got.take, units(&[(1, 8)]));
+    }
+
+    #[test]
     fn a_batch_takes_each_products_total_once() {
         let a = [line(1, 1), line(2, 1)];
         let b = [line(2, 3)];

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
     message::{Header, Headers, Message, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
     util::Timeout,
-    ClientConfig,
+    ClientConfig, Offset, TopicPartitionList,
 };
 
 #[derive(Debug, Clone)]
@@ -99,4 +99,70 @@ pub async fn produce(
         )
         .await
         .expect("test message delivered");
+}
+
+/// Waits until the consumer group `group` has committed, on every partition of each of
+/// `topics`, an offset at the partition's end: everything on them was consumed. Reads the
+/// group's offsets without joining it (the service's consumer is not rebalanced). `false`
+/// when `timeout` passed first.
+pub async fn wait_until_group_consumed(
+    bootstrap: &str,
+    group: &str,
+    topics: &[String],
+    timeout: Duration,
+) -> bool {
+    let (bootstrap, group, topics) = (bootstrap.to_owned(), group.to_owned(), topics.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("offset reader");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if group_is_at_end(&consumer, &topics) {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .expect("offset reader thread")
+}
+
+fn group_is_at_end(consumer: &BaseConsumer, topics: &[String]) -> bool {
+    let wait = Duration::from_secs(5);
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for topic in topics {
+        let Ok(metadata) = consumer.fetch_metadata(Some(topic), wait) else {
+            return false;
+        };
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let Ok((_, high)) = consumer.fetch_watermarks(topic, p.id(), wait) else {
+                    return false;
+                };
+                tpl.add_partition(topic, p.id());
+                ends.push(((topic.clone(), p.id()), high));
+            }
+        }
+    }
+    let Ok(committed) = consumer.committed_offsets(tpl, wait) else {
+        return false;
+    };
+    ends.iter().all(|((topic, partition), high)| {
+        let at = match committed
+            .find_partition(topic, *partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(n)) => n,
+            _ => 0,
+        };
+        at >= *high
+    })
 }

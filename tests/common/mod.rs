@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod private_mariadb;
 pub mod process;
 pub mod proxy;
+pub mod raw_http;
 pub mod tansu;
 
 use std::{net::SocketAddr, time::Duration};

@@ -99,13 +99,18 @@ impl Pauses {
             sqlx::query_scalar("SELECT queue FROM job_queues WHERE paused = 1")
                 .fetch_all(pool)
                 .await?;
+        self.apply(paused);
+        Ok(())
+    }
+
+    /// Closes the gates of the `paused` queues and opens every other one.
+    fn apply(&self, paused: Vec<String>) {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
         for (queue, sender) in &gates.senders {
             let closed = paused.contains(queue);
             sender.send_if_modified(|now| std::mem::replace(now, closed) != closed);
         }
         gates.paused = Some(paused);
-        Ok(())
     }
 
     /// Refreshes every `every` until `stop`.
@@ -176,21 +181,28 @@ pub async fn paused_for(pool: &MySqlPool) -> Result<HashMap<String, i64>, sqlx::
 mod tests {
     use super::*;
 
+    fn paused(queues: &[&str]) -> Vec<String> {
+        queues.iter().map(|q| q.to_string()).collect()
+    }
+
+    /// The gates follow what `refresh` read (`apply`), not a state the test sets itself.
     #[tokio::test]
     async fn a_gate_is_closed_until_the_state_is_known_and_follows_it() {
         let pauses = Pauses::new();
         let gate = pauses.gate("q");
+        let other = pauses.gate("other");
         assert!(gate.is_paused(), "closed before the first read");
-        {
-            let mut gates = pauses.gates.lock().unwrap();
-            gates.paused = Some(vec!["other".into()]);
-            for sender in gates.senders.values() {
-                sender.send_replace(false);
-            }
-        }
-        assert!(!gate.is_paused());
+        assert!(other.is_paused(), "closed before the first read");
+        pauses.apply(paused(&["other"]));
+        assert!(!gate.is_paused(), "not paused: opened");
+        assert!(other.is_paused(), "paused: stays closed");
         assert!(!pauses.gate("new").is_paused(), "known state: open");
-        assert!(pauses.gate("other").is_paused());
+        assert!(pauses.gate("other").is_paused(), "known state: closed");
+        pauses.apply(paused(&["q"]));
+        assert!(gate.is_paused(), "paused since: closed");
+        assert!(!other.is_paused(), "resumed: opened");
+        pauses.apply(Vec::new());
+        assert!(!gate.is_paused() && !other.is_paused(), "all resumed");
         let mut always = QueueGate::always_open();
         always.opened().await;
         assert!(!always.is_paused());
@@ -199,13 +211,18 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_worker_passes_the_gate_when_its_queue_resumes() {
         let pauses = Pauses::new();
+        pauses.apply(paused(&["q"]));
         let mut gate = pauses.gate("q");
         let waiter = tokio::spawn(async move {
             gate.opened().await;
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "waits while the queue is paused");
-        pauses.gates.lock().unwrap().senders["q"].send_replace(false);
-        waiter.await.unwrap();
+        pauses.apply(paused(&["another"]));
+        assert!(!pauses.gate("q").is_paused(), "resumed");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the worker passes the gate once its queue resumes")
+            .unwrap();
     }
 }

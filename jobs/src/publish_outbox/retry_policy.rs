@@ -96,5 +96,8 @@ mod tests {
             );
         }
         assert!(!is_permanent(&KafkaError::Canceled));
+        // A record that cannot be built (a NUL inside a header) is refused however often.
+        let nul = std::ffi::CString::new("a\0b").unwrap_err();
+        assert!(is_permanent(&KafkaError::Nul(nul)));
     }
 }

@@ -342,6 +342,44 @@ mod tests {
         }
     }
 
+    /// Redis unusable (no valid URL): the attempt is counted in the process and settled
+    /// there without a call to Redis; every reservation is one call that could not reach
+    /// it, counted in `login_throttle_errors_total`.
+    #[test]
+    fn without_redis_attempts_are_counted_and_settled_in_the_process() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let redis = OptionalRedis::new("no-redis-here", Duration::from_millis(100), "t");
+                let counters = Counters::new(redis);
+                let limited = [counter("a", Some(1), false)];
+                let (backend, reserved) = counters.reserve("m", &limited, WINDOW).await;
+                assert_eq!(backend, Backend::Local);
+                assert_eq!(reserved, counted(&[Some(0)], false));
+                let (_, full) = counters.reserve("m", &limited, WINDOW).await;
+                assert!(matches!(full, Reserved::Full { index: 0, .. }), "{full:?}");
+                let forget = Settle {
+                    forget: &["a"],
+                    release: &[],
+                    mark: None,
+                };
+                counters.settle(Backend::Local, forget).await;
+                let (_, again) = counters.reserve("m", &limited, WINDOW).await;
+                assert_eq!(again, counted(&[Some(0)], false), "forgotten when settled");
+            })
+        });
+        let text = metrics.render();
+        assert!(
+            text.lines().any(|l| l == "login_throttle_errors_total 3"),
+            "one error per reservation, none for the local settlement:\n{text}"
+        );
+    }
+
     fn counted(before: &[Option<u64>], marked: bool) -> Reserved {
         Reserved::Counted {
             marked,
