@@ -214,8 +214,7 @@ async fn cancel(
 ) -> Result<axum::Json<Order>, ApiError> {
     tracing::Span::current().record("orderId", id.0);
     let trace = outbox::trace_context(&headers);
-    let done =
-        lifecycle::cancel(&state.db, &state.publisher, OwnerId(user.id), id, &trace).await?;
+    let done = lifecycle::cancel(&state.db, &state.publisher, OwnerId(user.id), id, &trace).await?;
     if !done.restocked.is_empty() {
         state.cache.invalidate_products(&done.restocked).await;
         tracing::info!(orderId = id.0, "order cancelled; stock restored");
