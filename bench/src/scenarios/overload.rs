@@ -29,9 +29,9 @@ pub const EXPECTED: [&str; 2] = ["SERVICE_UNAVAILABLE", "ORDER_OUTCOME_UNKNOWN"]
 /// Client tasks per offered order a second: enough that a task is free when each request is
 /// due, while the admitted ones wait up to `ORDER_QUEUE_MAX_WAIT_MS` (1 s by default).
 const TASKS_PER_RATE: f64 = 1.5;
-/// Each task keeps a connection: below the service's `HTTP_MAX_CONNECTIONS` (1,024), whose
-/// excess connections are refused before they reach the order path. `sent_rate` says when the
-/// tasks could not keep the schedule.
+/// Each task keeps a connection; the bench's service runs with `HTTP_MAX_CONNECTIONS` 4,096
+/// (`service.rs`), so the connection cap never answers in admission's place. `sent_rate` says
+/// when the tasks could not keep the schedule.
 const MAX_TASKS: usize = 1_000;
 
 #[derive(Debug, Clone, Serialize)]
