@@ -173,6 +173,26 @@ pub fn same_token(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// The body of a console form post: only `application/x-www-form-urlencoded` (415 otherwise),
+/// the one encoding a browser's plain form sends; the caller parses it.
+pub async fn form_body(req: Request, state: &AppState) -> Result<Bytes, Response> {
+    let urlencoded = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !urlencoded {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "expected Content-Type: application/x-www-form-urlencoded",
+        )
+        .into_response());
+    }
+    Bytes::from_request(req, state)
+        .await
+        .map_err(IntoResponse::into_response)
+}
+
 pub fn forbidden() -> Response {
     ApiError::new(ErrorCode::Forbidden, "missing or invalid CSRF token").into_response()
 }
@@ -185,21 +205,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for CsrfForm<T> {
             .extract_parts_with_state::<Session, _>(state)
             .await
             .map_err(|(_, msg)| session_failed(msg))?;
-        let urlencoded = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        if !urlencoded {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "expected Content-Type: application/x-www-form-urlencoded",
-            )
-            .into_response());
-        }
-        let body = Bytes::from_request(req, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let body = form_body(req, state).await?;
         let expected: Option<String> = session.get(CSRF).await.map_err(session_failed)?;
         let sent = serde_html_form::from_bytes::<Token>(&body)
             .ok()

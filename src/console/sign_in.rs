@@ -9,9 +9,8 @@
 
 use askama::Template;
 use axum::{
-    body::Bytes,
     extract::{FromRequest, FromRequestParts, Request, State},
-    http::{header, HeaderMap},
+    http::HeaderMap,
     response::{IntoResponse, Redirect, Response},
     RequestExt, RequestPartsExt,
 };
@@ -20,12 +19,12 @@ use tower_cookies::Cookies;
 use tower_sessions::Session;
 
 use super::{
-    guard::{self, CsrfForm, Operator, CSRF, EMAIL, USER_ID},
+    guard::{self, form_body, CsrfForm, Operator, CSRF, EMAIL, USER_ID},
     view::render,
 };
 use crate::{
     auth::{self, LoginRefused, PeerAddr, Role},
-    error::{ApiError, ErrorCode},
+    error::ApiError,
     state::AppState,
 };
 
@@ -101,21 +100,7 @@ impl FromRequest<AppState> for SignInForm {
             .extract_parts_with_state::<Cookies, _>(state)
             .await
             .map_err(|(_, msg)| cookies_failed(msg))?;
-        let urlencoded = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        if !urlencoded {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "expected Content-Type: application/x-www-form-urlencoded",
-            )
-            .into_response());
-        }
-        let body = Bytes::from_request(req, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let body = form_body(req, state).await?;
         let credentials: Credentials = serde_html_form::from_bytes(&body).map_err(|e| {
             ApiError::validation(vec![crate::error::FieldError::new("form", e.to_string())])
                 .into_response()
