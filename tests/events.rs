@@ -536,7 +536,9 @@ async fn broker_down_retries_then_dead_then_an_operator_retry_publishes_once() {
     )
     .await;
     assert_eq!(events.len(), 1, "published once: {events:?}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing more is on its way: the consumer is past every message, and no job waits.
+    assert!(consumed_everything(&app, &["ORDER_CREATED"]).await);
+    settled_consume_jobs(&app).await;
     assert_eq!(notifications(&app, &user).await.len(), 1);
 }
 
@@ -579,7 +581,8 @@ async fn two_instances_publish_every_event_exactly_once() {
         })
         .await
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(consumed_everything(&a, &["ORDER_CREATED"]).await);
+    settled_consume_jobs(&a).await;
     assert_eq!(a.count("SELECT COUNT(*) FROM notifications").await, 40);
 }
 
@@ -703,7 +706,28 @@ async fn a_row_another_transaction_held_is_still_published_by_its_own_job() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The job reaches the held row and waits for the holder's lock: its locking read that
+    // waits (FOR UPDATE, not the first pass's SKIP LOCKED) is running in this database. A job
+    // that skipped the row and tried again later would never be seen here. (The session list,
+    // because on MariaDB 10.11 INNODB_TRX did not list the job's waiting transaction that the
+    // InnoDB monitor showed in LOCK WAIT: docs/testing.md.)
+    let waits_on_holder = || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE db = DATABASE() AND id <> CONNECTION_ID() \
+             AND info LIKE 'SELECT %FROM outbox_events%FOR UPDATE' \
+             AND info NOT LIKE '%SKIP LOCKED%'",
+        )
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+        waiting > 0
+    };
+    assert!(
+        app.eventually(Duration::from_secs(20), waits_on_holder)
+            .await,
+        "the row's job reached the held row and waits for it"
+    );
     assert!(!all_published(&app).await, "held: not published yet");
     holder.rollback().await.unwrap();
     assert!(
