@@ -537,6 +537,10 @@ impl Config {
                     max_attempts: positive("JOB_MAX_ATTEMPTS", var("JOB_MAX_ATTEMPTS", 5u32)?)?,
                     backoff_base: Duration::from_millis(var("JOB_BACKOFF_BASE_MS", 1000u64)?),
                     backoff_max: Duration::from_secs(var("JOB_BACKOFF_MAX_SECS", 60u64)?),
+                    idle_poll_max: Duration::from_millis(positive(
+                        "JOB_IDLE_POLL_MAX_MS",
+                        var("JOB_IDLE_POLL_MAX_MS", 1000u64)?,
+                    )?),
                 },
                 worker_concurrency: positive(
                     "WORKER_CONCURRENCY",

@@ -188,17 +188,75 @@ impl Api {
 
     /// A counter from /actuator/prometheus, summed over its labels (0 if never incremented).
     pub async fn counter(&self, name: &str) -> Option<f64> {
-        let text = self
+        Some(sum_counter(&self.scrape().await?, name))
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// GET /actuator/health/liveness, which does no work: how long any answer takes.
+    pub async fn liveness(&self) -> anyhow::Result<u16> {
+        let r = self
             .http
+            .get(format!("{}/actuator/health/liveness", self.base))
+            .send()
+            .await?;
+        Ok(r.status().as_u16())
+    }
+
+    /// The service's Prometheus exposition.
+    pub async fn scrape(&self) -> Option<String> {
+        self.http
             .get(format!("{}/actuator/prometheus", self.base))
             .send()
             .await
             .ok()?
             .text()
             .await
-            .ok()?;
-        Some(sum_counter(&text, name))
+            .ok()
     }
+}
+
+/// A histogram's cumulative buckets `(le, count)` for the series whose labels contain every
+/// `labels` pair (as written in the exposition, e.g. `status="503"`), summed over the rest.
+pub fn histogram_buckets(text: &str, name: &str, labels: &[&str]) -> Vec<(f64, f64)> {
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    let prefix = format!("{name}_bucket{{");
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((series, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        if !labels.iter().all(|l| series.split(',').any(|s| s == *l)) {
+            continue;
+        }
+        let Some(le) = series
+            .split(',')
+            .find_map(|s| s.strip_prefix("le=\""))
+            .and_then(|v| v.strip_suffix('"'))
+            .and_then(|v| {
+                if v == "+Inf" {
+                    Some(f64::INFINITY)
+                } else {
+                    v.parse().ok()
+                }
+            })
+        else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, n)) => *n += value,
+            None => buckets.push((le, value)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
 }
 
 fn sum_counter(text: &str, name: &str) -> f64 {
@@ -214,6 +272,25 @@ fn sum_counter(text: &str, name: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_are_picked_by_labels_and_summed_over_the_rest() {
+        let text = "h_bucket{route=\"/o\",status=\"503\",le=\"0.01\"} 4\n\
+                    h_bucket{route=\"/o\",status=\"503\",le=\"+Inf\"} 5\n\
+                    h_bucket{route=\"/p\",status=\"503\",le=\"0.01\"} 1\n\
+                    h_bucket{route=\"/p\",status=\"503\",le=\"+Inf\"} 1\n\
+                    h_bucket{route=\"/o\",status=\"201\",le=\"0.01\"} 9\n\
+                    h_count{route=\"/o\",status=\"503\"} 5\n";
+        assert_eq!(
+            histogram_buckets(text, "h", &["status=\"503\""]),
+            vec![(0.01, 5.0), (f64::INFINITY, 6.0)]
+        );
+        assert_eq!(
+            histogram_buckets(text, "h", &["route=\"/o\"", "status=\"503\""]),
+            vec![(0.01, 4.0), (f64::INFINITY, 5.0)]
+        );
+        assert!(histogram_buckets(text, "missing", &[]).is_empty());
+    }
 
     #[test]
     fn counters_are_summed_over_labels() {

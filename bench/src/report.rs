@@ -384,6 +384,29 @@ pub fn markdown(r: &Results) -> String {
         );
         t.row("overload", "admitted p99 (ms)", num(o.admitted.p99_ms));
         t.row("overload", "refused p99 (ms)", num(o.refused.p99_ms));
+        if let Some(s) = &o.refused_in_service {
+            t.row(
+                "overload",
+                "refused in the service: share ≤ 10 ms / p99 ≤ (ms)",
+                format!(
+                    "{} / {}",
+                    num(s.within_10ms),
+                    s.p99_at_most_ms.map_or("> 30 s".into(), num)
+                ),
+            );
+        }
+        t.row(
+            "overload",
+            "a no-work request (liveness) p50 / p99 (ms)",
+            format!("{} / {}", num(o.no_work.p50_ms), num(o.no_work.p99_ms)),
+        );
+        if let Some(p) = o.cpu_pressure {
+            t.row(
+                "overload",
+                "CPU pressure (share of time a task waited)",
+                num(p),
+            );
+        }
         t.row(
             "overload",
             "refused (503) / unknown (504)",

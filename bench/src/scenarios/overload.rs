@@ -17,7 +17,7 @@ use sqlx::MySqlPool;
 
 use super::Ctx;
 use crate::{
-    client::order_body,
+    client::{histogram_buckets, order_body},
     load::{self, Spec},
     machine::{CpuMeter, CpuUse},
     stats::{round, Outcome, Spread, Summary},
@@ -31,8 +31,10 @@ pub const EXPECTED: [&str; 2] = ["SERVICE_UNAVAILABLE", "ORDER_OUTCOME_UNKNOWN"]
 const TASKS_PER_RATE: f64 = 1.5;
 /// Each task keeps a connection; the bench's service runs with `HTTP_MAX_CONNECTIONS` 4,096
 /// (`service.rs`), so the connection cap never answers in admission's place. `sent_rate` says
-/// when the tasks could not keep the schedule.
-const MAX_TASKS: usize = 1_000;
+/// when the tasks could not keep the schedule: with 1,000 tasks and the admitted orders
+/// answered in up to half a second, they could not (20261207T225636Z-overload: 3,712 offered,
+/// 2,474 sent, so no order was refused).
+const MAX_TASKS: usize = 4_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OverloadResult {
@@ -56,7 +58,95 @@ pub struct OverloadResult {
     pub unknown_count: u64,
     /// Refused keys that have an order (or a stored outcome) afterwards: must be 0.
     pub refused_keys_stored: i64,
+    /// The same refusals timed inside the service, from the first middleware to the answer
+    /// (its `http_request_duration_seconds` histogram): what `refused` adds on top is
+    /// outside the service's handling — the kernel, the runtime's queue, the client.
+    pub refused_in_service: Option<InService>,
+    /// A request that does no work (liveness), sent every 20 ms through the same load on
+    /// a connection of its own: what any answer waits for on this machine, the control
+    /// for `refused`.
+    pub no_work: Spread,
+    /// Share of the window in which some runnable task of the machine waited for a CPU
+    /// (`/proc/pressure/cpu`, "some"): the run queue every answer also waits in.
+    pub cpu_pressure: Option<f64>,
     pub cpu: CpuUse,
+}
+
+/// Answers of one kind as the service timed them (histogram buckets: bounds, not exact).
+#[derive(Debug, Clone, Serialize)]
+pub struct InService {
+    pub count: u64,
+    /// Share answered within 10 ms (a bucket bound).
+    pub within_10ms: f64,
+    /// The smallest bucket bound that 99 % of them are within, in ms.
+    pub p99_at_most_ms: Option<f64>,
+}
+
+const REFUSAL_SERIES: [&str; 3] = [
+    "method=\"POST\"",
+    "route=\"/api/v1/orders\"",
+    "status=\"503\"",
+];
+
+/// The refusals between two scrapes of the service's request histogram.
+fn in_service(before: &str, after: &str) -> Option<InService> {
+    let name = "http_request_duration_seconds";
+    let earlier = histogram_buckets(before, name, &REFUSAL_SERIES);
+    let buckets: Vec<(f64, f64)> = histogram_buckets(after, name, &REFUSAL_SERIES)
+        .into_iter()
+        .map(|(le, n)| {
+            let was = earlier.iter().find(|(b, _)| *b == le).map_or(0.0, |e| e.1);
+            (le, n - was)
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let within = |secs: f64| {
+        buckets
+            .iter()
+            .find(|(le, _)| *le >= secs)
+            .map_or(0.0, |b| b.1)
+    };
+    Some(InService {
+        count: total as u64,
+        within_10ms: round(within(0.010) / total, 4),
+        p99_at_most_ms: buckets
+            .iter()
+            .find(|(_, n)| *n >= 0.99 * total)
+            .map(|(le, _)| le * 1000.0)
+            .filter(|ms| ms.is_finite()),
+    })
+}
+
+/// Latencies (µs) of liveness requests sent every 20 ms, one at a time, until `stop`.
+async fn no_work_probe(base: String, mut stop: tokio::sync::oneshot::Receiver<()>) -> Vec<i64> {
+    let Ok(api) = crate::client::Api::new(&base) else {
+        return Vec::new();
+    };
+    let mut seen = Vec::new();
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            _ = &mut stop => return seen,
+            _ = every.tick() => {}
+        }
+        let sent = Instant::now();
+        if let Ok(200) = api.liveness().await {
+            seen.push(sent.elapsed().as_micros() as i64);
+        }
+    }
+}
+
+/// The kernel's total CPU stall time ("some" tasks waiting), in µs.
+fn cpu_stall_micros() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = text.lines().find(|l| l.starts_with("some "))?;
+    some.split(' ')
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 /// One answer: (user id, key, status, latency in µs).
@@ -105,13 +195,24 @@ pub async fn run(ctx: &Ctx, capacity: f64, duration: Duration) -> anyhow::Result
             }
         }
     };
+    let scraped_before = ctx.api.scrape().await.unwrap_or_default();
+    let stall_before = cpu_stall_micros();
     let cpu = CpuMeter::start(Some(ctx.service_pid));
+    let (probing, stop_probing) = tokio::sync::oneshot::channel::<()>();
+    let probe = tokio::spawn(no_work_probe(ctx.api.base().to_owned(), stop_probing));
     let spec = Spec {
         rate: Some(rate),
         ..Spec::closed(clients, duration)
     };
     let (rec, elapsed) = load::run(spec, op).await;
     let cpu = cpu.stop();
+    let _ = probing.send(());
+    let no_work = Spread::of_micros(probe.await.unwrap_or_default());
+    let cpu_pressure = stall_before
+        .zip(cpu_stall_micros())
+        .map(|(a, b)| round((b - a) as f64 / elapsed.as_micros().max(1) as f64, 3));
+    let refused_in_service =
+        in_service(&scraped_before, &ctx.api.scrape().await.unwrap_or_default());
     let seen = std::mem::take(&mut *seen.lock().expect("seen lock"));
     let secs = elapsed.as_secs_f64().max(1e-9);
     let latencies = |status: u16| {
@@ -141,6 +242,9 @@ pub async fn run(ctx: &Ctx, capacity: f64, duration: Duration) -> anyhow::Result
         refused_count: refused.len() as u64,
         unknown_count: seen.iter().filter(|s| s.2 == 504).count() as u64,
         refused_keys_stored,
+        refused_in_service,
+        no_work,
+        cpu_pressure,
         summary,
         cpu,
     })
@@ -166,4 +270,31 @@ async fn stored(pool: &MySqlPool, keys: &[(i64, &str)]) -> anyhow::Result<i64> {
         found += n;
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(fast: u32, slow: u32) -> String {
+        let series = "method=\"POST\",route=\"/api/v1/orders\",status=\"503\"";
+        format!(
+            "http_request_duration_seconds_bucket{{{series},le=\"0.005\"}} {fast}\n\
+             http_request_duration_seconds_bucket{{{series},le=\"0.01\"}} {fast}\n\
+             http_request_duration_seconds_bucket{{{series},le=\"0.05\"}} {}\n\
+             http_request_duration_seconds_bucket{{{series},le=\"+Inf\"}} {}\n",
+            fast + slow,
+            fast + slow
+        )
+    }
+
+    #[test]
+    fn refusals_in_the_service_are_the_window_between_two_scrapes() {
+        // Before: 10 fast, 90 slow; after: 1,010 fast, 91 slow → the window: 1,000 and 1.
+        let seen = in_service(&scrape(10, 90), &scrape(1_010, 91)).unwrap();
+        assert_eq!(seen.count, 1_001);
+        assert_eq!(seen.within_10ms, round(1_000.0 / 1_001.0, 4));
+        assert_eq!(seen.p99_at_most_ms, Some(5.0));
+        assert!(in_service(&scrape(10, 90), &scrape(10, 90)).is_none());
+    }
 }

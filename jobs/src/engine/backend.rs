@@ -57,11 +57,75 @@ use crate::engine::{
     sql_error,
 };
 
-pub struct WorkerStorage<T>(pub Storage<T>, pub QueueGate);
+/// A worker's storage, its queue's gate, its local wake, and how many poll intervals it
+/// waits at most while its queue stays empty.
+pub struct WorkerStorage<T>(pub Storage<T>, pub QueueGate, Option<Wake>, u32);
 
 impl<T> Clone for WorkerStorage<T> {
     fn clone(&self) -> Self {
-        WorkerStorage(self.0.clone(), self.1.clone())
+        WorkerStorage(self.0.clone(), self.1.clone(), self.2.clone(), self.3)
+    }
+}
+
+/// What lets a waiting fetch loop fetch again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// A poll interval passed.
+    Interval,
+    /// This process pushed a job to the queue.
+    Wake,
+}
+
+/// When a fetch loop fetches again after an empty fetch: at a wake at once; otherwise after
+/// 1, 2, 4 … poll intervals as the queue stays empty, up to `max_idle` intervals. A queue
+/// nobody uses then costs each replica a fetch per `max_idle` intervals instead of one per
+/// interval (replicas × queues × 10 a second at 100 ms), while a job pushed by this
+/// process is fetched at its wake and one another replica pushed within `max_idle`.
+pub struct Pace {
+    ticks: Pin<Box<dyn Stream<Item = Tick> + Send>>,
+    max_idle: u32,
+    empty_fetches: u32,
+}
+
+impl Pace {
+    pub fn new(ticks: Pin<Box<dyn Stream<Item = Tick> + Send>>, max_idle: u32) -> Self {
+        Pace {
+            ticks,
+            max_idle: max_idle.max(1),
+            empty_fetches: 0,
+        }
+    }
+
+    /// Every interval, whatever the queue holds (tests, and queues polled on a schedule).
+    pub fn every(ticks: Pin<Box<dyn Stream<Item = ()> + Send>>) -> Self {
+        Pace::new(Box::pin(ticks.map(|()| Tick::Interval)), 1)
+    }
+
+    fn fetched(&mut self, found: bool) {
+        self.empty_fetches = if found {
+            0
+        } else {
+            self.empty_fetches.saturating_add(1)
+        };
+    }
+
+    /// Waits for the next fetch; None when the ticks have ended (the worker is stopping).
+    async fn next(&mut self) -> Option<()> {
+        let intervals = 1u32
+            .checked_shl(self.empty_fetches.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(self.max_idle);
+        let mut passed = 0;
+        while passed < intervals {
+            match self.ticks.next().await? {
+                Tick::Wake => {
+                    self.empty_fetches = 0;
+                    return Some(());
+                }
+                Tick::Interval => passed += 1,
+            }
+        }
+        Some(())
     }
 }
 
@@ -78,13 +142,19 @@ impl<T> WorkerStorage<T> {
             initial_heartbeat(pool.clone(), config.clone(), worker.clone(), "MySqlStorage")
                 .map(|_| Ok(None)),
         );
-        let ticks = config
+        let interval = config
             .poll_strategy()
             .clone()
             .build_stream(&PollContext::new(
                 worker.clone(),
                 Arc::new(AtomicUsize::new(0)),
-            ));
+            ))
+            .map(|()| Tick::Interval);
+        let ticks: Pin<Box<dyn Stream<Item = Tick> + Send>> = match self.2 {
+            Some(wake) => Box::pin(stream::select(interval, wake.ticks().map(|()| Tick::Wake))),
+            None => Box::pin(interval),
+        };
+        let idle_ticks = self.3;
         let queue = config.queue().to_string();
         let buffer = config.buffer_size();
         let fetcher = {
@@ -99,13 +169,19 @@ impl<T> WorkerStorage<T> {
             async move { fetch::release_in_doubt(&pool, &doubt).await }
         };
         register
-            .chain(fetch_loop(queue, ticks, self.1, fetcher, release))
+            .chain(fetch_loop(
+                queue,
+                Pace::new(ticks, idle_ticks),
+                self.1,
+                fetcher,
+                release,
+            ))
             .boxed()
     }
 }
 
-/// Fetches while there are jobs, and after an empty fetch waits for the next tick of
-/// `ticks` (the poll interval, or a local push's wake). A fetch that failed for a transient
+/// Fetches while there are jobs, and after an empty fetch waits as `pace` says (the poll
+/// interval, longer while the queue stays empty, or a local push's wake). A fetch that failed for a transient
 /// reason (deadlock victim, lock wait timeout, busy pool, dropped connection) is repeated at
 /// the next tick; any other error ends the stream, as apalis' own does (the worker's
 /// supervisor then gives back every job the worker held). When the failed fetch names jobs
@@ -116,7 +192,7 @@ impl<T> WorkerStorage<T> {
 /// No fetch is made while `gate` is closed (the queue is paused); once it opens, at once.
 pub fn fetch_loop<J, F, Fut, R, RFut>(
     queue: String,
-    ticks: Pin<Box<dyn Stream<Item = ()> + Send>>,
+    pace: Pace,
     gate: QueueGate,
     fetch: F,
     release: R,
@@ -130,7 +206,7 @@ where
 {
     struct State<J, F, R> {
         queue: String,
-        ticks: Pin<Box<dyn Stream<Item = ()> + Send>>,
+        pace: Pace,
         gate: QueueGate,
         fetch: F,
         release: R,
@@ -141,7 +217,7 @@ where
     }
     let state = State {
         queue,
-        ticks,
+        pace,
         gate,
         fetch,
         release,
@@ -159,7 +235,7 @@ where
                 return None;
             }
             if s.wait {
-                s.ticks.next().await?;
+                s.pace.next().await?;
             }
             if let Some(doubt) = s.in_doubt.clone() {
                 match (s.release)(doubt).await {
@@ -184,6 +260,7 @@ where
             match (s.fetch)().await {
                 Ok(jobs) => {
                     s.wait = jobs.is_empty();
+                    s.pace.fetched(!jobs.is_empty());
                     s.fetched.extend(jobs);
                 }
                 Err(FetchFailed { error, in_doubt }) if sql_error::is_transient(&error) => {
@@ -357,8 +434,10 @@ pub fn worker_storage<T>(
     gate: QueueGate,
 ) -> WorkerStorage<T> {
     WorkerStorage(
-        apalis_mysql::MySqlStorage::new_with_config(pool, &queue::config(queue, settings, wake)),
+        apalis_mysql::MySqlStorage::new_with_config(pool, &queue::config(queue, settings)),
         gate,
+        wake.cloned(),
+        settings.idle_poll_intervals(),
     )
 }
 
@@ -421,7 +500,7 @@ mod tests {
     {
         fetch_loop(
             "q".into(),
-            ticks,
+            Pace::every(ticks),
             QueueGate::always_open(),
             fetch,
             no_release,
@@ -472,6 +551,63 @@ mod tests {
         assert!(script.lock().unwrap().is_empty());
     }
 
+    /// Ticks from a script, counting those taken.
+    fn scripted_ticks(
+        ticks: Vec<Tick>,
+    ) -> (Arc<AtomicUsize>, Pin<Box<dyn Stream<Item = Tick> + Send>>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = stream::iter(ticks).map({
+            let count = count.clone();
+            move |t| {
+                count.fetch_add(1, Ordering::SeqCst);
+                t
+            }
+        });
+        (count, Box::pin(counted))
+    }
+
+    #[tokio::test]
+    async fn an_empty_queue_is_fetched_after_one_two_four_intervals_up_to_the_most() {
+        let (taken, ticks) = scripted_ticks(vec![Tick::Interval; 64]);
+        let mut pace = Pace::new(ticks, 4);
+        let mut waited = Vec::new();
+        for _ in 0..5 {
+            pace.fetched(false);
+            let before = taken.load(Ordering::SeqCst);
+            pace.next().await.unwrap();
+            waited.push(taken.load(Ordering::SeqCst) - before);
+        }
+        assert_eq!(waited, [1, 2, 4, 4, 4]);
+        // A fetch that finds jobs starts over.
+        pace.fetched(true);
+        pace.fetched(false);
+        let before = taken.load(Ordering::SeqCst);
+        pace.next().await.unwrap();
+        assert_eq!(taken.load(Ordering::SeqCst) - before, 1);
+    }
+
+    #[tokio::test]
+    async fn a_wake_fetches_at_once_and_starts_the_idle_wait_over() {
+        use Tick::{Interval, Wake};
+        let (taken, ticks) = scripted_ticks(vec![Interval, Wake, Interval, Interval]);
+        let mut pace = Pace::new(ticks, 8);
+        for _ in 0..3 {
+            pace.fetched(false);
+        }
+        // Four intervals due; the wake after the first ends the wait.
+        pace.next().await.unwrap();
+        assert_eq!(taken.load(Ordering::SeqCst), 2);
+        pace.fetched(false);
+        pace.next().await.unwrap();
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            3,
+            "one interval after the wake"
+        );
+        assert_eq!(pace.next().await, Some(()));
+        assert_eq!(pace.next().await, None, "the ticks ended");
+    }
+
     #[tokio::test]
     async fn an_error_that_is_not_transient_ends_the_loop_at_once() {
         let (script, fetch) = scripted(vec![Err(sqlx::Error::PoolClosed), Ok(vec![7])]);
@@ -490,7 +626,7 @@ mod tests {
         let (switch, gate) = QueueGate::switched(true);
         let (ticks_taken, ticks) = counted_ticks();
         let run = tokio::spawn(
-            fetch_loop("q".into(), ticks, gate, fetch, no_release).collect::<Vec<_>>(),
+            fetch_loop("q".into(), Pace::every(ticks), gate, fetch, no_release).collect::<Vec<_>>(),
         );
         tokio::task::yield_now().await;
         assert_eq!(script.lock().unwrap().len(), 1, "no fetch while paused");
@@ -550,9 +686,15 @@ mod tests {
             }
         };
         let (ticks_taken, ticks) = counted_ticks();
-        let items: Vec<_> = fetch_loop("q".into(), ticks, QueueGate::always_open(), fetch, release)
-            .collect()
-            .await;
+        let items: Vec<_> = fetch_loop(
+            "q".into(),
+            Pace::every(ticks),
+            QueueGate::always_open(),
+            fetch,
+            release,
+        )
+        .collect()
+        .await;
 
         assert!(matches!(items[0], Ok(Some(5))), "{items:?}");
         assert_eq!(

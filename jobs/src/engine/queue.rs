@@ -13,7 +13,6 @@ use apalis::prelude::{
     BoxDynError, IntervalStrategy, StrategyBuilder, TaskBuilder, TaskId, TaskSink,
 };
 use apalis_codec::json::JsonCodec;
-use apalis_core::backend::poll_strategy::{PollContext, PollStrategy};
 use apalis_mysql::{fetcher::MySqlFetcher, Config, MySqlStorage, TaskBuilderExt};
 use futures_util::{stream::BoxStream, StreamExt};
 use rand::Rng;
@@ -36,9 +35,18 @@ pub struct QueueSettings {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// The longest a worker waits between fetches while its queue stays empty
+    /// (`backend::Pace`); at least one poll interval.
+    pub idle_poll_max: Duration,
 }
 
 impl QueueSettings {
+    /// `idle_poll_max` in poll intervals (at least one).
+    pub fn idle_poll_intervals(&self) -> u32 {
+        let interval = self.poll_interval.as_micros().max(1);
+        (self.idle_poll_max.as_micros() / interval).clamp(1, u32::MAX as u128) as u32
+    }
+
     /// Full-jitter exponential backoff after the `attempt`-th failure.
     pub fn backoff(&self, attempt: usize) -> Duration {
         let exp = self
@@ -66,11 +74,10 @@ impl Wake {
     }
 }
 
-impl PollStrategy for Wake {
-    type Stream = BoxStream<'static, ()>;
-
-    fn poll_strategy(self: Box<Self>, _: &PollContext) -> Self::Stream {
-        futures_util::stream::unfold(self.0, |notify| async move {
+impl Wake {
+    /// A tick at each wake.
+    pub fn ticks(&self) -> BoxStream<'static, ()> {
+        futures_util::stream::unfold(self.0.clone(), |notify| async move {
             notify.notified().await;
             Some(((), notify))
         })
@@ -78,20 +85,20 @@ impl PollStrategy for Wake {
     }
 }
 
-pub fn config(queue: &str, settings: &QueueSettings, wake: Option<&Wake>) -> Config {
-    let mut poll = StrategyBuilder::new().apply(IntervalStrategy::new(settings.poll_interval));
-    if let Some(wake) = wake {
-        poll = poll.apply(wake.clone());
-    }
+pub fn config(queue: &str, settings: &QueueSettings) -> Config {
     Config::new(queue)
         .set_buffer_size(16)
         .set_keep_alive(settings.keep_alive)
-        .with_poll_interval(poll.build())
+        .with_poll_interval(
+            StrategyBuilder::new()
+                .apply(IntervalStrategy::new(settings.poll_interval))
+                .build(),
+        )
 }
 
 /// A storage to push with.
 pub fn storage<T>(pool: &MySqlPool, queue: &str, settings: &QueueSettings) -> Storage<T> {
-    MySqlStorage::new_with_config(pool, &config(queue, settings, None))
+    MySqlStorage::new_with_config(pool, &config(queue, settings))
 }
 
 /// A new job id, chosen before the push so that it can be recorded (e.g. on outbox rows).
@@ -272,7 +279,18 @@ mod tests {
             max_attempts: 5,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            idle_poll_max: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn the_idle_wait_is_counted_in_poll_intervals_and_is_at_least_one() {
+        assert_eq!(settings().idle_poll_intervals(), 10);
+        let short = QueueSettings {
+            idle_poll_max: Duration::from_millis(30),
+            ..settings()
+        };
+        assert_eq!(short.idle_poll_intervals(), 1);
     }
 
     #[test]
