@@ -348,7 +348,15 @@ async fn a_database_connection_that_stops_answering_without_closing_never_hangs_
     proxy.freeze_connections();
     let frozen_at = start.elapsed();
     let sent = load.await.unwrap();
-    eprintln!("by status {:?}", counts(&sent));
+    let last_not_created = sent
+        .iter()
+        .filter(|s| status_of(s) != 201)
+        .map(|s| s.at.saturating_sub(frozen_at))
+        .max();
+    eprintln!(
+        "by status {:?}; the last one not created was sent {last_not_created:?} after the freeze",
+        counts(&sent)
+    );
 
     assert_honest_answers(&sent);
     let late: Vec<&Sent> = sent
