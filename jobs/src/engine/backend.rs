@@ -96,7 +96,8 @@ impl Pace {
         }
     }
 
-    /// Every interval, whatever the queue holds (tests, and queues polled on a schedule).
+    /// Every interval, whatever the queue holds.
+    #[cfg(test)]
     pub fn every(ticks: Pin<Box<dyn Stream<Item = ()> + Send>>) -> Self {
         Pace::new(Box::pin(ticks.map(|()| Tick::Interval)), 1)
     }
@@ -181,14 +182,14 @@ impl<T> WorkerStorage<T> {
 }
 
 /// Fetches while there are jobs, and after an empty fetch waits as `pace` says (the poll
-/// interval, longer while the queue stays empty, or a local push's wake). A fetch that failed for a transient
-/// reason (deadlock victim, lock wait timeout, busy pool, dropped connection) is repeated at
-/// the next tick; any other error ends the stream, as apalis' own does (the worker's
-/// supervisor then gives back every job the worker held). When the failed fetch names jobs
-/// in doubt (its COMMIT may have taken effect), `release` gives back those it did take
-/// before anything else is fetched, at each tick until the database answers: no fetch of
-/// this worker can have taken one of them meanwhile, so what `release` finds queued under
-/// the worker is exactly what the failed fetch took.
+/// interval, longer while the queue stays empty, or a local push's wake). A fetch that
+/// failed for a transient reason (deadlock victim, lock wait timeout, busy pool, dropped
+/// connection) is repeated at the next tick; any other error ends the stream, as apalis'
+/// own does (the worker's supervisor then gives back every job the worker held). When the
+/// failed fetch names jobs in doubt (its COMMIT may have taken effect), `release` gives
+/// back those it did take before anything else is fetched, at each tick until the database
+/// answers: no fetch of this worker can have taken one of them meanwhile, so what `release`
+/// finds queued under the worker is exactly what the failed fetch took.
 /// No fetch is made while `gate` is closed (the queue is paused); once it opens, at once.
 pub fn fetch_loop<J, F, Fut, R, RFut>(
     queue: String,
