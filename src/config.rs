@@ -257,6 +257,8 @@ pub struct EventsConfig {
     pub worker_concurrency: usize,
     /// NEW outbox rows a publish job carries along with its own (0: only its own).
     pub publish_batch: u32,
+    /// How old another job's NEW row must be before a publish job carries it along.
+    pub publish_backlog_age: Duration,
     /// How long a committed row waits for others to share its publish job.
     pub publish_linger: Duration,
     pub sweep_interval: Duration,
@@ -547,6 +549,7 @@ impl Config {
                     var("WORKER_CONCURRENCY", 8usize)?,
                 )?,
                 publish_batch: var("PUBLISH_BATCH_SIZE", 100u32)?,
+                publish_backlog_age: Duration::from_millis(var("PUBLISH_BACKLOG_AGE_MS", 1000u64)?),
                 publish_linger: Duration::from_millis(var("PUBLISH_LINGER_MS", 10u64)?),
                 sweep_interval: Duration::from_secs(positive(
                     "OUTBOX_SWEEP_INTERVAL_SECS",

@@ -145,6 +145,7 @@ pub fn pipeline(state: &AppState) -> orderflow_workflows::Pipeline {
         settings: cfg.queue,
         concurrency: cfg.worker_concurrency,
         publish_batch: cfg.publish_batch,
+        publish_backlog_age: cfg.publish_backlog_age,
         sweep_interval: cfg.sweep_interval,
         sweep_grace: cfg.sweep_grace,
         shutdown_timeout: cfg.shutdown_timeout,

@@ -612,6 +612,7 @@ async fn concurrent_publish_jobs_for_the_same_rows_publish_each_once() {
         settings: app.state.config.events.queue,
         // Only the rows under test: other NEW rows would be carried along.
         backlog_batch: 0,
+        backlog_age: Duration::ZERO,
         retry: Default::default(),
         claim_lease: Duration::from_secs(30),
     };
@@ -635,6 +636,88 @@ async fn concurrent_publish_jobs_for_the_same_rows_publish_each_once() {
     )
     .await;
     assert_eq!(events.len(), 10);
+}
+
+/// A publish job carries another job's NEW row only once it is older than the backlog age:
+/// a younger one's own job is on its way, and carrying it made that job find its row claimed,
+/// wait for the carrier's send and claim again (statements and lock waits that grew with
+/// every replica: docs/capacity.md). An old row, as after an outage, is still carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_job_carries_only_rows_older_than_the_backlog_age() {
+    // No workers: the rows are published by the call below, or not at all.
+    let app = TestApp::spawn_api_only(|_| {}).await;
+    let append = |order_id: i64| {
+        let app = &app;
+        async move {
+            let job = orderflow_jobs::engine::queue::new_job_id();
+            let mut tx = app.db().begin().await.unwrap();
+            let row = orderflow_jobs::publish_outbox::outbox::append(
+                &mut tx,
+                orderflow_jobs::publish_outbox::outbox::EventType::OrderCreated,
+                order_id,
+                &json!({"orderId": order_id, "userId": 1, "totalAmount": 1}),
+                &Default::default(),
+                &job,
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            (row.id, job)
+        }
+    };
+    let (own, own_job) = append(717171).await;
+    let (old, _) = append(717172).await;
+    let (fresh, _) = append(717173).await;
+    sqlx::query(
+        "UPDATE outbox_events SET created_at = created_at - INTERVAL 5 SECOND WHERE id = ?",
+    )
+    .bind(old)
+    .execute(app.db())
+    .await
+    .unwrap();
+    let ctx = orderflow_jobs::publish_outbox::publish::PublishContext {
+        pool: app.db().clone(),
+        producer: app.state.events.producer.clone(),
+        topic_prefix: app.state.config.events.topic_prefix.clone(),
+        settings: app.state.config.events.queue,
+        backlog_batch: 100,
+        // Far longer than the test takes to get here, far shorter than the old row's age.
+        backlog_age: Duration::from_secs(2),
+        retry: Default::default(),
+        claim_lease: Duration::from_secs(30),
+    };
+    let report = orderflow_jobs::publish_outbox::publish::publish_rows(
+        &ctx,
+        &[own],
+        &Default::default(),
+        Some(&own_job),
+    )
+    .await
+    .expect("publish succeeds");
+    assert_eq!((report.published, report.carried), (1, 1), "{report:?}");
+    let state = |id: i64| {
+        let app = &app;
+        async move {
+            sqlx::query_as::<_, (String, bool)>(
+                "SELECT status, claimed_until IS NOT NULL FROM outbox_events WHERE id = ?",
+            )
+            .bind(id)
+            .fetch_one(app.db())
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(state(own).await, ("PUBLISHED".to_owned(), false));
+    assert_eq!(
+        state(old).await,
+        ("PUBLISHED".to_owned(), false),
+        "the old row was carried"
+    );
+    assert_eq!(
+        state(fresh).await,
+        ("NEW".to_owned(), false),
+        "the fresh row is left, unclaimed, to its own job"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,6 +64,8 @@ pub struct Pipeline {
     pub concurrency: usize,
     /// Rows of the backlog a publish job carries along with its own.
     pub publish_batch: u32,
+    /// How old another job's row must be before a publish job carries it.
+    pub publish_backlog_age: Duration,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
     pub shutdown_timeout: Duration,
@@ -210,6 +212,7 @@ pub async fn run(p: Pipeline, stop: CancellationToken) {
         topic_prefix: p.topic_prefix.clone(),
         settings: p.settings,
         backlog_batch: p.publish_batch,
+        backlog_age: p.publish_backlog_age,
         retry: p.publish_retry,
         claim_lease: p.publish_claim_lease,
     });

@@ -193,14 +193,16 @@ pub async fn claim(
     q.build_query_as().fetch_all(conn).await
 }
 
-/// Locks up to `limit` more NEW rows, oldest first, that have never failed, for a publish job
-/// to carry along with its own: under load one job then drains a batch of the backlog in one
-/// transaction, and the jobs of those rows find them published. Rows that failed before are
-/// left to their own jobs, so a row Kafka refuses cannot fail everyone's job.
+/// Locks up to `limit` more NEW rows, oldest first, that have never failed and were written
+/// at least `age` ago, for a publish job to carry along with its own: under load (or after an
+/// outage) one job then drains a batch of the backlog in one transaction, and the jobs of
+/// those rows find them published. Rows that failed before are left to their own jobs, so a
+/// row Kafka refuses cannot fail everyone's job; younger rows too, as their jobs are coming.
 pub async fn claim_backlog(
     conn: &mut MySqlConnection,
     exclude: &[i64],
     limit: u32,
+    age: Duration,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     if limit == 0 {
         return Ok(Vec::new());
@@ -211,6 +213,13 @@ pub async fn claim_backlog(
          FROM outbox_events WHERE status = 'NEW' AND attempts = 0",
     );
     q.push(UNCLAIMED);
+    if !age.is_zero() {
+        // On `ix_outbox_status_created`: with no backlog the range is empty, where a scan of
+        // every NEW row (each one just committed, most of them locked) was read before.
+        q.push(" AND created_at <= CURRENT_TIMESTAMP(6) - INTERVAL ")
+            .push_bind(age.as_micros() as i64)
+            .push(" MICROSECOND");
+    }
     if !exclude.is_empty() {
         q.push(" AND id NOT IN");
         crate::push_id_list(&mut q, exclude);

@@ -46,6 +46,12 @@ pub struct PublishContext {
     pub settings: QueueSettings,
     /// NEW rows of other jobs a job may publish along with its own (`PUBLISH_BATCH_SIZE`).
     pub backlog_batch: u32,
+    /// How old another job's row must be before a job carries it (`PUBLISH_BACKLOG_AGE_MS`).
+    /// A younger row's own job is on its way (lingering, queued, or sending it): carrying it
+    /// races that job, which then finds its rows claimed, waits for the carrier's send and
+    /// claims again — the extra statements and lock waits grew with every replica (docs/
+    /// capacity.md). Zero: any row.
+    pub backlog_age: Duration,
     /// How long transient failures are retried (`retry_policy`).
     pub retry: RetryPolicy,
     /// How long a job's claim on the rows it sends lasts: longer than a send can take (the
@@ -190,7 +196,7 @@ async fn publish_claimed(
     let mut rows = outbox::claim(&mut tx, ids, held).await?;
     let own = rows.len();
     if held == Held::Skip {
-        rows.extend(outbox::claim_backlog(&mut tx, ids, ctx.backlog_batch).await?);
+        rows.extend(outbox::claim_backlog(&mut tx, ids, ctx.backlog_batch, ctx.backlog_age).await?);
     }
     let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
     outbox::hold(&mut tx, &claimed, ctx.claim_lease).await?;
