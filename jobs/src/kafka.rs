@@ -154,20 +154,55 @@ pub fn producer_config(bootstrap: &str, delivery_timeout: Duration) -> ClientCon
 
 /// The consumer's context: librdkafka's periodic statistics become the `kafka_consumer_lag`
 /// gauge (messages behind the partition's high watermark), without a broker round trip.
-pub struct LagContext;
+#[derive(Default)]
+pub struct LagContext {
+    gauges: std::sync::Mutex<LagGauges>,
+}
 
 impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
-        for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                // -1: the internal unassigned partition, or a lag not known yet.
-                if *partition < 0 || p.consumer_lag < 0 {
-                    continue;
-                }
-                metrics::gauge!("kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string())
-                    .set(p.consumer_lag as f64);
-            }
+        let lags = statistics.topics.iter().flat_map(|(topic, t)| {
+            t.partitions
+                .iter()
+                .map(move |(partition, p)| ((topic.clone(), *partition), p.consumer_lag))
+        });
+        let changes = self.gauges.lock().expect("lag gauges").update(lags);
+        for ((topic, partition), lag) in changes {
+            metrics::gauge!("kafka_consumer_lag", "topic" => topic, "partition" => partition.to_string())
+                .set(lag as f64);
         }
+    }
+}
+
+/// The partitions whose lag this consumer reports. A partition it stopped consuming (taken
+/// by another member in a rebalance) is reported once more, as 0: left at its last value,
+/// the gauge said for ever that this process lagged on a partition it no longer reads (seen
+/// in `bench replicas`: 17 and 9 on two partitions another replica had taken), and a lag
+/// left from an outage would keep the consumer lag alert firing.
+#[derive(Default)]
+pub struct LagGauges {
+    reporting: std::collections::HashSet<(String, i32)>,
+}
+
+impl LagGauges {
+    /// What to set from one statistics report: each assigned partition's lag, and 0 for each
+    /// one reported before that is no longer assigned. librdkafka lists partition -1 (its
+    /// internal unassigned partition) and a lag of -1 for a partition it does not consume.
+    pub fn update(
+        &mut self,
+        lags: impl IntoIterator<Item = ((String, i32), i64)>,
+    ) -> Vec<((String, i32), i64)> {
+        let mut set: Vec<((String, i32), i64)> = lags
+            .into_iter()
+            .filter(|((_, partition), lag)| *partition >= 0 && *lag >= 0)
+            .collect();
+        let now: std::collections::HashSet<(String, i32)> =
+            set.iter().map(|(key, _)| key.clone()).collect();
+        let mut gone: Vec<(String, i32)> = self.reporting.difference(&now).cloned().collect();
+        gone.sort();
+        set.extend(gone.into_iter().map(|key| (key, 0)));
+        self.reporting = now;
+        set
     }
 }
 
@@ -208,5 +243,42 @@ pub fn consumer(
         // notification lag (bench/: pipeline). 100 ms bounds it, for ≤ 10 empty fetches a
         // second per broker when idle.
         .set("fetch.wait.max.ms", "100")
-        .create_with_context(LagContext)
+        .create_with_context(LagContext::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LagGauges;
+
+    fn at(partition: i32, lag: i64) -> ((String, i32), i64) {
+        (("ORDER_CREATED".to_owned(), partition), lag)
+    }
+
+    #[test]
+    fn a_partition_taken_by_another_member_is_reported_once_as_no_lag() {
+        let mut gauges = LagGauges::default();
+        assert_eq!(
+            gauges.update([at(0, 3), at(1, 17), at(2, 9)]),
+            [at(0, 3), at(1, 17), at(2, 9)]
+        );
+        // A rebalance leaves this member partition 0: librdkafka says -1 for the others.
+        assert_eq!(
+            gauges.update([at(0, 0), at(1, -1), at(2, -1)]),
+            [at(0, 0), at(1, 0), at(2, 0)]
+        );
+        assert_eq!(gauges.update([at(0, 5), at(1, -1)]), [at(0, 5)]);
+    }
+
+    #[test]
+    fn librdkafkas_internal_partition_and_unknown_lags_are_not_reported() {
+        let mut gauges = LagGauges::default();
+        assert_eq!(gauges.update([at(-1, 4), at(0, -1), at(1, 2)]), [at(1, 2)]);
+    }
+
+    #[test]
+    fn a_partition_that_leaves_the_report_altogether_is_set_to_no_lag() {
+        let mut gauges = LagGauges::default();
+        gauges.update([at(0, 8), at(1, 8)]);
+        assert_eq!(gauges.update([at(1, 2)]), [at(1, 2), at(0, 0)]);
+    }
 }
