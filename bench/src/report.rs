@@ -644,7 +644,12 @@ fn drain(d: &Drain) -> String {
     if d.drained {
         num(d.seconds)
     } else {
-        format!("not within {} s", num(d.seconds))
+        format!(
+            "no: after {} s, {} NEW, {} not notified",
+            num(d.seconds),
+            d.unpublished,
+            d.unnotified
+        )
     }
 }
 

@@ -580,6 +580,15 @@ async fn one(
             notified.len()
         ));
     }
+    if !drain_after.drained {
+        // Its per-order figures include the wait (the replicas' polling while nothing moved).
+        summary.errors += 1;
+        summary.error_samples.push(format!(
+            "the pipeline did not catch up ({} s after the load): {} rows NEW, {} published \
+             events without a notification",
+            drain_after.seconds, drain_after.unpublished, drain_after.unnotified
+        ));
+    }
     for s in &mut services {
         if let Err(e) = s.check_alive() {
             summary.errors += 1;
@@ -705,6 +714,16 @@ pub fn markdown(r: &ReplicasResult) -> String {
             format!("{r:.1} / {c:.2}")
         });
     }
+    line("event pipeline caught up after the load (s)", &|x| {
+        if x.drain_after.drained {
+            format!("{:.1}", x.drain_after.seconds)
+        } else {
+            format!(
+                "**no**: {} NEW, {} not notified",
+                x.drain_after.unpublished, x.drain_after.unnotified
+            )
+        }
+    });
     line("errors", &|x| x.summary.errors.to_string());
     if let Some(first) = r.runs.first() {
         line("database CPU per order vs 1st column", &|x| {
@@ -719,6 +738,20 @@ pub fn markdown(r: &ReplicasResult) -> String {
                 change(first.per_order.statements, x.per_order.statements)
             )
         });
+    }
+    let errors: Vec<String> = r
+        .runs
+        .iter()
+        .flat_map(|x| {
+            x.summary
+                .error_samples
+                .iter()
+                .map(move |e| format!("- {} replica(s): {e}\n", x.replicas))
+        })
+        .collect();
+    if !errors.is_empty() {
+        out.push('\n');
+        out.push_str(&errors.concat());
     }
     out
 }
