@@ -586,6 +586,25 @@ async fn two_instances_publish_every_event_exactly_once() {
     assert_eq!(a.count("SELECT COUNT(*) FROM notifications").await, 40);
 }
 
+/// What a publish job of `app` works with, carrying up to `backlog_batch` rows of other jobs
+/// at least `backlog_age` old: for tests that call the publish step themselves.
+fn publish_context(
+    app: &TestApp,
+    backlog_batch: u32,
+    backlog_age: Duration,
+) -> orderflow_jobs::publish_outbox::publish::PublishContext {
+    orderflow_jobs::publish_outbox::publish::PublishContext {
+        pool: app.db().clone(),
+        producer: app.state.events.producer.clone(),
+        topic_prefix: app.state.config.events.topic_prefix.clone(),
+        settings: app.state.config.events.queue,
+        backlog_batch,
+        backlog_age,
+        retry: Default::default(),
+        claim_lease: Duration::from_secs(30),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publish_jobs_for_the_same_rows_publish_each_once() {
     let app = TestApp::spawn_api_only(|_| {}).await;
@@ -605,17 +624,8 @@ async fn concurrent_publish_jobs_for_the_same_rows_publish_each_once() {
         .await
         .unwrap();
     assert_eq!(ids.len(), 10);
-    let ctx = orderflow_jobs::publish_outbox::publish::PublishContext {
-        pool: app.db().clone(),
-        producer: app.state.events.producer.clone(),
-        topic_prefix: app.state.config.events.topic_prefix.clone(),
-        settings: app.state.config.events.queue,
-        // Only the rows under test: other NEW rows would be carried along.
-        backlog_batch: 0,
-        backlog_age: Duration::ZERO,
-        retry: Default::default(),
-        claim_lease: Duration::from_secs(30),
-    };
+    // Only the rows under test: other NEW rows would be carried along.
+    let ctx = publish_context(&app, 0, Duration::ZERO);
     // Four workers race for the same ten rows, as apalis may let happen during a backoff.
     let no_trace = orderflow_jobs::engine::trace::TraceContext::default();
     let reports = futures::future::join_all((0..4).map(|_| {
@@ -675,17 +685,8 @@ async fn a_publish_job_carries_only_rows_older_than_the_backlog_age() {
     .execute(app.db())
     .await
     .unwrap();
-    let ctx = orderflow_jobs::publish_outbox::publish::PublishContext {
-        pool: app.db().clone(),
-        producer: app.state.events.producer.clone(),
-        topic_prefix: app.state.config.events.topic_prefix.clone(),
-        settings: app.state.config.events.queue,
-        backlog_batch: 100,
-        // Far longer than the test takes to get here, far shorter than the old row's age.
-        backlog_age: Duration::from_secs(2),
-        retry: Default::default(),
-        claim_lease: Duration::from_secs(30),
-    };
+    // An age far longer than the test takes to get here, far shorter than the old row's.
+    let ctx = publish_context(&app, 100, Duration::from_secs(2));
     let report = orderflow_jobs::publish_outbox::publish::publish_rows(
         &ctx,
         &[own],
