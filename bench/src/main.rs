@@ -569,9 +569,9 @@ async fn after(
         let d = drain(&ctx.pool, DRAIN_BOUND).await?;
         if !d.drained {
             results.notes.push(format!(
-                "the event pipeline had not caught up {} s after {name}: {} rows NEW, {} \
-                 published events without a notification",
-                d.seconds, d.unpublished, d.unnotified
+                "the event pipeline had not caught up {} s after {name}: {}",
+                d.seconds,
+                d.left()
             ));
         }
         results.drains.insert(name.to_owned(), d);

@@ -644,12 +644,7 @@ fn drain(d: &Drain) -> String {
     if d.drained {
         num(d.seconds)
     } else {
-        format!(
-            "no: after {} s, {} NEW, {} not notified",
-            num(d.seconds),
-            d.unpublished,
-            d.unnotified
-        )
+        format!("no: after {} s, {}", num(d.seconds), d.left())
     }
 }
 

@@ -258,6 +258,16 @@ pub struct Drain {
     pub unnotified: i64,
 }
 
+impl Drain {
+    /// What the pipeline had not done when the wait ended.
+    pub fn left(&self) -> String {
+        format!(
+            "{} rows NEW, {} published events without a notification",
+            self.unpublished, self.unnotified
+        )
+    }
+}
+
 /// A pipeline that has neither published nor notified anything for this long is stuck (a
 /// broker that lost events: docs/capacity.md); waiting out the whole bound shows nothing more.
 const NO_PROGRESS: Duration = Duration::from_secs(30);

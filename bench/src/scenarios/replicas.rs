@@ -584,9 +584,9 @@ async fn one(
         // Its per-order figures include the wait (the replicas' polling while nothing moved).
         summary.errors += 1;
         summary.error_samples.push(format!(
-            "the pipeline did not catch up ({} s after the load): {} rows NEW, {} published \
-             events without a notification",
-            drain_after.seconds, drain_after.unpublished, drain_after.unnotified
+            "the pipeline did not catch up ({} s after the load): {}",
+            drain_after.seconds,
+            drain_after.left()
         ));
     }
     for s in &mut services {
@@ -718,10 +718,7 @@ pub fn markdown(r: &ReplicasResult) -> String {
         if x.drain_after.drained {
             format!("{:.1}", x.drain_after.seconds)
         } else {
-            format!(
-                "**no**: {} NEW, {} not notified",
-                x.drain_after.unpublished, x.drain_after.unnotified
-            )
+            format!("**no**: {}", x.drain_after.left())
         }
     });
     line("errors", &|x| x.summary.errors.to_string());
